@@ -1,0 +1,188 @@
+//! Typed, validated configuration: what `sites.lua` means once it has been checked.
+//!
+//! Nothing here can be invalid: durations are `Duration`s, URLs are parsed, regexes and JSONPath
+//! queries are compiled. The probe, the assertions and the scheduler read only these types.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json_path::JsonPath;
+use url::Url;
+
+/// Default probe interval when neither the site nor `defaults{}` sets one.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Default per-attempt timeout (covers DNS through the last body byte).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on body bytes read (after decompression).
+pub const DEFAULT_BODY_CAP: u64 = 1024 * 1024;
+/// Default number of redirects followed before the check fails as `redirect_loop`.
+pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
+
+/// Where a `site{}` (or `defaults{}`) call was written: the `file:line` of every error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub line: u32,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// One accepted status: an exact code or a class such as `2xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatcher {
+    Exact(u16),
+    /// `2xx` is `Class(2)`.
+    Class(u8),
+}
+
+impl StatusMatcher {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatcher::Exact(code) => code == status,
+            StatusMatcher::Class(class) => status / 100 == u16::from(class),
+        }
+    }
+}
+
+impl std::fmt::Display for StatusMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusMatcher::Exact(code) => write!(f, "{code}"),
+            StatusMatcher::Class(class) => write!(f, "{class}xx"),
+        }
+    }
+}
+
+/// A JSONPath query and the value it must select.
+#[derive(Debug, Clone)]
+pub struct JsonExpectation {
+    /// The query as written, for messages.
+    pub path: String,
+    pub query: JsonPath,
+    pub equals: serde_json::Value,
+}
+
+/// A header regex: the header (lower-case name) must exist and match.
+#[derive(Debug, Clone)]
+pub struct HeaderExpectation {
+    pub name: String,
+    pub pattern: Regex,
+}
+
+/// The built-in expectations of a site, after merging `defaults{}` key by key.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// Accepted statuses of the final response; empty means any 2xx.
+    pub status: Vec<StatusMatcher>,
+    pub body: Option<Regex>,
+    pub body_not: Option<Regex>,
+    pub max_time: Option<Duration>,
+    pub warn_time: Option<Duration>,
+    pub cert_days: Option<u32>,
+    pub max_body: Option<u64>,
+    pub headers: Vec<HeaderExpectation>,
+    pub json: Vec<JsonExpectation>,
+}
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: http::Method,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: Option<bytes::Bytes>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            method: http::Method::GET,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+}
+
+/// Per-site TLS options. PEM contents are read at load time so a missing file is a config error.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsOptions {
+    /// Extra trusted CA certificates (PEM), added to the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key (PEM, key in PKCS#8) for mutual TLS.
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Vec<u8>>,
+    /// Skip certificate and hostname verification; results are flagged `tls_insecure`.
+    pub insecure: bool,
+}
+
+/// One site, fully validated.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    pub url: Url,
+    pub interval: Duration,
+    /// Deadline for one attempt, all redirect hops and the body included. Always < interval.
+    pub timeout: Duration,
+    pub request: Request,
+    pub tls: TlsOptions,
+    pub expect: Expect,
+    /// Extra attempts before a failing check is declared down.
+    pub retries: u32,
+    pub max_redirects: u32,
+    /// Body bytes read before the connection is dropped and the body marked truncated. Always
+    /// greater than `expect.max_body`, so a truncated body proves the limit was exceeded.
+    pub body_cap: u64,
+    /// Hook labels in call order (`script:<name>` or `inline:<n>`); the functions themselves
+    /// live in the hook runtime's Lua states, addressed by (site name, index).
+    pub hooks: Vec<String>,
+    pub location: Location,
+}
+
+/// The sources a configuration was evaluated from; hook workers re-evaluate them to get their
+/// own Lua functions.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// Path of sites.lua as given (used in `file:line` messages).
+    pub path: PathBuf,
+    pub text: String,
+    /// Directory `script(name)` loads `<name>.lua` from (`scripts/` beside sites.lua).
+    pub scripts_dir: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub sites: Vec<Site>,
+    /// Hex digest of sites.lua and every script it loaded; stamped on every result.
+    pub version: String,
+    pub source: Arc<ConfigSource>,
+}
+
+impl Site {
+    /// A site with every default and no expectations beyond "final status is 2xx", as if
+    /// written `site { name = name, url = url }`. Used by tests and benchmarks.
+    pub fn with_defaults(name: &str, url: Url) -> Site {
+        Site {
+            name: name.to_owned(),
+            url,
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            request: Request::default(),
+            tls: TlsOptions::default(),
+            expect: Expect::default(),
+            retries: 0,
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+            body_cap: DEFAULT_BODY_CAP,
+            hooks: Vec::new(),
+            location: Location {
+                file: "<code>".into(),
+                line: 0,
+            },
+        }
+    }
+}

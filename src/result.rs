@@ -1,0 +1,192 @@
+//! The check result: what one scheduled check of one site produced.
+//!
+//! This is the wire schema shared by both halves of the pipeline: the producer side builds a
+//! [`CheckResult`] from a probe and its assertions and publishes it as JSON to Kafka; the
+//! consumer side decodes it and stores it in PostgreSQL. Nothing else crosses that boundary.
+//! Every field is documented for operators in `docs/result-schema.md`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version of the JSON layout of [`CheckResult`]; also sent as a Kafka header so a consumer can
+/// quarantine messages from a newer producer instead of misreading them.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The verdict of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every assertion passed.
+    Up,
+    /// Every hard assertion passed, but at least one warning assertion did not.
+    Degraded,
+    /// The site could not be reached, or a hard assertion failed.
+    Down,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Up => "up",
+            Outcome::Degraded => "degraded",
+            Outcome::Down => "down",
+        }
+    }
+}
+
+/// Milliseconds spent in each phase of the last attempt's request chain (summed over redirect
+/// hops). `None` means the phase never happened: no TLS on plain http, no first byte after a
+/// refused connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub dns_ms: Option<f64>,
+    pub connect_ms: Option<f64>,
+    pub tls_ms: Option<f64>,
+    pub ttfb_ms: Option<f64>,
+    pub transfer_ms: Option<f64>,
+    /// Wall-clock time of the attempt, from the first DNS lookup to the last body byte or error.
+    pub total_ms: f64,
+}
+
+/// Why a check is not `up`, classified so operators can alert on the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The host name did not resolve.
+    Dns,
+    /// The TCP connection was refused, reset or unreachable.
+    Connect,
+    /// The TLS handshake failed: expired, untrusted or wrong-host certificate, protocol error.
+    Tls,
+    /// The site's timeout elapsed; [`Failure::phase`] says where.
+    Timeout,
+    /// The server broke the HTTP protocol (malformed response, connection closed mid-response).
+    Http,
+    /// Redirects formed a loop or exceeded the site's redirect limit.
+    RedirectLoop,
+    /// A response arrived but an assertion (built-in or hook) failed or warned.
+    Assertion,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Dns => "dns",
+            FailureKind::Connect => "connect",
+            FailureKind::Tls => "tls",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Http => "http",
+            FailureKind::RedirectLoop => "redirect_loop",
+            FailureKind::Assertion => "assertion",
+        }
+    }
+}
+
+/// The phase of a request in which a timeout happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Dns,
+    Connect,
+    Tls,
+    /// Waiting for the response head after the request was sent.
+    Ttfb,
+    /// Reading the body.
+    Transfer,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Dns => "dns",
+            Phase::Connect => "connect",
+            Phase::Tls => "tls",
+            Phase::Ttfb => "ttfb",
+            Phase::Transfer => "transfer",
+        }
+    }
+}
+
+/// Present whenever the outcome is not `up`: the first reason, classified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// For `timeout`: the phase that was running when the deadline passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    pub message: String,
+}
+
+/// What a failed assertion does to the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// A failure makes the check `down`.
+    Fail,
+    /// A failure makes the check `degraded` (e.g. `warn_time`, a hook returning "degraded").
+    Warn,
+}
+
+/// One expectation checked against a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssertionResult {
+    /// `status`, `body`, `body_not`, `max_time`, `warn_time`, `cert_days`, `max_body`,
+    /// `header:<name>`, `json:<path>`, or `hook:<n>` / `hook:<script>` for Lua hooks.
+    pub name: String,
+    pub ok: bool,
+    pub level: Level,
+    pub expected: String,
+    pub actual: String,
+    /// A human explanation when `ok` is false (hook reasons land here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One check of one site. Built by the producer, published to Kafka, stored by the consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// Always [`SCHEMA_VERSION`] when produced by this build.
+    pub schema: u32,
+    /// UUID v7 assigned when the check was scheduled: time-ordered, and the storage key that
+    /// makes delivery idempotent.
+    pub id: Uuid,
+    pub site: String,
+    pub url: String,
+    /// The URL that answered after following redirects (`None` when no response arrived).
+    #[serde(default)]
+    pub final_url: Option<String>,
+    /// When the scheduler meant the check to start.
+    pub scheduled_at: DateTime<Utc>,
+    /// When the first attempt actually started; `started_at - scheduled_at` is schedule lag.
+    pub started_at: DateTime<Utc>,
+    pub outcome: Outcome,
+    /// HTTP status of the final response of the last attempt.
+    #[serde(default)]
+    pub status: Option<u16>,
+    pub timings: Timings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    pub assertions: Vec<AssertionResult>,
+    /// Numbers reported by hooks (`metrics = { name = number }`).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Body bytes read (after decompression), at most the body cap.
+    pub body_bytes: u64,
+    /// True when the body was larger than the cap and reading stopped there.
+    pub body_truncated: bool,
+    /// Expiry of the leaf TLS certificate, for https sites whose handshake completed.
+    #[serde(default)]
+    pub cert_not_after: Option<DateTime<Utc>>,
+    /// True when the site disabled certificate verification (`tls.insecure = true`).
+    #[serde(default)]
+    pub tls_insecure: bool,
+    /// Hash of sites.lua and the scripts it loaded: which configuration produced this result.
+    pub config_version: String,
+    /// Attempts made (1 + retries used).
+    pub attempts: u32,
+    /// Host name of the machine that ran the probe.
+    pub probe_host: String,
+}

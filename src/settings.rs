@@ -1,0 +1,264 @@
+//! Connection settings for Kafka and PostgreSQL, read from the environment (and `--env-file`).
+//!
+//! The same names are written by `dev/stack` into `dev/.env`, so the local stack, the tests and a
+//! production deployment all configure sitewatch the same way. Empty values count as unset.
+
+use std::path::{Path, PathBuf};
+
+use rdkafka::ClientConfig;
+
+/// Topic results are published to and consumed from when `SITEWATCH_KAFKA_TOPIC` is unset.
+pub const DEFAULT_TOPIC: &str = "sitewatch.checks";
+/// Consumer group when `SITEWATCH_KAFKA_GROUP` is unset.
+pub const DEFAULT_GROUP: &str = "sitewatch";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read env file {path}: {source}")]
+    EnvFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: expected KEY=VALUE")]
+    EnvFileSyntax { path: PathBuf, line: usize },
+    #[error("{name} is not set (run `dev/stack up` for a local stack, or see README: \"Using an existing Kafka and PostgreSQL\")")]
+    Missing { name: &'static str },
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Loads `KEY=VALUE` lines into the process environment without overriding variables that are
+/// already set (the real environment wins over the file). `#` starts a comment line.
+pub fn load_env_file(path: &Path) -> Result<(), SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::EnvFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    for (key, value) in parse_env_file(path, &text)? {
+        if std::env::var_os(&key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+    Ok(())
+}
+
+/// Parses env-file text: blank lines and `#` comments skipped, optional `export `, optional
+/// surrounding quotes on the value.
+pub fn parse_env_file(path: &Path, text: &str) -> Result<Vec<(String, String)>, SettingsError> {
+    let mut pairs = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(SettingsError::EnvFileSyntax {
+                path: path.to_owned(),
+                line: index + 1,
+            });
+        };
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        pairs.push((key.trim().to_owned(), value.to_owned()));
+    }
+    Ok(pairs)
+}
+
+/// An environment variable, with empty treated as unset.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// How sitewatch talks to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties (`--kafka-opt key=value`), applied last.
+    pub extra: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaSecurity {
+    Plaintext,
+    Ssl(SslFiles),
+    SaslSsl {
+        ssl: SslFiles,
+        mechanism: String,
+        username: String,
+        password: String,
+    },
+}
+
+/// PEM files the way a managed Kafka hands them out (`ca.pem`, `service.cert`, `service.key`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SslFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl KafkaSettings {
+    /// Reads the `SITEWATCH_KAFKA_*` variables.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let brokers = var("SITEWATCH_KAFKA_BROKERS").ok_or(SettingsError::Missing {
+            name: "SITEWATCH_KAFKA_BROKERS",
+        })?;
+        let ssl = || SslFiles {
+            ca: var("SITEWATCH_KAFKA_SSL_CA").map(PathBuf::from),
+            cert: var("SITEWATCH_KAFKA_SSL_CERT").map(PathBuf::from),
+            key: var("SITEWATCH_KAFKA_SSL_KEY").map(PathBuf::from),
+        };
+        let protocol = var("SITEWATCH_KAFKA_SECURITY_PROTOCOL").unwrap_or_else(|| "plaintext".into());
+        let security = match protocol.to_ascii_lowercase().as_str() {
+            "plaintext" => KafkaSecurity::Plaintext,
+            "ssl" => KafkaSecurity::Ssl(ssl()),
+            "sasl_ssl" => KafkaSecurity::SaslSsl {
+                ssl: ssl(),
+                mechanism: var("SITEWATCH_KAFKA_SASL_MECHANISM").unwrap_or_else(|| "SCRAM-SHA-256".into()),
+                username: var("SITEWATCH_KAFKA_SASL_USERNAME").ok_or(SettingsError::Missing {
+                    name: "SITEWATCH_KAFKA_SASL_USERNAME",
+                })?,
+                password: var("SITEWATCH_KAFKA_SASL_PASSWORD").ok_or(SettingsError::Missing {
+                    name: "SITEWATCH_KAFKA_SASL_PASSWORD",
+                })?,
+            },
+            _ => {
+                return Err(SettingsError::Invalid {
+                    name: "SITEWATCH_KAFKA_SECURITY_PROTOCOL",
+                    value: protocol,
+                    reason: "expected plaintext, ssl or sasl_ssl".into(),
+                })
+            }
+        };
+        Ok(KafkaSettings {
+            brokers,
+            topic: var("SITEWATCH_KAFKA_TOPIC").unwrap_or_else(|| DEFAULT_TOPIC.into()),
+            group: var("SITEWATCH_KAFKA_GROUP").unwrap_or_else(|| DEFAULT_GROUP.into()),
+            security,
+            extra: Vec::new(),
+        })
+    }
+
+    /// The librdkafka properties common to producers, consumers and admin clients.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        let set_ssl = |config: &mut ClientConfig, files: &SslFiles| {
+            if let Some(ca) = &files.ca {
+                config.set("ssl.ca.location", ca.display().to_string());
+            }
+            if let Some(cert) = &files.cert {
+                config.set("ssl.certificate.location", cert.display().to_string());
+            }
+            if let Some(key) = &files.key {
+                config.set("ssl.key.location", key.display().to_string());
+            }
+        };
+        match &self.security {
+            KafkaSecurity::Plaintext => {
+                config.set("security.protocol", "plaintext");
+            }
+            KafkaSecurity::Ssl(files) => {
+                config.set("security.protocol", "ssl");
+                set_ssl(&mut config, files);
+            }
+            KafkaSecurity::SaslSsl {
+                ssl,
+                mechanism,
+                username,
+                password,
+            } => {
+                config
+                    .set("security.protocol", "sasl_ssl")
+                    .set("sasl.mechanism", mechanism)
+                    .set("sasl.username", username)
+                    .set("sasl.password", password);
+                set_ssl(&mut config, ssl);
+            }
+        }
+        for (key, value) in &self.extra {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// How sitewatch talks to PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseSettings {
+    /// libpq-style URL or key=value string; `sslmode=require` verifies the certificate.
+    pub url: String,
+    /// Extra CA (PEM) trusted for the server certificate (a private CA, e.g. the local stack's).
+    pub ca: Option<PathBuf>,
+}
+
+impl DatabaseSettings {
+    /// Reads `SITEWATCH_DATABASE_URL` (or `DATABASE_URL`) and `SITEWATCH_PG_CA`.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let url = var("SITEWATCH_DATABASE_URL")
+            .or_else(|| var("DATABASE_URL"))
+            .ok_or(SettingsError::Missing {
+                name: "SITEWATCH_DATABASE_URL",
+            })?;
+        Ok(DatabaseSettings {
+            url,
+            ca: var("SITEWATCH_PG_CA").map(PathBuf::from),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_parsing() {
+        let text = "# comment\n\nA=1\nexport B=\"two words\"\nC='x=y'\nEMPTY=\n";
+        let pairs = parse_env_file(Path::new("t.env"), text).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into()),
+                ("EMPTY".into(), "".into()),
+            ]
+        );
+        let err = parse_env_file(Path::new("t.env"), "A=1\nnonsense\n").unwrap_err();
+        assert_eq!(err.to_string(), "t.env:2: expected KEY=VALUE");
+    }
+
+    #[test]
+    fn kafka_client_config_for_ssl() {
+        let settings = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            topic: DEFAULT_TOPIC.into(),
+            group: DEFAULT_GROUP.into(),
+            security: KafkaSecurity::Ssl(SslFiles {
+                ca: Some("ca.pem".into()),
+                cert: Some("service.cert".into()),
+                key: Some("service.key".into()),
+            }),
+            extra: vec![("linger.ms".into(), "5".into())],
+        };
+        let config = settings.client_config();
+        assert_eq!(config.get("security.protocol"), Some("ssl"));
+        assert_eq!(config.get("ssl.ca.location"), Some("ca.pem"));
+        assert_eq!(config.get("ssl.certificate.location"), Some("service.cert"));
+        assert_eq!(config.get("ssl.key.location"), Some("service.key"));
+        assert_eq!(config.get("linger.ms"), Some("5"));
+    }
+}
