@@ -1,0 +1,191 @@
+//! One check of one site: probe (with retries), built-in assertions, Lua hooks → [`CheckResult`].
+//!
+//! This is the unit of work both `sitewatch check` and the scheduler run. A site being down is a
+//! value here, never an `Err`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::assertions;
+use crate::config::Site;
+use crate::hooks::{HookInput, HookPool};
+use crate::probe::{Attempt, Prober};
+use crate::result::{AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION};
+
+/// Pause between a failed attempt and its retry: long enough for a blip to pass, short enough to
+/// keep the check well inside its interval.
+pub const RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// Everything needed to check sites of one configuration version. Cheap to clone.
+#[derive(Clone)]
+pub struct Checker {
+    prober: Arc<Prober>,
+    /// `None` when no site of this configuration has hooks (no Lua workers are started).
+    hooks: Option<Arc<HookPool>>,
+    /// Stamped on every result: which sites.lua produced it.
+    config_version: Arc<str>,
+    /// Stamped on every result: which machine probed.
+    probe_host: Arc<str>,
+}
+
+impl Checker {
+    pub fn new(prober: Arc<Prober>, hooks: Option<Arc<HookPool>>, config_version: &str) -> Self {
+        Checker {
+            prober,
+            hooks,
+            config_version: config_version.into(),
+            probe_host: probe_host().into(),
+        }
+    }
+
+    pub fn config_version(&self) -> &str {
+        &self.config_version
+    }
+
+    /// Runs the check: up to `1 + site.retries` attempts, stopping at the first that is not down.
+    #[tracing::instrument(skip_all, fields(site = %site.name, %id))]
+    pub async fn check(&self, site: &Site, id: Uuid, scheduled_at: DateTime<Utc>) -> CheckResult {
+        let started_at = Utc::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt = self.prober.probe(site).await;
+            let verdict = self.judge(site, attempt, attempts).await;
+            if verdict.outcome != Outcome::Down || attempts > site.retries {
+                return self.result(site, id, scheduled_at, started_at, attempts, verdict);
+            }
+            tracing::debug!(attempt = attempts, "attempt down, retrying");
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+    }
+
+    async fn judge(&self, site: &Site, attempt: Attempt, number: u32) -> Verdict {
+        let response = match attempt.outcome {
+            Ok(response) => response,
+            Err(failure) => {
+                return Verdict {
+                    outcome: Outcome::Down,
+                    failure: Some(failure),
+                    assertions: Vec::new(),
+                    metrics: Default::default(),
+                    status: None,
+                    final_url: None,
+                    body_bytes: 0,
+                    body_truncated: false,
+                    cert_not_after: attempt.cert.map(|c| c.not_after),
+                    timings: attempt.timings,
+                }
+            }
+        };
+        let mut list = assertions::evaluate(&site.expect, &response, &attempt.timings, Utc::now());
+        let mut metrics = std::collections::BTreeMap::new();
+        if let (Some(pool), false) = (&self.hooks, site.hooks.is_empty()) {
+            let input = Arc::new(HookInput {
+                site: site.name.clone(),
+                url: site.url.to_string(),
+                final_url: response.final_url.to_string(),
+                status: response.status,
+                headers: response.headers.clone(),
+                body: response.body.clone(),
+                body_truncated: response.body_truncated,
+                timings: attempt.timings.clone(),
+                cert: response.cert.clone(),
+                attempt: number,
+            });
+            for (index, label) in site.hooks.iter().enumerate() {
+                let verdict = pool.call(&site.name, index, Arc::clone(&input)).await;
+                metrics.extend(verdict.metrics);
+                list.push(AssertionResult {
+                    name: format!("hook:{label}"),
+                    ok: verdict.level.is_none(),
+                    level: verdict.level.unwrap_or(Level::Fail),
+                    expected: "pass".into(),
+                    actual: match verdict.level {
+                        None => "pass".into(),
+                        Some(Level::Warn) => "degraded".into(),
+                        Some(Level::Fail) => "fail".into(),
+                    },
+                    reason: verdict.reason,
+                });
+            }
+        }
+        let outcome = assertions::outcome_of(&list);
+        let failure = (outcome != Outcome::Up).then(|| Failure {
+            kind: FailureKind::Assertion,
+            phase: None,
+            message: assertions::describe_failures(&list),
+        });
+        Verdict {
+            outcome,
+            failure,
+            status: Some(response.status),
+            final_url: Some(response.final_url.to_string()),
+            body_bytes: response.body.len() as u64,
+            body_truncated: response.body_truncated,
+            cert_not_after: response.cert.as_ref().map(|c| c.not_after),
+            assertions: list,
+            metrics,
+            timings: attempt.timings,
+        }
+    }
+
+    fn result(
+        &self,
+        site: &Site,
+        id: Uuid,
+        scheduled_at: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+        attempts: u32,
+        verdict: Verdict,
+    ) -> CheckResult {
+        CheckResult {
+            schema: SCHEMA_VERSION,
+            id,
+            site: site.name.clone(),
+            url: site.url.to_string(),
+            final_url: verdict.final_url,
+            scheduled_at,
+            started_at,
+            outcome: verdict.outcome,
+            status: verdict.status,
+            timings: verdict.timings,
+            failure: verdict.failure,
+            assertions: verdict.assertions,
+            metrics: verdict.metrics,
+            body_bytes: verdict.body_bytes,
+            body_truncated: verdict.body_truncated,
+            cert_not_after: verdict.cert_not_after,
+            tls_insecure: site.tls.insecure,
+            config_version: self.config_version.to_string(),
+            attempts,
+            probe_host: self.probe_host.to_string(),
+        }
+    }
+}
+
+/// What one attempt amounted to, before it becomes a `CheckResult`.
+struct Verdict {
+    outcome: Outcome,
+    failure: Option<Failure>,
+    assertions: Vec<AssertionResult>,
+    metrics: std::collections::BTreeMap<String, f64>,
+    status: Option<u16>,
+    final_url: Option<String>,
+    body_bytes: u64,
+    body_truncated: bool,
+    cert_not_after: Option<DateTime<Utc>>,
+    timings: crate::result::Timings,
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`), for `probe_host`.
+pub fn probe_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
