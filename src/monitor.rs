@@ -1,0 +1,174 @@
+//! `sitewatch produce`: the scheduler driving checks whose results go to Kafka, with reload on
+//! SIGHUP or file change, and an orderly shutdown.
+//!
+//! Shutdown order: stop scheduling → let in-flight checks finish and queue their results →
+//! flush the producer (bounded) → return.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::Checker;
+use crate::commands::{checker_for, user_agent};
+use crate::config::{self, Config, Site};
+use crate::probe::Prober;
+use crate::publish::{Publisher, TopicSpec};
+use crate::result::CheckResult;
+use crate::schedule::{Job, Limits, Scheduler, Shard, Tick};
+use crate::settings::KafkaSettings;
+
+/// How often sites.lua and scripts/ are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("{path}: invalid configuration:\n{errors}")]
+    Config {
+        path: PathBuf,
+        errors: config::ConfigErrors,
+    },
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+    #[error(transparent)]
+    Hooks(#[from] crate::hooks::HookError),
+}
+
+/// Options of `sitewatch produce` (and the producer half of `run`).
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    pub config_path: PathBuf,
+    pub shard: Shard,
+    pub limits: Limits,
+    pub topic: TopicSpec,
+    pub flush_timeout: Duration,
+    /// Watch sites.lua and scripts/ for changes (SIGHUP reloads regardless).
+    pub watch: bool,
+}
+
+/// Runs checks and hands each result to the publisher.
+struct PublishJob {
+    /// Replaced on reload; each check takes the version current when it starts.
+    checker: RwLock<Checker>,
+    publisher: Arc<Publisher>,
+}
+
+impl Job for PublishJob {
+    async fn run(&self, site: Arc<Site>, tick: Tick) {
+        let checker = self.checker.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let result = checker.check(&site, tick.id, tick.scheduled_at).await;
+        record_metrics(&result);
+        if let Err(error) = self.publisher.publish(&result).await {
+            tracing::error!(%error, site = %site.name, "result dropped");
+        }
+    }
+}
+
+fn record_metrics(result: &CheckResult) {
+    metrics::counter!("sitewatch_probes_total", "site" => result.site.clone(), "outcome" => result.outcome.as_str())
+        .increment(1);
+    metrics::histogram!("sitewatch_probe_duration_seconds").record(result.timings.total_ms / 1000.0);
+    let lag = (result.started_at - result.scheduled_at).num_microseconds().unwrap_or_default();
+    metrics::histogram!("sitewatch_schedule_lag_seconds").record(lag as f64 / 1e6);
+}
+
+/// `sitewatch produce`: runs until `shutdown` is cancelled. `reload` receives SIGHUP.
+pub async fn produce(
+    kafka: &KafkaSettings,
+    options: ProduceOptions,
+    mut reload: mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) -> Result<(), MonitorError> {
+    let config = load(&options.config_path)?;
+    let prober = Arc::new(Prober::new(&user_agent())?);
+    let publisher = Arc::new(Publisher::connect(kafka, options.topic).await?);
+    tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, "connected to Kafka");
+    let job = Arc::new(PublishJob {
+        checker: RwLock::new(checker_for(&config, Arc::clone(&prober))?),
+        publisher: Arc::clone(&publisher),
+    });
+    let mut scheduler = Scheduler::new(Arc::clone(&job), options.limits, shutdown.child_token());
+    let sites = in_shard(&config, options.shard);
+    tracing::info!(sites = sites.len(), version = %config.version, shard = ?options.shard, "scheduling");
+    scheduler.apply(sites);
+
+    let mut stamp = sources_stamp(&options.config_path);
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut version = config.version;
+    loop {
+        let why = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reload.recv() => "SIGHUP",
+            _ = watch.tick(), if options.watch => {
+                let now = sources_stamp(&options.config_path);
+                if now == stamp { continue; }
+                stamp = now;
+                "file change"
+            }
+        };
+        match config::load(&options.config_path) {
+            Err(errors) => {
+                metrics::counter!("sitewatch_config_reloads_total", "result" => "failed").increment(1);
+                tracing::error!(trigger = why, "reload failed, keeping the running configuration:\n{errors}");
+            }
+            Ok(config) if config.version == version => {
+                tracing::debug!(trigger = why, "configuration unchanged");
+            }
+            Ok(config) => match checker_for(&config, Arc::clone(&prober)) {
+                Err(error) => {
+                    metrics::counter!("sitewatch_config_reloads_total", "result" => "failed").increment(1);
+                    tracing::error!(%error, "reload failed, keeping the running configuration");
+                }
+                Ok(checker) => {
+                    *job.checker.write().unwrap_or_else(|e| e.into_inner()) = checker;
+                    let (added, changed, removed) = scheduler.apply(in_shard(&config, options.shard));
+                    metrics::counter!("sitewatch_config_reloads_total", "result" => "ok").increment(1);
+                    tracing::info!(trigger = why, version = %config.version, added, changed, removed, "configuration reloaded");
+                    version = config.version;
+                }
+            },
+        }
+    }
+    tracing::info!("shutting down: waiting for in-flight checks");
+    scheduler.shutdown().await;
+    let dropped = publisher.flush(options.flush_timeout).await;
+    tracing::info!(
+        delivered = publisher.deliveries().delivered.load(std::sync::atomic::Ordering::Relaxed),
+        dropped,
+        "producer stopped"
+    );
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<Config, MonitorError> {
+    config::load(path).map_err(|errors| MonitorError::Config {
+        path: path.to_owned(),
+        errors,
+    })
+}
+
+fn in_shard(config: &Config, shard: Shard) -> Vec<Site> {
+    config.sites.iter().filter(|s| shard.contains(&s.name)).cloned().collect()
+}
+
+/// Modification times of sites.lua and every file in scripts/: cheap change detection that
+/// works on every filesystem (editors that replace files included).
+fn sources_stamp(config_path: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut stamp = vec![(config_path.to_owned(), modified(config_path))];
+    let scripts = config_path.parent().unwrap_or(Path::new(".")).join("scripts");
+    if let Ok(entries) = std::fs::read_dir(&scripts) {
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        stamp.extend(files.into_iter().map(|p| {
+            let m = modified(&p);
+            (p, m)
+        }));
+    }
+    stamp
+}

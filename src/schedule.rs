@@ -1,0 +1,544 @@
+//! The scheduler: every site on its own drift-free ticks, within global and per-host caps.
+//!
+//! - First runs are spread over the interval by a stable hash of the site name, aligned to the
+//!   wall clock (due times are `k·interval + phase` since the Unix epoch), so restarts and shards
+//!   keep each site's phase.
+//! - Ticks are drift-free: `next = previous_due + interval`.
+//! - A check still in flight when its next tick comes makes that tick *missed*: counted, logged,
+//!   never queued. A check stays in flight until its result has been handed to the sink, so a
+//!   sink that pushes back (Kafka down, queue full) shows up here as missed ticks.
+//! - [`Scheduler::apply`] takes a whole new site list (reload): unchanged sites keep their task
+//!   and schedule, changed ones restart on their (stable) phase, removed ones stop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::Site;
+
+/// Checks running at once across all sites: enough for thousands of sites at short intervals
+/// (1,000 probes/s × up to a few seconds each), small enough to bound sockets and memory.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 4096;
+/// Checks running at once against one host (`host:port`), so one big config cannot flood a site.
+pub const DEFAULT_MAX_PER_HOST: usize = 64;
+
+/// One firing of a site's schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// Unique id of the check, assigned when scheduled (UUID v7).
+    pub id: Uuid,
+    /// Wall-clock time the check was due.
+    pub scheduled_at: DateTime<Utc>,
+}
+
+/// What the scheduler runs at every tick. The future completes when the result has been
+/// handed on (published); until then the site counts as in flight.
+pub trait Job: Send + Sync + 'static {
+    fn run(&self, site: Arc<Site>, tick: Tick) -> impl Future<Output = ()> + Send;
+}
+
+/// Concurrency limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_concurrency: usize,
+    pub max_per_host: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            max_per_host: DEFAULT_MAX_PER_HOST,
+        }
+    }
+}
+
+/// `--shard i/n`: this instance probes the sites whose stable hash modulo `n` is `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    pub fn contains(&self, site_name: &str) -> bool {
+        stable_hash(site_name.as_bytes()) % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parse = || {
+            let (index, count) = text.split_once('/')?;
+            Some(Shard {
+                index: index.trim().parse().ok()?,
+                count: count.trim().parse().ok()?,
+            })
+        };
+        match parse() {
+            Some(shard) if shard.count > 0 && shard.index < shard.count => Ok(shard),
+            _ => Err(format!("invalid shard {text:?}: expected i/n with 0 <= i < n, e.g. 0/3")),
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: stable across builds, platforms and Rust versions (unlike `DefaultHasher`),
+/// which is what shard membership and phases need.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A site's phase within its interval, from its name.
+pub fn phase(site_name: &str, interval: Duration) -> Duration {
+    let interval_ms = interval.as_millis().max(1) as u64;
+    Duration::from_millis(stable_hash(site_name.as_bytes()) % interval_ms)
+}
+
+/// Pairs the monotonic clock the scheduler sleeps on with the wall clock results report.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub wall: DateTime<Utc>,
+    pub instant: Instant,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            wall: Utc::now(),
+            instant: Instant::now(),
+        }
+    }
+
+    /// The wall-clock time of a monotonic instant.
+    pub fn wall_at(&self, instant: Instant) -> DateTime<Utc> {
+        let delta = instant.saturating_duration_since(self.instant);
+        self.wall + chrono::Duration::from_std(delta).unwrap_or_default()
+    }
+
+    /// The first due instant at or after this clock's "now" for a site: wall-clock aligned
+    /// multiples of the interval, shifted by the site's phase.
+    pub fn first_due(&self, site_name: &str, interval: Duration) -> Instant {
+        let interval_ms = interval.as_millis().max(1) as i64;
+        let phase_ms = phase(site_name, interval).as_millis() as i64;
+        let now_ms = self.wall.timestamp_millis();
+        let wait_ms = (phase_ms - now_ms).rem_euclid(interval_ms);
+        self.instant + Duration::from_millis(wait_ms as u64)
+    }
+}
+
+/// Counters the scheduler keeps for tests, benchmarks and logs (metrics are exported too).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub ticks: AtomicU64,
+    pub missed: AtomicU64,
+}
+
+struct SiteTask {
+    site: Arc<Site>,
+    stop: CancellationToken,
+}
+
+/// Runs the sites' schedules until shut down.
+pub struct Scheduler<J: Job> {
+    job: Arc<J>,
+    limits: Limits,
+    clock: Clock,
+    global: Arc<Semaphore>,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    sites: HashMap<String, SiteTask>,
+    /// Site loops and in-flight checks; shutdown waits for all of them.
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+}
+
+impl<J: Job> Scheduler<J> {
+    pub fn new(job: Arc<J>, limits: Limits, shutdown: CancellationToken) -> Self {
+        Self::with_clock(job, limits, shutdown, Clock::now())
+    }
+
+    /// As [`Scheduler::new`] with an explicit clock anchor (tests pin the wall clock).
+    pub fn with_clock(job: Arc<J>, limits: Limits, shutdown: CancellationToken, clock: Clock) -> Self {
+        Scheduler {
+            job,
+            limits,
+            clock,
+            global: Arc::new(Semaphore::new(limits.max_concurrency)),
+            per_host: Mutex::new(HashMap::new()),
+            sites: HashMap::new(),
+            tracker: TaskTracker::new(),
+            shutdown,
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Number of sites being scheduled.
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// Makes `sites` the scheduled set: starts new sites, restarts changed ones, stops removed
+    /// ones, leaves unchanged ones alone. Returns (added, changed, removed) counts.
+    pub fn apply(&mut self, sites: Vec<Site>) -> (usize, usize, usize) {
+        let (mut added, mut changed) = (0, 0);
+        let mut incoming: HashMap<String, Site> = sites.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let removed: Vec<String> = self
+            .sites
+            .keys()
+            .filter(|name| !incoming.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in &removed {
+            if let Some(task) = self.sites.remove(name) {
+                task.stop.cancel();
+            }
+        }
+        for (name, site) in incoming.drain() {
+            match self.sites.get(&name) {
+                Some(task) if same_definition(&task.site, &site) => continue,
+                Some(task) => {
+                    task.stop.cancel();
+                    changed += 1;
+                }
+                None => added += 1,
+            }
+            let task = self.start(Arc::new(site));
+            self.sites.insert(name, task);
+        }
+        (added, changed, removed.len())
+    }
+
+    fn start(&self, site: Arc<Site>) -> SiteTask {
+        let stop = self.shutdown.child_token();
+        let host_key = format!(
+            "{}:{}",
+            site.url.host_str().unwrap_or_default(),
+            site.url.port_or_known_default().unwrap_or_default()
+        );
+        let host = {
+            let mut map = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                map.entry(host_key)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_per_host))),
+            )
+        };
+        let looper = SiteLoop {
+            site: Arc::clone(&site),
+            job: Arc::clone(&self.job),
+            global: Arc::clone(&self.global),
+            host,
+            clock: Clock::now_from(&self.clock),
+            tracker: self.tracker.clone(),
+            stop: stop.clone(),
+            stats: Arc::clone(&self.stats),
+        };
+        self.tracker.spawn(looper.run());
+        SiteTask { site, stop }
+    }
+
+    /// Stops scheduling and waits until every in-flight check has handed on its result.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Clock {
+    /// A clock for "now" that keeps `anchor`'s wall/monotonic pairing (so paused-time tests
+    /// stay deterministic after time has advanced).
+    fn now_from(anchor: &Clock) -> Clock {
+        let instant = Instant::now();
+        Clock {
+            wall: anchor.wall_at(instant),
+            instant,
+        }
+    }
+}
+
+/// Whether a reloaded site is the same as the running one (its position in the file aside).
+fn same_definition(old: &Site, new: &Site) -> bool {
+    let mut new = new.clone();
+    new.location = old.location.clone();
+    // Regexes and JSONPath queries compare by their Debug form (their source text).
+    format!("{old:?}") == format!("{new:?}")
+}
+
+struct SiteLoop<J: Job> {
+    site: Arc<Site>,
+    job: Arc<J>,
+    global: Arc<Semaphore>,
+    host: Arc<Semaphore>,
+    clock: Clock,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    stats: Arc<Stats>,
+}
+
+/// Clears a site's in-flight flag when its check ends, however it ends.
+struct InFlight(Arc<AtomicBool>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl<J: Job> SiteLoop<J> {
+    async fn run(self) {
+        let interval = self.site.interval;
+        let mut due = self.clock.first_due(&self.site.name, interval);
+        let in_flight = Arc::new(AtomicBool::new(false));
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+            let scheduled_at = self.clock.wall_at(due);
+            if in_flight.swap(true, Ordering::AcqRel) {
+                self.missed(scheduled_at, "previous check still in flight");
+            } else {
+                let guard = InFlight(Arc::clone(&in_flight));
+                let tick = Tick {
+                    id: Uuid::now_v7(),
+                    scheduled_at,
+                };
+                let (site, job) = (Arc::clone(&self.site), Arc::clone(&self.job));
+                let (global, host) = (Arc::clone(&self.global), Arc::clone(&self.host));
+                self.tracker.spawn(async move {
+                    let _guard = guard;
+                    // Semaphores are never closed, so acquire only fails if they were; run anyway.
+                    let _global = global.acquire_owned().await.ok();
+                    let _host = host.acquire_owned().await.ok();
+                    job.run(site, tick).await;
+                });
+            }
+            due += interval;
+            // After a stall (suspended process, overloaded runtime) skip the ticks already past
+            // instead of firing them back to back.
+            let now = Instant::now();
+            while due + interval <= now {
+                self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+                self.missed(self.clock.wall_at(due), "scheduler fell behind");
+                due += interval;
+            }
+        }
+    }
+
+    fn missed(&self, scheduled_at: DateTime<Utc>, why: &'static str) {
+        self.stats.missed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sitewatch_missed_ticks_total", "site" => self.site.name.clone()).increment(1);
+        tracing::warn!(site = %self.site.name, %scheduled_at, why, "missed tick");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    /// Records every tick per site; each run takes `busy` of (paused) time.
+    struct Recorder {
+        busy: Duration,
+        ticks: StdMutex<Vec<(String, Instant, DateTime<Utc>)>>,
+    }
+
+    impl Job for Recorder {
+        async fn run(&self, site: Arc<Site>, tick: Tick) {
+            self.ticks
+                .lock()
+                .unwrap()
+                .push((site.name.clone(), Instant::now(), tick.scheduled_at));
+            tokio::time::sleep(self.busy).await;
+        }
+    }
+
+    fn site(name: &str, interval: Duration) -> Site {
+        let mut site = Site::with_defaults(name, "http://127.0.0.1:9/".parse().unwrap());
+        site.interval = interval;
+        site.timeout = interval / 2;
+        site
+    }
+
+    fn recorder(busy: Duration) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            busy,
+            ticks: StdMutex::new(Vec::new()),
+        })
+    }
+
+    /// A clock whose wall time is an exact multiple of a minute, so phases are easy to check.
+    fn pinned_clock() -> Clock {
+        Clock {
+            wall: DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 60, 0).unwrap(),
+            instant: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn shard_parsing_and_membership() {
+        assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
+        for bad in ["3/3", "1", "a/b", "0/0", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        let names: Vec<String> = (0..3000).map(|i| format!("site-{i}")).collect();
+        let shards: Vec<Shard> = (0..3).map(|i| Shard { index: i, count: 3 }).collect();
+        for name in &names {
+            let owners = shards.iter().filter(|s| s.contains(name)).count();
+            assert_eq!(owners, 1, "{name} must belong to exactly one shard");
+        }
+        for shard in &shards {
+            let share = names.iter().filter(|n| shard.contains(n)).count();
+            assert!((800..1200).contains(&share), "shard {shard:?} got {share} of 3000");
+        }
+        // Stable across builds: FNV-1a's published test vectors.
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stable_hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn phases_spread_over_the_interval() {
+        let interval = Duration::from_secs(10);
+        let mut buckets = [0usize; 10];
+        for i in 0..10_000 {
+            let p = phase(&format!("site-{i}"), interval);
+            assert!(p < interval);
+            buckets[(p.as_secs()) as usize] += 1;
+        }
+        for (second, count) in buckets.iter().enumerate() {
+            assert!((800..1200).contains(count), "second {second} has {count} first runs");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_are_drift_free_and_phase_aligned() {
+        let interval = Duration::from_secs(10);
+        let job = recorder(Duration::from_millis(1234));
+        let clock = pinned_clock();
+        let mut scheduler = Scheduler::with_clock(Arc::clone(&job), Limits::default(), CancellationToken::new(), clock);
+        scheduler.apply(vec![site("a", interval), site("b", interval)]);
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        let stats = scheduler.stats();
+        scheduler.shutdown().await;
+
+        assert_eq!(stats.missed.load(Ordering::Relaxed), 0);
+        for name in ["a", "b"] {
+            let ticks: Vec<_> = job.ticks.lock().unwrap().iter().filter(|t| t.0 == name).cloned().collect();
+            assert!((9..=10).contains(&ticks.len()), "{name}: {} ticks", ticks.len());
+            let phase = phase(name, interval);
+            for (k, (_, at, scheduled_at)) in ticks.iter().enumerate() {
+                // Exactly phase + k·interval after the (minute-aligned) start: no drift even
+                // though every run takes 1.234 s.
+                assert_eq!(*at - clock.instant, phase + interval * k as u32, "{name} tick {k}");
+                let offset = (*scheduled_at - clock.wall).to_std().unwrap();
+                assert_eq!(offset, phase + interval * k as u32);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_check_makes_ticks_missed_not_piled_up() {
+        let interval = Duration::from_secs(1);
+        // Each run takes 2.5 s: of every three ticks, one runs and two are missed.
+        let job = recorder(Duration::from_millis(2500));
+        let mut scheduler =
+            Scheduler::with_clock(Arc::clone(&job), Limits::default(), CancellationToken::new(), pinned_clock());
+        scheduler.apply(vec![site("slow", interval)]);
+        tokio::time::sleep(Duration::from_millis(30_500)).await;
+        let stats = scheduler.stats();
+        scheduler.shutdown().await;
+        let runs = job.ticks.lock().unwrap().len() as u64;
+        let ticks = stats.ticks.load(Ordering::Relaxed);
+        let missed = stats.missed.load(Ordering::Relaxed);
+        assert_eq!(runs + missed, ticks);
+        assert!((10..=11).contains(&runs), "runs {runs}");
+        assert!((19..=21).contains(&missed), "missed {missed}");
+        // Runs never overlap.
+        let times: Vec<Instant> = job.ticks.lock().unwrap().iter().map(|t| t.1).collect();
+        assert!(times.windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(2500)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reload_keeps_unchanged_sites_and_applies_changes() {
+        let interval = Duration::from_secs(10);
+        let job = recorder(Duration::from_millis(10));
+        let mut scheduler =
+            Scheduler::with_clock(Arc::clone(&job), Limits::default(), CancellationToken::new(), pinned_clock());
+        assert_eq!(scheduler.apply(vec![site("keep", interval), site("drop", interval), site("change", interval)]), (3, 0, 0));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let mut changed = site("change", interval);
+        changed.url = "http://127.0.0.1:10/".parse().unwrap();
+        // "keep" moved to another line only: still unchanged.
+        let mut moved = site("keep", interval);
+        moved.location.line = 42;
+        assert_eq!(scheduler.apply(vec![moved, changed, site("new", interval)]), (1, 1, 1));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        scheduler.shutdown().await;
+
+        let ticks = job.ticks.lock().unwrap();
+        let count = |name: &str| ticks.iter().filter(|t| t.0 == name).count();
+        assert!((5..=6).contains(&count("keep")), "keep: {}", count("keep"));
+        assert!((2..=3).contains(&count("drop")), "drop: {}", count("drop"));
+        assert!((3..=4).contains(&count("new")), "new: {}", count("new"));
+        // "keep" kept its phase across the reload.
+        let phase = phase("keep", interval);
+        let clock_start = ticks.iter().filter(|t| t.0 == "keep").map(|t| t.1).next().unwrap() - phase;
+        for (k, t) in ticks.iter().filter(|t| t.0 == "keep").enumerate() {
+            assert_eq!(t.1 - clock_start, phase + interval * k as u32);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_host_cap_limits_concurrency() {
+        struct Gauge {
+            now: AtomicU64,
+            peak: AtomicU64,
+        }
+        impl Job for Gauge {
+            async fn run(&self, _site: Arc<Site>, _tick: Tick) {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                self.now.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let job = Arc::new(Gauge {
+            now: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        });
+        let limits = Limits {
+            max_concurrency: 100,
+            max_per_host: 3,
+        };
+        let mut scheduler = Scheduler::with_clock(Arc::clone(&job), limits, CancellationToken::new(), pinned_clock());
+        scheduler.apply((0..20).map(|i| site(&format!("s{i}"), Duration::from_secs(10))).collect());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        scheduler.shutdown().await;
+        assert_eq!(job.peak.load(Ordering::SeqCst), 3);
+    }
+}
