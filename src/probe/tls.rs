@@ -1,0 +1,147 @@
+//! TLS connectors, built once per distinct [`TlsOptions`] and cached, and the facts the probe
+//! reads from the server's leaf certificate.
+//!
+//! Building an OpenSSL context loads the system trust store, which costs milliseconds; doing it
+//! per probe would cap throughput far below thousands of probes per second.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use native_tls::{Certificate, Identity};
+use tokio_native_tls::TlsConnector;
+
+use super::CertInfo;
+use crate::config::TlsOptions;
+
+/// Connectors by TLS options. A site whose options cannot be built gets its error text cached
+/// too, so a bad PEM costs one attempt to parse, not one per probe.
+pub(crate) struct Connectors {
+    /// Options every field at its default: most sites. Used without taking the lock.
+    default: TlsConnector,
+    custom: Mutex<HashMap<TlsOptions, Result<TlsConnector, String>>>,
+}
+
+impl Connectors {
+    pub(crate) fn new() -> Result<Connectors, native_tls::Error> {
+        Ok(Connectors {
+            default: TlsConnector::from(native_tls::TlsConnector::new()?),
+            custom: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The connector for `opts`; `Err` carries why the options cannot be used.
+    pub(crate) fn get(&self, opts: &TlsOptions) -> Result<TlsConnector, String> {
+        if is_default(opts) {
+            return Ok(self.default.clone());
+        }
+        if let Some(found) = self.lock().get(opts) {
+            return found.clone();
+        }
+        // Built outside the lock: other sites' probes must not wait for a trust store load.
+        let built = build(opts).map(TlsConnector::from);
+        self.lock().entry(opts.clone()).or_insert(built).clone()
+    }
+
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TlsOptions, Result<TlsConnector, String>>> {
+        // The map holds no invariant a panicking holder could break.
+        self.custom.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn is_default(opts: &TlsOptions) -> bool {
+    opts.ca_pem.is_none()
+        && opts.client_cert_pem.is_none()
+        && opts.client_key_pem.is_none()
+        && !opts.insecure
+}
+
+/// System roots plus every certificate in `ca_pem`, the client identity if given, and
+/// verification switched off for `insecure`.
+fn build(opts: &TlsOptions) -> Result<native_tls::TlsConnector, String> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(pem) = &opts.ca_pem {
+        let certs = Certificate::stack_from_pem(pem).map_err(|e| format!("ca_pem: {e}"))?;
+        if certs.is_empty() {
+            return Err("ca_pem: no certificate found".to_owned());
+        }
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
+    match (&opts.client_cert_pem, &opts.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let identity =
+                Identity::from_pkcs8(cert, key).map_err(|e| format!("client certificate: {e}"))?;
+            builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => return Err("client_cert_pem and client_key_pem must be given together".to_owned()),
+    }
+    if opts.insecure {
+        builder.danger_accept_invalid_certs(true);
+        builder.danger_accept_invalid_hostnames(true);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Expiry, subject and issuer of a DER certificate; `None` if it does not parse.
+pub(crate) fn cert_info(der: &[u8]) -> Option<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0)?;
+    Some(CertInfo {
+        not_after,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+    })
+}
+
+/// The leaf certificate a completed handshake saw.
+pub(crate) fn peer_cert_info<S>(stream: &tokio_native_tls::TlsStream<S>) -> Option<CertInfo>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let cert = stream.get_ref().peer_certificate().ok()??;
+    cert_info(&cert.to_der().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connectors_are_cached_per_options() {
+        let c = Connectors::new().unwrap();
+        assert!(c.get(&TlsOptions::default()).is_ok());
+        assert_eq!(c.cached(), 0, "default options use the prebuilt connector");
+        let insecure = TlsOptions {
+            insecure: true,
+            ..TlsOptions::default()
+        };
+        assert!(c.get(&insecure).is_ok());
+        assert!(c.get(&insecure).is_ok());
+        assert_eq!(c.cached(), 1);
+        let bad = TlsOptions {
+            ca_pem: Some(b"not a pem".to_vec()),
+            ..TlsOptions::default()
+        };
+        assert!(c.get(&bad).unwrap_err().starts_with("ca_pem"));
+        assert!(c.get(&bad).is_err());
+        assert_eq!(c.cached(), 2);
+        let half = TlsOptions {
+            client_key_pem: Some(b"x".to_vec()),
+            ..TlsOptions::default()
+        };
+        assert!(c.get(&half).unwrap_err().contains("together"));
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert_eq!(cert_info(b"\x30\x03\x02\x01\x00"), None);
+    }
+}

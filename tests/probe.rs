@@ -1,0 +1,867 @@
+//! The probe against real loopback servers that answer, redirect, stall, trickle, cut bodies
+//! short, stream huge or compressed-bomb bodies, and speak TLS with good and bad certificates.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, HeaderValue, Method};
+use sitewatch::config::{Site, TlsOptions};
+use sitewatch::probe::{Attempt, Prober, Response, DEFAULT_USER_AGENT};
+use sitewatch::result::{Failure, FailureKind, Phase};
+use support::{serve, site, Conn, Received, TestCa, TlsServer, Validity};
+
+fn prober() -> Prober {
+    Prober::new(DEFAULT_USER_AGENT).unwrap()
+}
+
+fn ok(attempt: &Attempt) -> &Response {
+    match &attempt.outcome {
+        Ok(r) => r,
+        Err(f) => panic!(
+            "expected a response, got {f:?} (timings {:?})",
+            attempt.timings
+        ),
+    }
+}
+
+fn failed(attempt: &Attempt) -> &Failure {
+    match &attempt.outcome {
+        Err(f) => f,
+        Ok(r) => panic!(
+            "expected a failure, got status {} from {}",
+            r.status, r.final_url
+        ),
+    }
+}
+
+fn with_timeout(mut s: Site, timeout: Duration) -> Site {
+    s.timeout = timeout;
+    s
+}
+
+/// A server answering `200` with a fixed body.
+async fn hello_server(bind: &str) -> support::Server {
+    serve(bind, |_req: Received, mut conn: Conn| async move {
+        conn.respond(200, &[("Content-Type", "text/plain")], b"hello")
+            .await;
+    })
+    .await
+}
+
+/// The scheduler spawns probes on a multi-threaded runtime: the future must be `Send`.
+#[allow(dead_code)]
+fn probe_future_is_send(prober: &Prober, site: &Site) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&prober.probe(site));
+}
+
+// ---- plain HTTP ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn get_200_with_body() {
+    let server = hello_server("127.0.0.1:0").await;
+    let attempt = prober().probe(&site(&server.url("/x?y=1"))).await;
+    let r = ok(&attempt);
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"hello");
+    assert!(!r.body_truncated);
+    assert_eq!(r.final_url.as_str(), server.url("/x?y=1"));
+    assert!(r
+        .headers
+        .contains(&("content-type".to_owned(), "text/plain".to_owned())));
+    assert!(r.cert.is_none() && attempt.cert.is_none());
+    let t = &attempt.timings;
+    assert_eq!(t.dns_ms, Some(0.0), "IP literal skips DNS");
+    assert!(t.connect_ms.is_some() && t.ttfb_ms.is_some() && t.transfer_ms.is_some());
+    assert_eq!(t.tls_ms, None);
+
+    let seen = &server.requests()[0];
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.target, "/x?y=1");
+    assert_eq!(seen.header("user-agent"), Some(DEFAULT_USER_AGENT));
+    assert_eq!(seen.header("host"), Some(server.addr.to_string().as_str()));
+    assert_eq!(seen.header("accept-encoding"), Some("gzip, deflate"));
+    assert_eq!(seen.header("connection"), Some("close"));
+    assert_eq!(seen.header("content-length"), None, "GET without body");
+}
+
+#[tokio::test]
+async fn custom_method_headers_and_body_are_sent() {
+    let server = serve("127.0.0.1:0", |req: Received, mut conn: Conn| async move {
+        let method = req.method.clone();
+        conn.respond(201, &[("X-Seen-Method", method.as_str())], &req.body)
+            .await;
+    })
+    .await;
+    let mut s = site(&server.url("/echo"));
+    s.request.method = Method::PUT;
+    s.request.body = Some(bytes::Bytes::from_static(b"{\"ping\":1}"));
+    s.request.headers = vec![
+        (
+            HeaderName::from_static("x-probe"),
+            HeaderValue::from_static("yes"),
+        ),
+        (
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("application/json"),
+        ),
+        (
+            HeaderName::from_static("user-agent"),
+            HeaderValue::from_static("custom-agent/2"),
+        ),
+        (
+            HeaderName::from_static("accept-encoding"),
+            HeaderValue::from_static("identity"),
+        ),
+    ];
+    let attempt = prober().probe(&s).await;
+    let r = ok(&attempt);
+    assert_eq!(r.status, 201);
+    assert_eq!(&r.body[..], b"{\"ping\":1}");
+    assert!(r
+        .headers
+        .contains(&("x-seen-method".to_owned(), "PUT".to_owned())));
+
+    let seen = &server.requests()[0];
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(seen.body, b"{\"ping\":1}");
+    assert_eq!(seen.header("x-probe"), Some("yes"));
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(seen.header("content-length"), Some("10"));
+    assert_eq!(seen.header("user-agent"), Some("custom-agent/2"));
+    assert_eq!(seen.header("accept-encoding"), Some("identity"));
+    assert_eq!(
+        seen.headers
+            .iter()
+            .filter(|(n, _)| n == "user-agent")
+            .count(),
+        1,
+        "the site's User-Agent replaces the default"
+    );
+}
+
+#[tokio::test]
+async fn compressed_bodies_are_decoded() {
+    use std::io::Write;
+    let text = b"compressed hello, compressed hello, compressed hello";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zl.write_all(text).unwrap();
+    let zl = zl.finish().unwrap();
+    let server = serve("127.0.0.1:0", move |req: Received, mut conn: Conn| {
+        let (gz, zl) = (gz.clone(), zl.clone());
+        async move {
+            match req.target.as_str() {
+                "/gzip" => {
+                    conn.respond(200, &[("Content-Encoding", "gzip")], &gz)
+                        .await
+                }
+                "/deflate" => {
+                    conn.respond(200, &[("Content-Encoding", "deflate")], &zl)
+                        .await
+                }
+                _ => {
+                    conn.respond(200, &[("Content-Encoding", "br")], b"\x01\x02")
+                        .await
+                }
+            }
+        }
+    })
+    .await;
+    let p = prober();
+    for path in ["/gzip", "/deflate"] {
+        let attempt = p.probe(&site(&server.url(path))).await;
+        assert_eq!(&ok(&attempt).body[..], text, "{path}");
+    }
+    let attempt = p.probe(&site(&server.url("/br"))).await;
+    assert_eq!(
+        &ok(&attempt).body[..],
+        b"\x01\x02",
+        "unknown encodings are kept as sent"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_loopback() {
+    assert!(
+        support::ipv6_loopback_available(),
+        "::1 is not configured on this machine (check `ip -6 addr`); this test needs it"
+    );
+    let server = hello_server("[::1]:0").await;
+    let url = server.url("/");
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    let attempt = prober().probe(&site(&url)).await;
+    assert_eq!(&ok(&attempt).body[..], b"hello");
+    assert_eq!(attempt.timings.dns_ms, Some(0.0));
+    let host = server.requests()[0].header("host").unwrap().to_owned();
+    assert_eq!(host, server.addr.to_string(), "Host keeps the brackets");
+}
+
+#[tokio::test]
+async fn host_names_are_resolved() {
+    let server = hello_server("127.0.0.1:0").await;
+    let attempt = prober()
+        .probe(&site(&format!("http://localhost:{}/", server.addr.port())))
+        .await;
+    assert_eq!(ok(&attempt).status, 200);
+    assert!(attempt.timings.dns_ms.is_some());
+    assert_eq!(
+        server.requests()[0].header("host"),
+        Some(format!("localhost:{}", server.addr.port()).as_str())
+    );
+}
+
+// ---- redirects -------------------------------------------------------------------------------
+
+/// Redirects by path: `/a` 301 → absolute `/b`, `/b` 302 → relative `c`, `/c` 200; each
+/// answer is delayed 50 ms so summed TTFB is visible. `/loop1` ↔ `/loop2`; `/n/<i>` →
+/// `/n/<i+1>` forever; `/post303` 303 and `/post307` 307 → `/echo`.
+async fn redirect_server() -> support::Server {
+    let base = Arc::new(std::sync::OnceLock::<String>::new());
+    let base2 = base.clone();
+    let server = serve("127.0.0.1:0", move |req: Received, mut conn: Conn| {
+        let base = base2.get().cloned().unwrap_or_default();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let target = req.target.as_str();
+            match target {
+                "/a" => {
+                    conn.respond(301, &[("Location", format!("{base}/b").as_str())], b"")
+                        .await
+                }
+                "/b" => conn.respond(302, &[("Location", "c")], b"moved").await,
+                "/c" => conn.respond(200, &[], b"done").await,
+                "/loop1" => conn.respond(302, &[("Location", "/loop2")], b"").await,
+                "/loop2" => conn.respond(302, &[("Location", "/loop1")], b"").await,
+                "/post303" => conn.respond(303, &[("Location", "/echo")], b"").await,
+                "/post307" => conn.respond(307, &[("Location", "/echo")], b"").await,
+                "/echo" => {
+                    let method = req.method.clone();
+                    conn.respond(200, &[("X-Method", method.as_str())], &req.body)
+                        .await
+                }
+                _ if target.starts_with("/n/") => {
+                    let i: u32 = target[3..].parse().unwrap();
+                    let next = format!("/n/{}", i + 1);
+                    conn.respond(307, &[("Location", next.as_str())], b"").await
+                }
+                _ => conn.respond(404, &[], b"").await,
+            }
+        }
+    })
+    .await;
+    base.set(format!("http://{}", server.addr)).unwrap();
+    server
+}
+
+#[tokio::test]
+async fn redirect_chain_is_followed_and_timed() {
+    let server = redirect_server().await;
+    let attempt = prober().probe(&site(&server.url("/a"))).await;
+    let r = ok(&attempt);
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"done");
+    assert_eq!(
+        r.final_url.as_str(),
+        server.url("/c"),
+        "relative Location resolved"
+    );
+    let paths: Vec<String> = server.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(paths, ["/a", "/b", "/c"]);
+    assert_eq!(server.connections(), 3, "a fresh connection per hop");
+    let t = &attempt.timings;
+    assert!(
+        t.ttfb_ms.unwrap() >= 150.0,
+        "TTFB summed over 3 hops: {t:?}"
+    );
+    assert!(t.total_ms >= t.ttfb_ms.unwrap());
+    assert!(t.connect_ms.is_some());
+}
+
+#[tokio::test]
+async fn redirect_loop_fails() {
+    let server = redirect_server().await;
+    let attempt = prober().probe(&site(&server.url("/loop1"))).await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::RedirectLoop);
+    assert!(
+        f.message.contains("/loop1") && f.message.contains("/loop2"),
+        "{}",
+        f.message
+    );
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn too_many_redirects_fail() {
+    let server = redirect_server().await;
+    let mut s = site(&server.url("/n/0"));
+    s.max_redirects = 3;
+    let attempt = prober().probe(&s).await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::RedirectLoop);
+    assert!(f.message.contains("/n/4"), "{}", f.message);
+    assert_eq!(
+        server.requests().len(),
+        4,
+        "the original request and 3 redirects"
+    );
+
+    let mut s = site(&server.url("/n/0"));
+    s.max_redirects = 0;
+    assert_eq!(
+        failed(&prober().probe(&s).await).kind,
+        FailureKind::RedirectLoop
+    );
+}
+
+#[tokio::test]
+async fn redirect_methods() {
+    let server = redirect_server().await;
+    let p = prober();
+    let post = |path: &str| {
+        let mut s = site(&server.url(path));
+        s.request.method = Method::POST;
+        s.request.body = Some(bytes::Bytes::from_static(b"form=1"));
+        s.request.headers = vec![(
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        )];
+        s
+    };
+
+    let attempt = p.probe(&post("/post303")).await;
+    assert_eq!(ok(&attempt).status, 200);
+    let echo = server.requests().pop().unwrap();
+    assert_eq!(
+        (echo.method.as_str(), echo.body.as_slice()),
+        ("GET", &b""[..])
+    );
+    assert_eq!(
+        echo.header("content-type"),
+        None,
+        "body headers dropped with the body"
+    );
+
+    let attempt = p.probe(&post("/post307")).await;
+    assert_eq!(&ok(&attempt).body[..], b"form=1");
+    let echo = server.requests().pop().unwrap();
+    assert_eq!(
+        (echo.method.as_str(), echo.body.as_slice()),
+        ("POST", &b"form=1"[..])
+    );
+}
+
+#[tokio::test]
+async fn credentials_stay_with_their_origin() {
+    let other = serve("127.0.0.1:0", |_req: Received, mut conn: Conn| async move {
+        conn.respond(200, &[], b"other").await;
+    })
+    .await;
+    let target = other.url("/landing");
+    let first = serve("127.0.0.1:0", move |_req: Received, mut conn: Conn| {
+        let target = target.clone();
+        async move {
+            conn.respond(302, &[("Location", target.as_str())], b"")
+                .await
+        }
+    })
+    .await;
+    let mut s = site(&first.url("/"));
+    s.request.headers = vec![
+        (
+            HeaderName::from_static("authorization"),
+            HeaderValue::from_static("Bearer secret"),
+        ),
+        (
+            HeaderName::from_static("x-keep"),
+            HeaderValue::from_static("1"),
+        ),
+    ];
+    let attempt = prober().probe(&s).await;
+    assert_eq!(&ok(&attempt).body[..], b"other");
+    assert_eq!(
+        first.requests()[0].header("authorization"),
+        Some("Bearer secret")
+    );
+    let landed = &other.requests()[0];
+    assert_eq!(landed.header("authorization"), None);
+    assert_eq!(landed.header("x-keep"), Some("1"));
+    assert_eq!(landed.header("host"), Some(other.addr.to_string().as_str()));
+}
+
+// ---- connection failures ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn unresolvable_name_is_dns_failure() {
+    let attempt = prober().probe(&site("http://nonexistent.invalid/")).await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::Dns, "{f:?}");
+    assert!(f.message.contains("nonexistent.invalid"), "{}", f.message);
+    assert!(attempt.timings.dns_ms.is_some());
+    assert_eq!(attempt.timings.connect_ms, None);
+}
+
+#[tokio::test]
+async fn closed_port_is_connect_failure() {
+    let port = support::closed_port();
+    let attempt = prober()
+        .probe(&site(&format!("http://127.0.0.1:{port}/")))
+        .await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::Connect);
+    assert_eq!(f.message, format!("connection refused to 127.0.0.1:{port}"));
+    assert!(attempt.timings.connect_ms.is_some());
+    assert_eq!(attempt.timings.ttfb_ms, None);
+}
+
+#[tokio::test]
+async fn silent_server_times_out_waiting_for_head() {
+    let server = serve("127.0.0.1:0", |_req: Received, mut conn: Conn| async move {
+        conn.wait_closed(Duration::from_secs(30)).await;
+    })
+    .await;
+    let started = Instant::now();
+    let attempt = prober()
+        .probe(&with_timeout(
+            site(&server.url("/")),
+            Duration::from_millis(400),
+        ))
+        .await;
+    let f = failed(&attempt);
+    assert_eq!(
+        (f.kind, f.phase),
+        (FailureKind::Timeout, Some(Phase::Ttfb)),
+        "{f:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let t = &attempt.timings;
+    assert!(
+        t.ttfb_ms.unwrap() > 300.0,
+        "the interrupted phase counts: {t:?}"
+    );
+    assert!(t.total_ms >= 400.0);
+}
+
+#[tokio::test]
+async fn tls_handshake_that_never_completes_times_out_in_tls() {
+    let addr = support::black_hole().await;
+    let attempt = prober()
+        .probe(&with_timeout(
+            site(&format!("https://{addr}/")),
+            Duration::from_millis(300),
+        ))
+        .await;
+    let f = failed(&attempt);
+    assert_eq!(
+        (f.kind, f.phase),
+        (FailureKind::Timeout, Some(Phase::Tls)),
+        "{f:?}"
+    );
+}
+
+/// Sends a head promising 1000 bytes, then one byte every 100 ms.
+async fn trickle_server() -> support::Server {
+    serve("127.0.0.1:0", |_req: Received, mut conn: Conn| async move {
+        if conn.head(200, &[("Content-Length", "1000")]).await.is_err() {
+            return;
+        }
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if conn.write(b"x").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn trickling_body_times_out_in_transfer() {
+    let server = trickle_server().await;
+    let attempt = prober()
+        .probe(&with_timeout(
+            site(&server.url("/")),
+            Duration::from_millis(700),
+        ))
+        .await;
+    let f = failed(&attempt);
+    assert_eq!(
+        (f.kind, f.phase),
+        (FailureKind::Timeout, Some(Phase::Transfer)),
+        "{f:?}"
+    );
+    assert!(attempt.timings.transfer_ms.unwrap() > 400.0);
+}
+
+#[tokio::test]
+async fn trickling_body_with_small_cap_is_truncated() {
+    let server = trickle_server().await;
+    let mut s = with_timeout(site(&server.url("/")), Duration::from_secs(5));
+    s.body_cap = 3;
+    let started = Instant::now();
+    let attempt = prober().probe(&s).await;
+    let r = ok(&attempt);
+    assert_eq!(&r.body[..], b"xxx");
+    assert!(r.body_truncated);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn broken_responses_are_http_failures() {
+    let server = serve("127.0.0.1:0", |req: Received, mut conn: Conn| async move {
+        match req.target.as_str() {
+            "/mid-body" => {
+                let _ = conn.head(200, &[("Content-Length", "100")]).await;
+                let _ = conn.write(b"only ten b").await;
+            }
+            "/garbage" => {
+                let _ = conn.write(b"HTTP/1.1 abc nonsense\r\n\r\n").await;
+            }
+            // "/no-head": close without answering.
+            _ => {}
+        }
+    })
+    .await;
+    let p = prober();
+    let cases = [
+        ("/mid-body", "connection closed mid-body"),
+        ("/no-head", "connection closed before the response head"),
+        ("/garbage", "malformed response"),
+    ];
+    for (path, message) in cases {
+        let attempt = p.probe(&site(&server.url(path))).await;
+        let f = failed(&attempt);
+        assert_eq!(f.kind, FailureKind::Http, "{path}: {f:?}");
+        assert!(f.message.starts_with(message), "{path}: {}", f.message);
+    }
+}
+
+// ---- body caps: huge bodies and compression bombs --------------------------------------------
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Samples this process's RSS every 2 ms until dropped; yields the highest sample.
+struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    fn start() -> RssSampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = rss_bytes();
+            while !flag.load(Ordering::SeqCst) {
+                peak = peak.max(rss_bytes());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak.max(rss_bytes())
+        });
+        RssSampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn peak(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// Both huge-body cases in one test, one after the other, so the RSS measurement is not
+/// disturbed by each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_and_bomb_bodies_stop_at_the_cap() {
+    const CAP: u64 = 1 << 20;
+    const HUGE: u64 = 50 << 20;
+    const MIB: u64 = 1 << 20;
+    let p = prober();
+
+    // 50 MiB from a generator: a 64 KiB block written again and again.
+    let huge = serve("127.0.0.1:0", |_req: Received, mut conn: Conn| async move {
+        let length = HUGE.to_string();
+        if conn
+            .head(200, &[("Content-Length", length.as_str())])
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let block = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < HUGE {
+            if conn.write(&block).await.is_err() {
+                return;
+            }
+            sent += block.len() as u64;
+        }
+    })
+    .await;
+
+    // A gzip bomb: ~1 KiB units that each inflate to 1 MiB of zeros, up to 1 TiB.
+    let bomb = Arc::new(support::gzip_bomb());
+    let unit_zeros = bomb.unit_zeros;
+    {
+        use std::io::Read;
+        let mut wire = bomb.head[10..].to_vec();
+        for _ in 0..3 {
+            wire.extend_from_slice(&bomb.unit);
+        }
+        let mut out = Vec::new();
+        flate2::read::DeflateDecoder::new(&wire[..])
+            .read_to_end(&mut out)
+            .unwrap_or_default();
+        assert_eq!(
+            out.len(),
+            4 * unit_zeros,
+            "the bomb's pieces decode as designed"
+        );
+        assert!(out.iter().all(|&b| b == 0));
+        assert!(bomb.unit.len() * 500 < unit_zeros, "ratio > 500:1");
+    }
+    let bomb_units_sent = Arc::new(AtomicUsize::new(0));
+    let units_sent = bomb_units_sent.clone();
+    let bomb_server = serve("127.0.0.1:0", move |_req: Received, mut conn: Conn| {
+        let bomb = bomb.clone();
+        let units_sent = units_sent.clone();
+        async move {
+            // No Content-Length: the body runs until the connection closes.
+            let head = conn
+                .head(
+                    200,
+                    &[("Content-Encoding", "gzip"), ("Connection", "close")],
+                )
+                .await;
+            if head.is_err() || conn.write(&bomb.head).await.is_err() {
+                return;
+            }
+            for _ in 0..(1usize << 20) {
+                if conn.write(&bomb.unit).await.is_err() {
+                    return;
+                }
+                units_sent.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+
+    let base = rss_bytes();
+    let sampler = RssSampler::start();
+
+    let mut s = site(&huge.url("/"));
+    s.body_cap = CAP;
+    let started = Instant::now();
+    let attempt = p.probe(&s).await;
+    let huge_elapsed = started.elapsed();
+    let r = ok(&attempt);
+    assert_eq!(r.body.len() as u64, CAP);
+    assert!(r.body_truncated);
+    assert!(r.body.iter().all(|&b| b == b'a'));
+    drop(attempt);
+
+    let mut s = site(&bomb_server.url("/"));
+    s.body_cap = CAP;
+    let started = Instant::now();
+    let attempt = p.probe(&s).await;
+    let bomb_elapsed = started.elapsed();
+    let r = ok(&attempt);
+    assert_eq!(r.body.len() as u64, CAP);
+    assert!(r.body_truncated);
+    assert!(r.body.iter().all(|&b| b == 0));
+
+    let peak = sampler.peak();
+    let growth = peak.saturating_sub(base);
+    assert!(
+        growth < 32 * MIB,
+        "RSS grew by {} MiB reading capped bodies",
+        growth / MIB
+    );
+    assert!(huge_elapsed < Duration::from_secs(5), "{huge_elapsed:?}");
+    assert!(bomb_elapsed < Duration::from_secs(5), "{bomb_elapsed:?}");
+
+    // The servers saw the connections dropped long before the end of their bodies.
+    assert!(huge.wait_for_broken_write(Duration::from_secs(5)).await);
+    assert!(
+        huge.bytes_written() < HUGE / 2,
+        "the 50 MiB body was drained: {} bytes written",
+        huge.bytes_written()
+    );
+    assert!(
+        bomb_server
+            .wait_for_broken_write(Duration::from_secs(5))
+            .await
+    );
+    let units = bomb_units_sent.load(Ordering::SeqCst);
+    assert!(
+        (units as u64) < 64 * 1024,
+        "{units} bomb units (1 MiB each decoded) were sent"
+    );
+}
+
+// ---- TLS -------------------------------------------------------------------------------------
+
+fn trusting(ca: &TestCa) -> TlsOptions {
+    TlsOptions {
+        ca_pem: Some(ca.cert_pem.as_bytes().to_vec()),
+        ..TlsOptions::default()
+    }
+}
+
+fn https_site(server: &TlsServer, tls: TlsOptions) -> Site {
+    let mut s = site(&server.url("/"));
+    s.tls = tls;
+    s
+}
+
+#[tokio::test]
+async fn https_with_trusted_ca_passes_and_reports_cert() {
+    let ca = TestCa::new("sitewatch test CA");
+    let leaf = ca.leaf(
+        "probe leaf",
+        &["localhost", "127.0.0.1"],
+        Validity::Until(2099),
+    );
+    let server = TlsServer::start(&leaf, None);
+    let p = prober();
+
+    let attempt = p.probe(&https_site(&server, trusting(&ca))).await;
+    let r = ok(&attempt);
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello over tls"[..]));
+    let cert = r.cert.as_ref().expect("certificate of the final hop");
+    assert_eq!(Some(cert), attempt.cert.as_ref());
+    assert_eq!(cert.not_after.to_rfc3339(), "2099-01-01T00:00:00+00:00");
+    assert!(cert.subject.contains("probe leaf"), "{}", cert.subject);
+    assert!(cert.issuer.contains("sitewatch test CA"), "{}", cert.issuer);
+
+    // Every phase happened, and together they fit in the total.
+    let t = &attempt.timings;
+    let phases = [t.dns_ms, t.connect_ms, t.tls_ms, t.ttfb_ms, t.transfer_ms];
+    assert!(phases.iter().all(Option::is_some), "{t:?}");
+    let sum: f64 = phases.iter().flatten().sum();
+    assert!(
+        t.total_ms + 0.5 >= sum,
+        "total {} < sum of phases {sum}",
+        t.total_ms
+    );
+
+    // By name too (verifies the host name, not just the IP).
+    let mut s = site(&format!("https://localhost:{}/", server.addr.port()));
+    s.tls = trusting(&ca);
+    assert_eq!(ok(&p.probe(&s).await).status, 200);
+}
+
+#[tokio::test]
+async fn self_signed_cert_is_rejected() {
+    let server = TlsServer::start(&support::self_signed("self", &["127.0.0.1"]), None);
+    let attempt = prober()
+        .probe(&https_site(&server, TlsOptions::default()))
+        .await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::Tls);
+    assert!(f.message.contains("self-signed"), "{}", f.message);
+    assert!(attempt.timings.tls_ms.is_some());
+    assert!(attempt.cert.is_none(), "the handshake did not complete");
+}
+
+#[tokio::test]
+async fn cert_from_unknown_ca_is_untrusted() {
+    let ca = TestCa::new("unknown CA");
+    let server = TlsServer::start(&ca.leaf("l", &["127.0.0.1"], Validity::Until(2099)), None);
+    let f = failed(
+        &prober()
+            .probe(&https_site(&server, TlsOptions::default()))
+            .await,
+    )
+    .clone();
+    assert_eq!(f.kind, FailureKind::Tls);
+    assert!(f.message.contains("not trusted"), "{}", f.message);
+}
+
+#[tokio::test]
+async fn expired_cert_is_rejected() {
+    let ca = TestCa::new("CA");
+    let server = TlsServer::start(&ca.leaf("old", &["127.0.0.1"], Validity::Expired), None);
+    let attempt = prober().probe(&https_site(&server, trusting(&ca))).await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::Tls);
+    assert_eq!(f.message, "certificate has expired");
+}
+
+#[tokio::test]
+async fn cert_for_another_host_is_rejected() {
+    let ca = TestCa::new("CA");
+    let server = TlsServer::start(
+        &ca.leaf("x", &["example.test"], Validity::Until(2099)),
+        None,
+    );
+    let attempt = prober().probe(&https_site(&server, trusting(&ca))).await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::Tls);
+    assert_eq!(f.message, "certificate does not match host 127.0.0.1");
+}
+
+#[tokio::test]
+async fn insecure_accepts_any_cert() {
+    let server = TlsServer::start(&support::self_signed("self", &["example.test"]), None);
+    let tls = TlsOptions {
+        insecure: true,
+        ..TlsOptions::default()
+    };
+    let attempt = prober().probe(&https_site(&server, tls)).await;
+    let r = ok(&attempt);
+    assert_eq!(r.status, 200);
+    assert!(r.cert.as_ref().unwrap().subject.contains("self"));
+}
+
+#[tokio::test]
+async fn mutual_tls() {
+    let ca = TestCa::new("mTLS CA");
+    let server_leaf = ca.leaf("server", &["127.0.0.1"], Validity::Until(2099));
+    let client = ca.leaf("client", &[], Validity::Until(2099));
+    let server = TlsServer::start(&server_leaf, Some(&ca));
+    let p = prober();
+
+    let attempt = p.probe(&https_site(&server, trusting(&ca))).await;
+    let f = failed(&attempt);
+    assert_eq!(f.kind, FailureKind::Tls, "{f:?}");
+    assert!(f.message.contains("client certificate"), "{}", f.message);
+
+    let tls = TlsOptions {
+        client_cert_pem: Some(client.cert_pem.as_bytes().to_vec()),
+        client_key_pem: Some(client.key_pem.as_bytes().to_vec()),
+        ..trusting(&ca)
+    };
+    let attempt = p.probe(&https_site(&server, tls)).await;
+    assert_eq!(&ok(&attempt).body[..], b"hello over tls");
+    assert!(server.handshakes() >= 1);
+    assert!(server.failed_handshakes() >= 1);
+}
+
+#[tokio::test]
+async fn invalid_tls_options_fail_as_tls() {
+    let server = TlsServer::start(&support::self_signed("s", &["127.0.0.1"]), None);
+    let tls = TlsOptions {
+        ca_pem: Some(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n".to_vec()),
+        ..TlsOptions::default()
+    };
+    let f = failed(&prober().probe(&https_site(&server, tls)).await).clone();
+    assert_eq!(f.kind, FailureKind::Tls);
+    assert!(
+        f.message.starts_with("invalid TLS options"),
+        "{}",
+        f.message
+    );
+}
