@@ -13,7 +13,9 @@ use sitewatch::commands::{self, ExitCode as CheckExit};
 use sitewatch::monitor::{self, ProduceOptions};
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::schedule::{self, Limits, Shard};
-use sitewatch::settings;
+use sitewatch::consume::{self, ConsumeOptions};
+use sitewatch::settings::{self, DatabaseSettings};
+use sitewatch::store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +66,71 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
     },
+    /// Store results from Kafka into PostgreSQL, exactly once.
+    Consume {
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Producer and consumer in one process: the small-deployment mode.
+    Run {
+        #[command(flatten)]
+        produce: ProduceArgs,
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Apply pending database migrations (SITEWATCH_DATABASE_URL).
+    Migrate,
+    /// Delete stored results older than a duration, in batches (e.g. --older-than 30d).
+    Prune {
+        #[arg(long, value_name = "DURATION", value_parser = parse_days)]
+        older_than: chrono::Duration,
+    },
+}
+
+/// Consumer flags (`consume`, `run`).
+#[derive(Args)]
+struct ConsumeArgs {
+    /// Do not apply pending migrations at startup.
+    #[arg(long)]
+    no_migrate: bool,
+    /// Messages per transaction at most.
+    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_ROWS)]
+    batch_rows: usize,
+    /// Milliseconds a batch may wait to fill before it is written.
+    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_WAIT.as_millis() as u64)]
+    batch_wait_ms: u64,
+}
+
+impl ConsumeArgs {
+    fn options(&self) -> ConsumeOptions {
+        ConsumeOptions {
+            max_batch_rows: self.batch_rows,
+            max_batch_wait: Duration::from_millis(self.batch_wait_ms),
+            migrate: !self.no_migrate,
+        }
+    }
+}
+
+/// `30d`, `12h`, `90m`: the age for `prune`.
+fn parse_days(text: &str) -> Result<chrono::Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: i64 = number.parse().map_err(|_| format!("expected e.g. 30d, got {text:?}"))?;
+    match unit {
+        "d" => Ok(chrono::Duration::days(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        _ => Err(format!("unit must be d, h or m, got {text:?}")),
+    }
 }
 
 /// Kafka connection flags; each overrides the environment variable of the same meaning.
@@ -208,6 +275,11 @@ fn main() -> ExitCode {
             };
             match runtime().block_on(commands::check(&config, &sites, json)) {
                 Ok(code) => exit(code),
+                // Naming a site the file does not define is a configuration mistake too.
+                Err(error @ commands::CheckError::UnknownSite(_)) => {
+                    eprintln!("sitewatch: {error}");
+                    exit(CheckExit::ConfigInvalid)
+                }
                 Err(error) => fail(&error),
             }
         }
@@ -227,6 +299,102 @@ fn main() -> ExitCode {
                 let shutdown = shutdown_signal();
                 match monitor::produce(&kafka, produce.options(), reload_signal(), shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(&error),
+                }
+            })
+        }
+        Command::Consume {
+            consume,
+            kafka,
+            metrics_addr,
+        } => {
+            let (kafka, db) = match (kafka.settings(), DatabaseSettings::from_env()) {
+                (Ok(kafka), Ok(db)) => (kafka, db),
+                (Err(error), _) | (_, Err(error)) => return fail(&error),
+            };
+            runtime().block_on(async {
+                if let Err(error) = serve_metrics(metrics_addr) {
+                    return fail(&error);
+                }
+                match consume::run(&kafka, &db, consume.options(), shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(&error),
+                }
+            })
+        }
+        Command::Run {
+            produce,
+            consume,
+            kafka,
+            metrics_addr,
+        } => {
+            let (kafka, db) = match (kafka.settings(), DatabaseSettings::from_env()) {
+                (Ok(kafka), Ok(db)) => (kafka, db),
+                (Err(error), _) | (_, Err(error)) => return fail(&error),
+            };
+            runtime().block_on(async {
+                if let Err(error) = serve_metrics(metrics_addr) {
+                    return fail(&error);
+                }
+                let shutdown = shutdown_signal();
+                // Either half failing stops the other: a monitor that cannot store is not running.
+                let consumer = async {
+                    let result = consume::run(&kafka, &db, consume.options(), shutdown.clone()).await;
+                    shutdown.cancel();
+                    result.map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+                };
+                let producer = async {
+                    let result = monitor::produce(&kafka, produce.options(), reload_signal(), shutdown.clone()).await;
+                    shutdown.cancel();
+                    result.map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+                };
+                match tokio::join!(producer, consumer) {
+                    (Ok(()), Ok(())) => ExitCode::SUCCESS,
+                    (Err(error), _) | (_, Err(error)) => fail(error.as_ref()),
+                }
+            })
+        }
+        Command::Migrate => {
+            let db = match DatabaseSettings::from_env() {
+                Ok(db) => db,
+                Err(error) => return fail(&error),
+            };
+            runtime().block_on(async {
+                let mut client = match store::connect(&db).await {
+                    Ok(client) => client,
+                    Err(error) => return fail(&error),
+                };
+                match store::migrate(&mut client).await {
+                    Ok(report) => {
+                        for applied in &report.applied {
+                            println!("applied {:04} {}", applied.version, applied.name);
+                        }
+                        println!(
+                            "{} migration(s) applied, {} already applied",
+                            report.applied.len(),
+                            report.already_applied
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => fail(&error),
+                }
+            })
+        }
+        Command::Prune { older_than } => {
+            let db = match DatabaseSettings::from_env() {
+                Ok(db) => db,
+                Err(error) => return fail(&error),
+            };
+            runtime().block_on(async {
+                let client = match store::connect(&db).await {
+                    Ok(client) => client,
+                    Err(error) => return fail(&error),
+                };
+                match store::prune(&client, older_than).await {
+                    Ok(rows) => {
+                        println!("deleted {rows} result(s) older than {} day(s)", older_than.num_days());
+                        ExitCode::SUCCESS
+                    }
                     Err(error) => fail(&error),
                 }
             })
@@ -283,13 +451,22 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-fn serve_metrics(addr: Option<SocketAddr>) -> Result<(), String> {
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}")]
+struct MetricsError {
+    addr: SocketAddr,
+    #[source]
+    source: metrics_exporter_prometheus::BuildError,
+}
+
+fn serve_metrics(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
     let Some(addr) = addr else { return Ok(()) };
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    let exporter = metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(SECONDS_BUCKETS)
         .and_then(|b| b.install())
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        .map_err(|source| MetricsError { addr, source });
+    exporter?;
     tracing::info!(%addr, "serving Prometheus metrics");
     Ok(())
 }
@@ -318,7 +495,14 @@ fn exit(code: CheckExit) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-fn fail(error: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("sitewatch: {error}");
+/// Prints the error with its chain of causes and returns the failure exit code.
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("sitewatch: {message}");
     ExitCode::from(EXIT_FAILURE)
 }
