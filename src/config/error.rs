@@ -1,0 +1,347 @@
+//! Configuration errors: every problem found while evaluating and validating `sites.lua`, each
+//! tied to the `file:line` of the `site{}` (or `defaults{}`, `env()`, `script()`) call it is
+//! about, so one run of `sitewatch validate` shows them all.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::types::Location;
+
+/// What is wrong. Messages are one line; [`ConfigError`] adds `file:line: site "name": `.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigErrorKind {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("syntax error: {message}")]
+    Syntax { message: String },
+    /// A Lua error raised while evaluating (calling a nil value, `error("...")`, a bad argument
+    /// to a helper).
+    #[error("{message}")]
+    Lua { message: String },
+    /// Evaluation broke the instruction budget, the wall-clock limit or the memory limit.
+    #[error("evaluation {limit}")]
+    Limit { limit: String },
+    #[error("{function} expects a table, got {found}")]
+    NotATable {
+        function: &'static str,
+        found: String,
+    },
+    #[error("defaults{{}} may appear only once (first at {first})")]
+    DefaultsTwice { first: Location },
+    #[error("defaults{{}} must come before the first site{{}} (at {first_site})")]
+    DefaultsAfterSite { first_site: Location },
+    #[error("unknown key {key} in {table} (expected one of: {allowed})")]
+    UnknownKey {
+        table: &'static str,
+        key: String,
+        allowed: String,
+    },
+    #[error("missing required key \"{key}\"")]
+    Missing { key: &'static str },
+    #[error("{key} must be {expected}, got {found}")]
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("{key} = {value} is not a valid duration: {reason}")]
+    Duration {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{key} = {value} is not a valid size: {reason}")]
+    Size {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{key} = {value} is out of range: {reason}")]
+    Number {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("url {value:?} is invalid: {reason}")]
+    Url { value: String, reason: String },
+    #[error("{key} = {value} is not a valid status: {reason}")]
+    Status {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{key}: invalid regex {pattern:?}: {message}")]
+    Regex {
+        key: String,
+        pattern: String,
+        /// The regex crate's message, reduced to one line.
+        message: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error("expect.json: invalid JSONPath {query:?}: {message}")]
+    JsonPath { query: String, message: String },
+    #[error("{key}: {reason}")]
+    JsonValue { key: String, reason: String },
+    #[error("request.method {value:?} is not a valid HTTP method")]
+    Method { value: String },
+    #[error("{key}: {name:?} is not a valid header name")]
+    HeaderName { key: &'static str, name: String },
+    #[error(
+        "{key}: the value of header {name:?} is not a valid header value (control characters?)"
+    )]
+    HeaderValue { key: &'static str, name: String },
+    #[error("site name {name:?} is invalid: {reason}")]
+    Name { name: String, reason: String },
+    #[error("duplicate site name (first defined at {first})")]
+    Duplicate { first: Location },
+    #[error("timeout ({timeout}) must be shorter than interval ({interval})")]
+    TimeoutNotBelowInterval { timeout: String, interval: String },
+    #[error("expect.warn_time ({warn_time}) must be shorter than expect.max_time ({max_time})")]
+    WarnNotBelowMax { warn_time: String, max_time: String },
+    #[error("tls.{key}: cannot read {path}: {source}")]
+    TlsFile {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tls.{key}: {path} does not contain a PEM block (-----BEGIN ...)")]
+    TlsNotPem { key: &'static str, path: PathBuf },
+    #[error("tls.client_cert and tls.client_key must be set together")]
+    TlsPair,
+    #[error("environment variable {name:?} is not set")]
+    EnvUnset { name: String },
+    #[error("script name {name:?} is invalid: use letters, digits, '_' and '-' only")]
+    ScriptName { name: String },
+    #[error("script {name:?}: cannot read {path}: {source}")]
+    ScriptMissing {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("script {name:?} must return a function, got {found}")]
+    ScriptNotFunction { name: String, found: String },
+    #[error("script {name:?} failed: {message}")]
+    ScriptFailed { name: String, message: String },
+    /// The Lua state itself could not be set up (a bug or an exhausted machine).
+    #[error("cannot set up the Lua sandbox: {message}")]
+    Sandbox { message: String },
+}
+
+/// One problem, with where it was written and which site it concerns.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The `site{}`/`defaults{}`/helper call (or the Lua error position) the problem is about;
+    /// `None` when the file could not even be read.
+    pub location: Option<Location>,
+    /// The site's name when it is known (a string `name` key), for messages.
+    pub site: Option<String>,
+    pub kind: ConfigErrorKind,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        location: Option<Location>,
+        site: Option<String>,
+        kind: ConfigErrorKind,
+    ) -> Self {
+        ConfigError {
+            location,
+            site,
+            kind,
+        }
+    }
+
+    pub(crate) fn at(location: &Location, kind: ConfigErrorKind) -> Self {
+        ConfigError::new(Some(location.clone()), None, kind)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(location) if location.line > 0 => write!(f, "{location}: ")?,
+            Some(location) => write!(f, "{}: ", location.file)?,
+            None => {}
+        }
+        if let Some(site) = &self.site {
+            write!(f, "site {site:?}: ")?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
+}
+
+/// Every problem found in one configuration, in file order. Displays one per line.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// Sorts by file and line so the report reads top to bottom; errors without a location
+    /// (an unreadable file) come first.
+    pub(crate) fn new(mut errors: Vec<ConfigError>) -> Self {
+        errors.sort_by(|a, b| {
+            let key = |e: &ConfigError| e.location.as_ref().map(|l| (l.file.clone(), l.line));
+            key(a).cmp(&key(b))
+        });
+        ConfigErrors { errors }
+    }
+
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.errors.iter()
+    }
+
+    pub fn as_slice(&self) -> &[ConfigError] {
+        &self.errors
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        ConfigErrors {
+            errors: vec![error],
+        }
+    }
+}
+
+impl IntoIterator for ConfigErrors {
+    type Item = ConfigError;
+    type IntoIter = std::vec::IntoIter<ConfigError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.iter()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reduces a multi-line library message (the regex crate draws a caret diagram) to one line.
+pub(crate) fn one_line(message: &str) -> String {
+    // regex: "regex parse error:\n    (\n    ^\nerror: unclosed group"
+    if let Some(last) = message
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+    {
+        return last.to_string();
+    }
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(line: u32) -> Location {
+        Location {
+            file: "sites.lua".into(),
+            line,
+        }
+    }
+
+    #[test]
+    fn display_prefixes() {
+        let cases = [
+            (
+                ConfigError::new(
+                    Some(loc(3)),
+                    Some("api".into()),
+                    ConfigErrorKind::Missing { key: "url" },
+                ),
+                r#"sites.lua:3: site "api": missing required key "url""#,
+            ),
+            (
+                ConfigError::new(
+                    Some(loc(7)),
+                    None,
+                    ConfigErrorKind::EnvUnset {
+                        name: "TOKEN".into(),
+                    },
+                ),
+                r#"sites.lua:7: environment variable "TOKEN" is not set"#,
+            ),
+            (
+                ConfigError::new(
+                    Some(loc(0)),
+                    None,
+                    ConfigErrorKind::Lua {
+                        message: "boom".into(),
+                    },
+                ),
+                "sites.lua: boom",
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(error.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn errors_sort_by_line_one_per_line() {
+        let errors = ConfigErrors::new(vec![
+            ConfigError::new(Some(loc(9)), None, ConfigErrorKind::Missing { key: "url" }),
+            ConfigError::new(Some(loc(2)), None, ConfigErrorKind::Missing { key: "name" }),
+        ]);
+        assert_eq!(
+            errors.to_string(),
+            "sites.lua:2: missing required key \"name\"\nsites.lua:9: missing required key \"url\""
+        );
+    }
+
+    #[test]
+    fn one_line_messages() {
+        let cases = [
+            (
+                "regex parse error:\n    (\n    ^\nerror: unclosed group",
+                "unclosed group",
+            ),
+            ("plain message", "plain message"),
+            ("two\n  lines", "two lines"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(one_line(input), want, "{input:?}");
+        }
+    }
+}

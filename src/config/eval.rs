@@ -1,0 +1,553 @@
+//! Evaluation of `sites.lua` in a [`Sandbox`]: the `site{}`, `defaults{}`, `env()` and
+//! `script()` globals, which record what the file declares without judging it yet.
+//!
+//! Configuration loading and every hook worker run this same evaluation, so a worker's hook
+//! functions are the ones the validated configuration describes. Problems that can only be seen
+//! while the file runs (an unset variable, a missing script, a Lua error) are collected as
+//! [`ConfigError`]s; evaluation goes on after each of them where it can.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+
+use mlua::{ChunkMode, Function, Lua, Value};
+
+use super::error::{ConfigError, ConfigErrorKind};
+use super::raw::{Converter, Raw, RawTable};
+use super::sandbox::{
+    caller_location, raise, Budget, Sandbox, Trip, LOAD_INSTRUCTION_BUDGET, LOAD_MEMORY_LIMIT,
+    LOAD_WALL_TIME,
+};
+use super::types::{ConfigSource, Location};
+
+/// One `site{}` or `defaults{}` call.
+#[derive(Debug)]
+pub(crate) struct Declaration {
+    pub(crate) location: Location,
+    pub(crate) table: RawTable,
+}
+
+/// A script loaded by `script(name)`, for the configuration version.
+#[derive(Debug)]
+pub(crate) struct LoadedScript {
+    pub(crate) name: String,
+    pub(crate) text: String,
+}
+
+/// What evaluating the sources produced.
+#[derive(Debug, Default)]
+pub(crate) struct Evaluation {
+    /// `site{}` calls in call order.
+    pub(crate) sites: Vec<Declaration>,
+    pub(crate) defaults: Option<Declaration>,
+    /// Scripts in first-load order.
+    pub(crate) scripts: Vec<LoadedScript>,
+    /// Every function found in a declaration; [`super::raw::FnRef::id`] indexes it.
+    pub(crate) functions: Vec<Function>,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+/// Evaluation state shared by the global functions while the file runs.
+#[derive(Default)]
+struct State {
+    eval: Evaluation,
+    /// `script(name)` results, so every use of a script shares one function.
+    script_fns: HashMap<String, Function>,
+    /// Function pointer → script name, to label hooks `script:<name>`.
+    script_names: HashMap<usize, String>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+/// Evaluates `source` in `sandbox` under the load-time budget. Leaves `site`, `defaults`, `env`
+/// and `script` defined; hook workers replace them with [`disable_load_time_functions`].
+pub(crate) fn evaluate(sandbox: &Sandbox, source: &ConfigSource) -> Evaluation {
+    let main_file = source.path.display().to_string();
+    let state: Shared = Rc::default();
+    if let Err(e) = install(&sandbox.lua, &state, source, &sandbox.budget) {
+        return failed_setup(&main_file, e);
+    }
+    let _ = sandbox.set_memory_limit(LOAD_MEMORY_LIMIT);
+    sandbox
+        .budget
+        .arm(LOAD_INSTRUCTION_BUDGET, LOAD_WALL_TIME, true);
+    let result = sandbox
+        .lua
+        .load(source.text.as_str())
+        .set_name(format!("@{main_file}"))
+        .set_mode(ChunkMode::Text)
+        .exec();
+    let trip = sandbox.budget.disarm();
+    let last_location = sandbox.budget.last_location();
+    let mut eval = std::mem::take(&mut state.borrow_mut().eval);
+    if let Err(error) = result {
+        let fallback = Location {
+            file: main_file.clone(),
+            line: 0,
+        };
+        let known: Vec<String> = std::iter::once(main_file.clone())
+            .chain(
+                eval.scripts
+                    .iter()
+                    .map(|s| script_path(&source.scripts_dir, &s.name)),
+            )
+            .collect();
+        eval.errors.push(load_error(
+            &error,
+            trip,
+            last_location.unwrap_or(fallback),
+            &known,
+        ));
+    }
+    eval
+}
+
+fn failed_setup(main_file: &str, error: mlua::Error) -> Evaluation {
+    Evaluation {
+        errors: vec![ConfigError::new(
+            Some(Location {
+                file: main_file.to_string(),
+                line: 0,
+            }),
+            None,
+            ConfigErrorKind::Sandbox {
+                message: error.to_string(),
+            },
+        )],
+        ..Evaluation::default()
+    }
+}
+
+/// Replaces the load-time-only globals with functions that say so; for hook workers.
+pub(crate) fn disable_load_time_functions(lua: &Lua) -> mlua::Result<()> {
+    for name in ["site", "defaults", "env", "script"] {
+        let message = format!("{name}() is only available at load time, not in hooks");
+        let function =
+            lua.create_function(move |lua, _: mlua::MultiValue| -> mlua::Result<()> {
+                Err(raise(lua, &message))
+            })?;
+        lua.globals().raw_set(name, function)?;
+    }
+    Ok(())
+}
+
+fn install(
+    lua: &Lua,
+    state: &Shared,
+    source: &ConfigSource,
+    budget: &Rc<Budget>,
+) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let fallback_file = source.path.display().to_string();
+
+    let st = Rc::clone(state);
+    let file = fallback_file.clone();
+    globals.raw_set(
+        "site",
+        lua.create_function(move |lua, value: Value| {
+            let location = here(lua, &file);
+            let mut guard = st.borrow_mut();
+            let State {
+                eval, script_names, ..
+            } = &mut *guard;
+            match value {
+                Value::Table(table) => {
+                    let raw = Converter::new(&mut eval.functions, script_names).table(&table);
+                    eval.sites.push(Declaration {
+                        location,
+                        table: raw,
+                    });
+                }
+                other => eval.errors.push(ConfigError::at(
+                    &location,
+                    ConfigErrorKind::NotATable {
+                        function: "site{}",
+                        found: other.type_name().to_string(),
+                    },
+                )),
+            }
+            Ok(())
+        })?,
+    )?;
+
+    let st = Rc::clone(state);
+    let file = fallback_file.clone();
+    globals.raw_set(
+        "defaults",
+        lua.create_function(move |lua, value: Value| {
+            let location = here(lua, &file);
+            let mut guard = st.borrow_mut();
+            let State {
+                eval, script_names, ..
+            } = &mut *guard;
+            let problem = if let Some(first) = &eval.defaults {
+                Some(ConfigErrorKind::DefaultsTwice {
+                    first: first.location.clone(),
+                })
+            } else if let Some(site) = eval.sites.first() {
+                Some(ConfigErrorKind::DefaultsAfterSite {
+                    first_site: site.location.clone(),
+                })
+            } else if let Value::Table(_) = value {
+                None
+            } else {
+                Some(ConfigErrorKind::NotATable {
+                    function: "defaults{}",
+                    found: value.type_name().to_string(),
+                })
+            };
+            match (problem, value) {
+                (Some(kind), _) => eval.errors.push(ConfigError::at(&location, kind)),
+                (None, Value::Table(table)) => {
+                    let raw = Converter::new(&mut eval.functions, script_names).table(&table);
+                    eval.defaults = Some(Declaration {
+                        location,
+                        table: raw,
+                    });
+                }
+                (None, _) => unreachable!("non-table defaults are reported above"),
+            }
+            Ok(())
+        })?,
+    )?;
+
+    let st = Rc::clone(state);
+    let file = fallback_file.clone();
+    globals.raw_set(
+        "env",
+        lua.create_function(move |lua, name: Value| {
+            let name = match &name {
+                Value::String(s) => s.to_str().map(|s| s.to_string()).ok(),
+                _ => None,
+            };
+            let name = match name {
+                Some(n) if !n.is_empty() && !n.contains(['=', '\0']) => n,
+                _ => return Err(raise(lua, "env() expects an environment variable name")),
+            };
+            match std::env::var(&name) {
+                Ok(value) => Ok(value),
+                Err(_) => {
+                    let location = here(lua, &file);
+                    st.borrow_mut().eval.errors.push(ConfigError::at(
+                        &location,
+                        ConfigErrorKind::EnvUnset { name },
+                    ));
+                    Ok(String::new())
+                }
+            }
+        })?,
+    )?;
+
+    let st = Rc::clone(state);
+    let file = fallback_file;
+    let scripts_dir = source.scripts_dir.clone();
+    let budget = Rc::clone(budget);
+    globals.raw_set(
+        "script",
+        lua.create_function(move |lua, name: Value| {
+            let location = here(lua, &file);
+            let name = match &name {
+                Value::String(s) => s.to_string_lossy(),
+                other => {
+                    return Err(raise(
+                        lua,
+                        format!("script() expects a script name, got {}", other.type_name()),
+                    ))
+                }
+            };
+            if let Some(function) = st.borrow().script_fns.get(&name) {
+                return Ok(function.clone());
+            }
+            // Not borrowed while the script runs: it may call site{} or env().
+            let loaded = load_script(lua, &scripts_dir, &name, &st, &budget)?;
+            let function = match loaded {
+                Ok(function) => function,
+                Err(kind) => {
+                    st.borrow_mut()
+                        .eval
+                        .errors
+                        .push(ConfigError::at(&location, kind));
+                    let message = format!("script {name:?} failed to load");
+                    lua.create_function(move |lua, _: mlua::MultiValue| -> mlua::Result<()> {
+                        Err(raise(lua, &message))
+                    })?
+                }
+            };
+            let mut guard = st.borrow_mut();
+            guard
+                .script_names
+                .insert(function.to_pointer() as usize, name.clone());
+            guard.script_fns.insert(name, function.clone());
+            Ok(function)
+        })?,
+    )?;
+    Ok(())
+}
+
+/// The location of the Lua code calling the running global, or the file when unknown.
+fn here(lua: &Lua, file: &str) -> Location {
+    caller_location(lua).unwrap_or_else(|| Location {
+        file: file.to_string(),
+        line: 0,
+    })
+}
+
+pub(crate) fn script_path(scripts_dir: &Path, name: &str) -> String {
+    scripts_dir
+        .join(format!("{name}.lua"))
+        .display()
+        .to_string()
+}
+
+fn valid_script_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Reads and runs `<scripts_dir>/<name>.lua`. The outer error is a broken budget (which must
+/// keep unwinding the whole evaluation); the inner one a problem with this script.
+fn load_script(
+    lua: &Lua,
+    scripts_dir: &Path,
+    name: &str,
+    state: &Shared,
+    budget: &Budget,
+) -> mlua::Result<Result<Function, ConfigErrorKind>> {
+    if !valid_script_name(name) {
+        return Ok(Err(ConfigErrorKind::ScriptName {
+            name: name.to_string(),
+        }));
+    }
+    let path = scripts_dir.join(format!("{name}.lua"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(source) => {
+            return Ok(Err(ConfigErrorKind::ScriptMissing {
+                name: name.to_string(),
+                path,
+                source,
+            }))
+        }
+    };
+    state.borrow_mut().eval.scripts.push(LoadedScript {
+        name: name.to_string(),
+        text: text.clone(),
+    });
+    let result = lua
+        .load(text.as_str())
+        .set_name(format!("@{}", path.display()))
+        .set_mode(ChunkMode::Text)
+        .eval::<Value>();
+    match result {
+        Ok(Value::Function(function)) => Ok(Ok(function)),
+        Ok(other) => Ok(Err(ConfigErrorKind::ScriptNotFunction {
+            name: name.to_string(),
+            found: other.type_name().to_string(),
+        })),
+        // A broken budget or heap is not this script's problem alone: it stops the evaluation.
+        Err(error) if is_memory_error(&error) || budget.tripped().is_some() => Err(error),
+        Err(error) => {
+            let (message, location) = lua_error_text(&error, &[]);
+            let message = match location {
+                Some(location) if location.line > 0 => format!("{location}: {message}"),
+                _ => message,
+            };
+            Ok(Err(ConfigErrorKind::ScriptFailed {
+                name: name.to_string(),
+                message,
+            }))
+        }
+    }
+}
+
+/// Turns the error that stopped evaluation into a [`ConfigError`].
+fn load_error(
+    error: &mlua::Error,
+    trip: Option<Trip>,
+    last: Location,
+    known_files: &[String],
+) -> ConfigError {
+    let limit = |limit: String| ConfigError::at(&last, ConfigErrorKind::Limit { limit });
+    match trip {
+        Some(Trip::Instructions) => {
+            return limit(format!(
+                "exceeded its instruction budget ({LOAD_INSTRUCTION_BUDGET} instructions); an endless loop?"
+            ))
+        }
+        Some(Trip::WallTime) => return limit(format!("took longer than {}s", LOAD_WALL_TIME.as_secs())),
+        None => {}
+    }
+    if is_memory_error(error) {
+        return limit(format!(
+            "exceeded its memory limit ({} MiB)",
+            LOAD_MEMORY_LIMIT >> 20
+        ));
+    }
+    let (message, location) = lua_error_text(error, known_files);
+    let kind = match root_cause(error) {
+        mlua::Error::SyntaxError { .. } => ConfigErrorKind::Syntax { message },
+        _ => ConfigErrorKind::Lua { message },
+    };
+    ConfigError::new(location.or(Some(last)), None, kind)
+}
+
+/// The innermost error of a chain of callback errors.
+pub(crate) fn root_cause(error: &mlua::Error) -> &mlua::Error {
+    match error {
+        mlua::Error::CallbackError { cause, .. } => root_cause(cause),
+        mlua::Error::WithContext { cause, .. } => root_cause(cause),
+        other => other,
+    }
+}
+
+pub(crate) fn is_memory_error(error: &mlua::Error) -> bool {
+    matches!(root_cause(error), mlua::Error::MemoryError(_))
+}
+
+/// A one-line message for a Lua error and, when it starts with `file:line:`, that location
+/// (taken off the message). Falls back on the first `file:line:` of a traceback.
+/// `known_files` maps Lua's shortened `...tail/sites.lua` back to full paths.
+pub(crate) fn lua_error_text(
+    error: &mlua::Error,
+    known_files: &[String],
+) -> (String, Option<Location>) {
+    let mut tracebacks = Vec::new();
+    let mut current = error;
+    loop {
+        match current {
+            mlua::Error::CallbackError { cause, traceback } => {
+                tracebacks.push(traceback.as_str());
+                current = cause;
+            }
+            mlua::Error::WithContext { cause, .. } => current = cause,
+            _ => break,
+        }
+    }
+    let full = match current {
+        mlua::Error::RuntimeError(message) | mlua::Error::MemoryError(message) => message.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    let first = full.lines().next().unwrap_or("").trim_end().to_string();
+    if let Some((location, rest)) = split_location(&first, known_files) {
+        return (rest.to_string(), Some(location));
+    }
+    let traceback_location = tracebacks
+        .iter()
+        .copied()
+        .chain(std::iter::once(full.as_str()))
+        .flat_map(|t| t.lines())
+        .filter_map(|line| split_location(line.trim(), known_files))
+        .map(|(location, _)| location)
+        .next();
+    (first, traceback_location)
+}
+
+/// Splits `file:line: rest`. The file must not be `[C]` or `[string ...]`.
+fn split_location<'a>(text: &'a str, known_files: &[String]) -> Option<(Location, &'a str)> {
+    let mut search_from = 0;
+    while let Some(offset) = text[search_from..].find(':') {
+        let colon = search_from + offset;
+        let after = &text[colon + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(':') {
+            let file = &text[..colon];
+            if file.is_empty() || file.starts_with('[') {
+                return None;
+            }
+            let line: u32 = after[..digits].parse().ok()?;
+            let rest = after[digits + 1..].trim_start();
+            return Some((
+                Location {
+                    file: resolve_file(file, known_files),
+                    line,
+                },
+                rest,
+            ));
+        }
+        search_from = colon + 1;
+    }
+    None
+}
+
+/// Lua shortens long chunk names to `...tail`; map them back to a known path.
+fn resolve_file(file: &str, known_files: &[String]) -> String {
+    if let Some(tail) = file.strip_prefix("...") {
+        if let Some(full) = known_files.iter().find(|k| k.ends_with(tail)) {
+            return full.clone();
+        }
+    }
+    file.to_string()
+}
+
+/// The hook functions of every declared site, by name, in hooks-list order: the site's own
+/// `hooks`, or else those of `defaults{}`. Entries that are not functions are skipped (the
+/// validated configuration reports them).
+pub(crate) fn hook_functions(eval: &Evaluation) -> Vec<(String, Vec<Function>)> {
+    let defaults_hooks = eval.defaults.as_ref().and_then(|d| d.table.get("hooks"));
+    eval.sites
+        .iter()
+        .filter_map(|decl| {
+            let name = decl.table.get("name")?.as_str()?.to_string();
+            let hooks = decl.table.get("hooks").or(defaults_hooks);
+            let functions = match hooks {
+                Some(Raw::Table(list)) => list
+                    .entries
+                    .iter()
+                    .filter_map(|(_, v)| match v {
+                        Raw::Function(f) => eval.functions.get(f.id).cloned(),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some((name, functions))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_locations() {
+        let known = vec!["/very/long/path/to/sites.lua".to_string()];
+        type Split<'a> = Option<(&'a str, u32, &'a str)>;
+        let cases: [(&str, Split); 5] = [
+            ("sites.lua:3: boom", Some(("sites.lua", 3, "boom"))),
+            (
+                "scripts/x.lua:12: attempt to index a nil value",
+                Some(("scripts/x.lua", 12, "attempt to index a nil value")),
+            ),
+            (
+                "...to/sites.lua:7: oops",
+                Some(("/very/long/path/to/sites.lua", 7, "oops")),
+            ),
+            ("[C]: in ?", None),
+            ("no location here", None),
+        ];
+        for (input, want) in cases {
+            let got =
+                split_location(input, &known).map(|(l, rest)| (l.file, l.line, rest.to_string()));
+            let want = want.map(|(f, l, r)| (f.to_string(), l, r.to_string()));
+            assert_eq!(got, want, "{input}");
+        }
+    }
+
+    #[test]
+    fn script_names() {
+        for (name, ok) in [
+            ("json_status", true),
+            ("a-b_9", true),
+            ("", false),
+            ("../x", false),
+            ("a.b", false),
+        ] {
+            assert_eq!(valid_script_name(name), ok, "{name}");
+        }
+    }
+}

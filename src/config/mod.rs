@@ -1,0 +1,178 @@
+//! Configuration: evaluate `sites.lua` in a Lua sandbox and validate what it declares into typed
+//! [`Site`]s — the first step of the data flow; the scheduler, probe and assertions read only
+//! the result.
+//!
+//! `sites.lua` is plain Lua 5.4. It declares sites with `site{}`, shared settings with
+//! `defaults{}`, reads secrets with `env()` and loads hook scripts with `script()`; the language
+//! is documented in `docs/config.md`. Loading happens in two steps:
+//!
+//! 1. `eval`: run the file in a `sandbox` (no I/O, instruction/time/memory budgets) and
+//!    snapshot each `site{}`/`defaults{}` table as plain Rust values (`raw`).
+//! 2. `validate`: merge defaults, parse durations, sizes, URLs, regexes, JSONPath queries,
+//!    read TLS files — reporting every problem with the `file:line` of its `site{}` call.
+//!
+//! The hook runtime (`crate::hooks`) reuses the sandbox and the evaluation so its workers hold
+//! the very functions this configuration describes.
+
+pub(crate) mod error;
+pub(crate) mod eval;
+mod json;
+mod parse;
+pub(crate) mod raw;
+pub(crate) mod sandbox;
+mod types;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
+pub use types::*;
+
+/// Hex digits of the SHA-256 kept as [`Config::version`]: enough to tell configurations apart.
+const VERSION_HEX_LEN: usize = 16;
+/// Directory beside `sites.lua` that `script(name)` loads from.
+pub const SCRIPTS_DIR: &str = "scripts";
+
+/// Reads, evaluates and validates `path` (`sites.lua`); scripts come from `scripts/` beside it
+/// and relative TLS paths are resolved against its directory. Returns every error at once.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        ConfigErrors::from(ConfigError::new(
+            None,
+            None,
+            ConfigErrorKind::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        ))
+    })?;
+    let scripts_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(SCRIPTS_DIR),
+        _ => PathBuf::from(SCRIPTS_DIR),
+    };
+    load_str(path, &text, &scripts_dir)
+}
+
+/// Evaluates and validates `text` as if read from `path_label` (used in messages and to resolve
+/// relative TLS paths), loading scripts from `scripts_dir`.
+pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Config, ConfigErrors> {
+    let source = Arc::new(ConfigSource {
+        path: path_label.to_path_buf(),
+        text: text.to_string(),
+        scripts_dir: scripts_dir.to_path_buf(),
+    });
+    let evaluation = match sandbox::Sandbox::new(sandbox::LOAD_MEMORY_LIMIT) {
+        Ok(sandbox) => eval::evaluate(&sandbox, &source),
+        Err(e) => {
+            return Err(ConfigErrors::from(ConfigError::new(
+                None,
+                None,
+                ConfigErrorKind::Sandbox {
+                    message: e.to_string(),
+                },
+            )))
+        }
+    };
+    let (sites, mut errors) = validate::validate(&evaluation, &base_dir(path_label));
+    let mut all = evaluation.errors;
+    all.append(&mut errors);
+    if !all.is_empty() {
+        return Err(ConfigErrors::new(all));
+    }
+    Ok(Config {
+        sites,
+        version: version(text, &evaluation.scripts),
+        source,
+    })
+}
+
+/// The directory `sites.lua` is in (`.` for a bare file name).
+fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// SHA-256 over sites.lua and each loaded script's name and text, in load order (each part
+/// length-prefixed so the boundaries count).
+fn version(text: &str, scripts: &[eval::LoadedScript]) -> String {
+    let mut hasher = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    part(text.as_bytes());
+    for script in scripts {
+        part(script.name.as_bytes());
+        part(script.text.as_bytes());
+    }
+    let mut digest = hex::encode(hasher.finalize());
+    digest.truncate(VERSION_HEX_LEN);
+    digest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        load_str(
+            Path::new("sites.lua"),
+            text,
+            Path::new("/nonexistent/scripts"),
+        )
+    }
+
+    #[test]
+    fn merges_defaults() {
+        let config = load(
+            r#"
+defaults { interval = "30s", timeout = "5s", retries = 2, expect = { status = "2xx", body = "ok", max_time = "2s" } }
+site { name = "a", url = "https://a.example/" }
+site { name = "b", url = "https://b.example/", interval = "1m", expect = { status = 204, max_body = "2MiB" } }
+"#,
+        )
+        .unwrap();
+        let [a, b] = &config.sites[..] else { panic!() };
+        assert_eq!(
+            (a.interval, a.timeout, a.retries),
+            (Duration::from_secs(30), Duration::from_secs(5), 2)
+        );
+        assert_eq!(a.expect.status, [StatusMatcher::Class(2)]);
+        assert_eq!(a.location.line, 3);
+        assert_eq!(b.interval, Duration::from_secs(60));
+        assert_eq!(b.expect.status, [StatusMatcher::Exact(204)]);
+        assert_eq!(
+            b.expect.body.as_ref().map(|r| r.as_str()),
+            Some("ok"),
+            "expect keys merge one by one"
+        );
+        assert_eq!(b.expect.max_time, Some(Duration::from_secs(2)));
+        assert_eq!(b.body_cap, (2 << 20) + 1, "body_cap grows past max_body");
+        assert_eq!(a.body_cap, DEFAULT_BODY_CAP);
+    }
+
+    #[test]
+    fn builtin_defaults() {
+        let config = load(r#"site { name = "a", url = "http://a.example/" } site { name = "b", url = "http://b.example/", interval = "6s" }"#).unwrap();
+        let [a, b] = &config.sites[..] else { panic!() };
+        assert_eq!((a.interval, a.timeout), (DEFAULT_INTERVAL, DEFAULT_TIMEOUT));
+        assert!(a.expect.status.is_empty());
+        assert_eq!(a.max_redirects, DEFAULT_MAX_REDIRECTS);
+        assert_eq!(a.request.method, http::Method::GET);
+        assert_eq!(b.timeout, Duration::from_secs(3), "half a short interval");
+    }
+
+    #[test]
+    fn version_changes_with_text() {
+        let a = load(r#"site { name = "a", url = "http://a.example/" }"#).unwrap();
+        let b = load(r#"site { name = "a", url = "http://a.example/" } "#).unwrap();
+        assert_eq!(a.version.len(), VERSION_HEX_LEN);
+        assert_ne!(a.version, b.version);
+    }
+}

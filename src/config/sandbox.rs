@@ -1,0 +1,585 @@
+//! The Lua sandbox: one restricted Lua 5.4 state with sitewatch's helpers and budgets.
+//!
+//! Configuration loading evaluates `sites.lua` in one of these; every hook worker owns one and
+//! evaluates the same sources in it. The state has `string`, `table`, `math`, `utf8`, the safe
+//! base functions and the helpers `json`, `regex`, `log` — no `io`, `os`, `package`, `require`,
+//! `debug`, `dofile`, `loadfile`, `collectgarbage`, `rawset`, `string.dump`, and `load` only
+//! accepts text. Every Lua instruction counts against a [`Budget`] (instructions and a
+//! wall-clock deadline, checked every [`CHECK_EVERY`] instructions); the state's heap is capped
+//! with `set_memory_limit`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mlua::{
+    ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table,
+    Value, VmState,
+};
+
+use super::json::{DecodeError, Tape};
+use super::types::Location;
+
+/// Instructions `sites.lua` (with its scripts) may run while being evaluated. Generous: a
+/// 10,000-site loop needs a few million.
+pub(crate) const LOAD_INSTRUCTION_BUDGET: u64 = 500_000_000;
+/// Wall-clock limit on evaluating `sites.lua`.
+pub(crate) const LOAD_WALL_TIME: Duration = Duration::from_secs(20);
+/// Heap limit of the Lua state while `sites.lua` is evaluated.
+pub(crate) const LOAD_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
+/// The budget hook runs every this many VM instructions: small enough that a deadline is noticed
+/// within microseconds of pure Lua, large enough that the check costs nothing measurable.
+pub(crate) const CHECK_EVERY: u32 = 1_000;
+/// Compiled patterns `regex.match` keeps per state; the cache is emptied when it fills up.
+const REGEX_CACHE_CAPACITY: usize = 256;
+/// Compiled-size limit of one `regex.match` pattern, so a pattern cannot eat the worker's memory
+/// outside the Lua heap.
+const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+/// Longest `log.*`/`print` message passed on to tracing; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 2048;
+/// Tracing target of messages logged from Lua.
+const LOG_TARGET: &str = "sitewatch::lua";
+
+/// Lua source run once in every new state, before any user code: removes what a sandbox must not
+/// have and wraps what it may only have in a safe form. Receives `check` (raises if the budget
+/// is exhausted) and returns `freeze`.
+const PRELUDE: &str = r##"
+local check = ...
+local G = _G
+local error, getmetatable, ipairs, next, select, tostring, type =
+      error, getmetatable, ipairs, next, select, tostring, type
+local raw_load, raw_pcall, raw_xpcall, raw_setmetatable, rawget = load, pcall, xpcall, setmetatable, rawget
+local concat = table.concat
+local log_info = log.info
+
+G.dofile, G.loadfile, G.collectgarbage, G.rawset, G.warn = nil, nil, nil, nil, nil
+string.dump = nil
+getmetatable("").__metatable = false
+
+-- A budget error must not be swallowed by pcall: re-raise it once the protected call returns.
+local function settle(ok, ...)
+  if not ok then check() end
+  return ok, ...
+end
+G.pcall = function(...) return settle(raw_pcall(...)) end
+G.xpcall = function(...) return settle(raw_xpcall(...)) end
+
+-- Text chunks only: no bytecode, whatever mode the caller asks for.
+G.load = function(chunk, chunkname, _, ...)
+  if select("#", ...) > 0 then return raw_load(chunk, chunkname, "t", (...)) end
+  return raw_load(chunk, chunkname, "t")
+end
+
+-- Finalizers run with hooks disabled, so they would escape the budget.
+G.setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed in the sandbox", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+
+G.print = function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  log_info(concat(parts, "\t"))
+end
+
+-- pairs() over a read-only proxy must not hand out the table behind it.
+local function pairs_of(t)
+  return function() return function(_, k) return next(t, k) end, nil, nil end
+end
+
+local function readonly(t, what)
+  local function deny() error(what .. " is read-only", 2) end
+  return raw_setmetatable({}, {
+    __index = t, __newindex = deny, __metatable = false, __pairs = pairs_of(t),
+  })
+end
+
+-- After evaluation, a hook worker freezes its globals so one site's hook cannot change what
+-- another site's hook sees: globals become read-only, and so do the library tables.
+return function()
+  local backing = {}
+  for k, v in next, G do backing[k] = v end
+  for k in next, backing do G[k] = nil end
+  for _, name in ipairs { "string", "table", "math", "utf8", "json", "regex", "log" } do
+    if type(backing[name]) == "table" then backing[name] = readonly(backing[name], name) end
+  end
+  backing._G = G
+  raw_setmetatable(G, {
+    __index = backing, __metatable = false,
+    __newindex = function(_, k) error("cannot assign global '" .. tostring(k) .. "' from a hook (use a local)", 2) end,
+    __pairs = pairs_of(backing),
+  })
+end
+"##;
+
+/// Why a budget stopped the code it was watching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trip {
+    Instructions,
+    WallTime,
+}
+
+/// The per-run limits the instruction hook enforces. Armed before running Lua code on behalf of
+/// someone (an evaluation, a hook call) and disarmed after; while disarmed the hook is a no-op.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    armed: Cell<bool>,
+    /// Instructions left, decremented by [`CHECK_EVERY`] at each check.
+    remaining: Cell<u64>,
+    deadline: Cell<Option<Instant>>,
+    /// Set once a limit is broken; stays set (and keeps raising) until disarmed, so `pcall`
+    /// cannot swallow it.
+    tripped: Cell<Option<Trip>>,
+    /// At load time the position of the last check is kept, to place a memory error.
+    track_location: Cell<bool>,
+    last_location: RefCell<Option<Location>>,
+}
+
+impl Budget {
+    pub(crate) fn arm(&self, instructions: u64, wall_time: Duration, track_location: bool) {
+        self.remaining.set(instructions);
+        self.deadline.set(Instant::now().checked_add(wall_time));
+        self.tripped.set(None);
+        self.track_location.set(track_location);
+        self.last_location.borrow_mut().take();
+        self.armed.set(true);
+    }
+
+    /// Stops watching; returns the limit that was broken, if any.
+    pub(crate) fn disarm(&self) -> Option<Trip> {
+        self.armed.set(false);
+        self.tripped.take()
+    }
+
+    pub(crate) fn tripped(&self) -> Option<Trip> {
+        self.tripped.get()
+    }
+
+    /// Where Lua code was running at the last check (only when armed with `track_location`).
+    pub(crate) fn last_location(&self) -> Option<Location> {
+        self.last_location.borrow().clone()
+    }
+
+    fn on_check(&self, debug: &mlua::Debug) -> mlua::Result<VmState> {
+        if !self.armed.get() {
+            return Ok(VmState::Continue);
+        }
+        if self.track_location.get() {
+            self.record_location(debug);
+        }
+        if let Some(trip) = self.tripped.get() {
+            return Err(trip_error(trip));
+        }
+        let left = self.remaining.get().saturating_sub(u64::from(CHECK_EVERY));
+        self.remaining.set(left);
+        let trip = if left == 0 {
+            Some(Trip::Instructions)
+        } else if self.deadline.get().is_some_and(|d| Instant::now() >= d) {
+            Some(Trip::WallTime)
+        } else {
+            None
+        };
+        match trip {
+            Some(trip) => {
+                self.tripped.set(Some(trip));
+                Err(trip_error(trip))
+            }
+            None => Ok(VmState::Continue),
+        }
+    }
+
+    fn record_location(&self, debug: &mlua::Debug) {
+        let line = debug.curr_line();
+        let source = debug.source();
+        let Some(file) = source.source.as_deref().and_then(|s| s.strip_prefix('@')) else {
+            return;
+        };
+        if line <= 0 {
+            return;
+        }
+        let mut last = self.last_location.borrow_mut();
+        match last.as_mut() {
+            Some(location) if location.file == file => location.line = line as u32,
+            _ => {
+                *last = Some(Location {
+                    file: file.to_string(),
+                    line: line as u32,
+                })
+            }
+        }
+    }
+}
+
+fn trip_error(trip: Trip) -> mlua::Error {
+    mlua::Error::runtime(match trip {
+        Trip::Instructions => "instruction budget exceeded",
+        Trip::WallTime => "time limit exceeded",
+    })
+}
+
+/// One sandboxed Lua state and the handles sitewatch keeps on it.
+pub(crate) struct Sandbox {
+    pub(crate) lua: Lua,
+    pub(crate) budget: Rc<Budget>,
+    /// Site whose hook is running, for the `site` field of `log.*` messages (empty at load time).
+    pub(crate) current_site: Rc<RefCell<String>>,
+    /// Makes the globals and library tables read-only (see [`PRELUDE`]).
+    freeze: Function,
+    /// The heap limit currently set (0: none), which `json.decode` sizes its work by.
+    memory_limit: Rc<Cell<usize>>,
+}
+
+impl Sandbox {
+    /// A fresh state with the helpers installed, the budget hook set (disarmed) and the heap
+    /// capped at `memory_limit` bytes.
+    pub(crate) fn new(memory_limit: usize) -> mlua::Result<Sandbox> {
+        let lua = Lua::new_with(
+            StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8,
+            LuaOptions::default(),
+        )?;
+        lua.set_memory_limit(memory_limit)?;
+        let memory_limit = Rc::new(Cell::new(memory_limit));
+        let budget = Rc::new(Budget::default());
+        let hook_budget = Rc::clone(&budget);
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(CHECK_EVERY),
+            move |_, debug| hook_budget.on_check(&debug),
+        );
+        let current_site = Rc::new(RefCell::new(String::new()));
+        let globals = lua.globals();
+        globals.raw_set("json", json_table(&lua, &memory_limit)?)?;
+        globals.raw_set("regex", regex_table(&lua)?)?;
+        globals.raw_set("log", log_table(&lua, &current_site)?)?;
+        let check_budget = Rc::clone(&budget);
+        let check = lua.create_function(move |_, ()| match check_budget.tripped() {
+            Some(trip) => Err(trip_error(trip)),
+            None => Ok(()),
+        })?;
+        let freeze: Function = lua
+            .load(PRELUDE)
+            .set_name("=sitewatch prelude")
+            .set_mode(ChunkMode::Text)
+            .call(check)?;
+        Ok(Sandbox {
+            lua,
+            budget,
+            current_site,
+            freeze,
+            memory_limit,
+        })
+    }
+
+    /// Caps the state's heap at `bytes`.
+    pub(crate) fn set_memory_limit(&self, bytes: usize) -> mlua::Result<()> {
+        self.lua.set_memory_limit(bytes)?;
+        self.memory_limit.set(bytes);
+        Ok(())
+    }
+
+    /// Makes globals and library tables read-only; for hook workers, after evaluation.
+    pub(crate) fn freeze(&self) -> mlua::Result<()> {
+        self.freeze.call(())
+    }
+}
+
+/// A Lua error positioned at the Lua code that called the running Rust function, the way
+/// `error(msg, 2)` would position it.
+pub(crate) fn raise(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
+    match caller_location(lua) {
+        Some(location) => mlua::Error::runtime(format!("{location}: {message}")),
+        None => mlua::Error::runtime(message.to_string()),
+    }
+}
+
+/// The `file:line` of the nearest Lua function (loaded from a file, i.e. `@`-named chunk) on the
+/// stack above the running Rust function.
+pub(crate) fn caller_location(lua: &Lua) -> Option<Location> {
+    /// Frames examined: enough to step over `pcall` and a helper function or two.
+    const MAX_LEVELS: usize = 16;
+    for level in 1..MAX_LEVELS {
+        let debug = lua.inspect_stack(level)?;
+        let line = debug.curr_line();
+        if line <= 0 {
+            continue;
+        }
+        let source = debug.source();
+        if let Some(file) = source.source.as_deref().and_then(|s| s.strip_prefix('@')) {
+            return Some(Location {
+                file: file.to_string(),
+                line: line as u32,
+            });
+        }
+    }
+    None
+}
+
+/// A short description of a Lua value for messages: its type, and the value itself for scalars.
+pub(crate) fn describe_value(value: &Value) -> String {
+    /// Longest string quoted in a description.
+    const MAX_QUOTED: usize = 60;
+    match value {
+        Value::Nil => "nil".to_string(),
+        Value::Boolean(b) => format!("boolean ({b})"),
+        Value::Integer(i) => format!("number ({i})"),
+        Value::Number(n) => format!("number ({n})"),
+        Value::String(s) => {
+            let text = s.to_string_lossy();
+            if text.chars().count() > MAX_QUOTED {
+                let cut: String = text.chars().take(MAX_QUOTED).collect();
+                format!("string ({cut:?}...)")
+            } else {
+                format!("string ({text:?})")
+            }
+        }
+        other => other.type_name().to_string(),
+    }
+}
+
+fn string_arg(
+    lua: &Lua,
+    value: &Value,
+    function: &str,
+    position: usize,
+) -> mlua::Result<mlua::String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Integer(_) | Value::Number(_) => lua.create_string(value.to_string()?),
+        other => Err(raise(
+            lua,
+            format!(
+                "bad argument #{position} to {function} (string expected, got {})",
+                other.type_name()
+            ),
+        )),
+    }
+}
+
+/// `json.decode(s)`, `json.encode(v)` and `json.null`.
+fn json_table(lua: &Lua, memory_limit: &Rc<Cell<usize>>) -> mlua::Result<Table> {
+    let json = lua.create_table()?;
+    let tape = RefCell::new(Tape::default());
+    let limit = Rc::clone(memory_limit);
+    json.raw_set(
+        "decode",
+        lua.create_function(move |lua, text: Value| {
+            let text = string_arg(lua, &text, "json.decode", 1)?;
+            let headroom = match limit.get() {
+                0 => usize::MAX,
+                limit => limit.saturating_sub(lua.used_memory()),
+            };
+            let mut tape = tape.borrow_mut();
+            let parsed = tape.parse(&text.as_bytes(), headroom);
+            let result = match parsed {
+                Ok(()) => tape.build(lua),
+                Err(DecodeError::TooLarge) => {
+                    Err(mlua::Error::MemoryError("not enough memory".into()))
+                }
+                Err(DecodeError::Json(e)) => Err(raise(lua, format!("json.decode: {e}"))),
+            };
+            tape.trim();
+            result
+        })?,
+    )?;
+    json.raw_set(
+        "encode",
+        lua.create_function(|lua, value: Value| {
+            serde_json::to_string(&value.to_serializable().sort_keys(true))
+                .map_err(|e| raise(lua, format!("json.encode: {e}")))
+        })?,
+    )?;
+    json.raw_set("null", lua.null())?;
+    Ok(json)
+}
+
+/// `regex.match(s, pattern)`: Rust regex syntax over the bytes of `s`. Returns nil when there is
+/// no match, the captures when the pattern has groups, the whole match otherwise — like
+/// `string.match`.
+fn regex_table(lua: &Lua) -> mlua::Result<Table> {
+    let cache: RefCell<HashMap<String, regex::bytes::Regex>> = RefCell::new(HashMap::new());
+    let table = lua.create_table()?;
+    table.raw_set(
+        "match",
+        lua.create_function(move |lua, (subject, pattern): (Value, Value)| {
+            let subject = string_arg(lua, &subject, "regex.match", 1)?;
+            let pattern = string_arg(lua, &pattern, "regex.match", 2)?;
+            let pattern = pattern
+                .to_str()
+                .map_err(|_| raise(lua, "regex.match: the pattern is not valid UTF-8"))?;
+            let mut cache = cache.borrow_mut();
+            if !cache.contains_key(&*pattern) {
+                let compiled = regex::bytes::RegexBuilder::new(&pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| {
+                        raise(
+                            lua,
+                            format!(
+                                "regex.match: invalid regex {:?}: {}",
+                                &*pattern,
+                                super::error::one_line(&e.to_string())
+                            ),
+                        )
+                    })?;
+                if cache.len() >= REGEX_CACHE_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(pattern.to_string(), compiled);
+            }
+            let re = &cache[&*pattern];
+            let bytes = subject.as_bytes();
+            let mut out = Vec::new();
+            if re.captures_len() == 1 {
+                if let Some(m) = re.find(&bytes) {
+                    out.push(Value::String(lua.create_string(m.as_bytes())?));
+                }
+            } else if let Some(caps) = re.captures(&bytes) {
+                for group in caps.iter().skip(1) {
+                    out.push(match group {
+                        Some(m) => Value::String(lua.create_string(m.as_bytes())?),
+                        None => Value::Nil,
+                    });
+                }
+            }
+            Ok(MultiValue::from_vec(out))
+        })?,
+    )?;
+    Ok(table)
+}
+
+/// `log.info(msg)` and `log.warn(msg)`: tracing events with the running hook's site.
+fn log_table(lua: &Lua, current_site: &Rc<RefCell<String>>) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
+    for warn in [false, true] {
+        let site = Rc::clone(current_site);
+        let function = lua.create_function(move |_, message: Value| {
+            let mut text = message.to_string()?;
+            if text.len() > MAX_LOG_MESSAGE {
+                let mut cut = MAX_LOG_MESSAGE;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str("...");
+            }
+            let site = site.borrow();
+            if warn {
+                tracing::warn!(target: LOG_TARGET, site = %site, "{text}");
+            } else {
+                tracing::info!(target: LOG_TARGET, site = %site, "{text}");
+            }
+            Ok(())
+        })?;
+        table.raw_set(if warn { "warn" } else { "info" }, function)?;
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Heap limit of the test sandboxes.
+    const TEST_MEMORY: usize = 16 * 1024 * 1024;
+
+    fn sandbox() -> Sandbox {
+        Sandbox::new(TEST_MEMORY).expect("sandbox")
+    }
+
+    /// Runs `code` under a small budget and returns the error message, or "ok".
+    fn run(sandbox: &Sandbox, code: &str) -> String {
+        sandbox.budget.arm(1_000_000, Duration::from_secs(5), false);
+        let result = sandbox.lua.load(code).set_name("@test.lua").exec();
+        let trip = sandbox.budget.disarm();
+        match (trip, result) {
+            (Some(trip), _) => format!("{trip:?}"),
+            (None, Ok(())) => "ok".to_string(),
+            (None, Err(e)) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn removed_and_restricted_functions() {
+        let sandbox = sandbox();
+        let cases = [
+            ("assert(os == nil and io == nil and package == nil and require == nil and debug == nil)", "ok"),
+            ("assert(dofile == nil and loadfile == nil and collectgarbage == nil and rawset == nil)", "ok"),
+            ("assert(string.dump == nil and coroutine == nil)", "ok"),
+            ("assert(getmetatable('') == false)", "ok"),
+            ("assert(load('return 1')() == 1)", "ok"),
+            ("local f, err = load('\\27Lua'); assert(f == nil); error(err)", "binary chunk"),
+            ("local f, err = load('\\27Lua', 'x', 'b'); assert(f == nil); error(err)", "binary chunk"),
+            ("setmetatable({}, { __gc = function() end })", "__gc metamethods are not allowed"),
+            ("while true do end", "Instructions"),
+            ("while true do pcall(function() while true do end end) end", "Instructions"),
+            ("local t = {} while true do t[#t + 1] = string.rep('x', 1 << 16) .. #t end", "not enough memory"),
+        ];
+        for (code, want) in cases {
+            let got = run(&sandbox, code);
+            assert!(got.contains(want), "{code}: got {got}");
+        }
+    }
+
+    #[test]
+    fn helpers() {
+        let sandbox = sandbox();
+        let cases = [
+            (
+                r#"local v = json.decode('{"a":[1,2,{"b":null}]}'); assert(v.a[2] == 2 and v.a[3].b == json.null)"#,
+                "ok",
+            ),
+            (
+                r#"assert(json.encode({b = 1, a = "x"}) == '{"a":"x","b":1}')"#,
+                "ok",
+            ),
+            (
+                r#"json.decode("{nope")"#,
+                "test.lua:1: json.decode: key must be a string",
+            ),
+            (r#"assert(regex.match("abc123", "[0-9]+") == "123")"#, "ok"),
+            (
+                r#"local a, b = regex.match("k=v", "(\\w)=(\\w)"); assert(a == "k" and b == "v")"#,
+                "ok",
+            ),
+            (r#"assert(regex.match("abc", "x") == nil)"#, "ok"),
+            (
+                r#"regex.match("abc", "(")"#,
+                "test.lua:1: regex.match: invalid regex \"(\": unclosed group",
+            ),
+            (
+                r#"log.info("hello"); log.warn(42); print("a", 1, nil)"#,
+                "ok",
+            ),
+        ];
+        for (code, want) in cases {
+            let got = run(&sandbox, code);
+            assert!(got.contains(want), "{code}: got {got}");
+        }
+    }
+
+    #[test]
+    fn freeze_makes_globals_read_only() {
+        let sandbox = sandbox();
+        assert_eq!(run(&sandbox, "helper = 1"), "ok");
+        sandbox.freeze().unwrap();
+        let cases = [
+            (
+                "assert(helper == 1 and string.format('%d', 2) == '2')",
+                "ok",
+            ),
+            ("x = 1", "cannot assign global 'x'"),
+            ("string.format = nil", "string is read-only"),
+            ("json.decode = nil", "json is read-only"),
+            (
+                "local n = 0 for k in pairs(_G) do n = n + 1 end assert(n > 10)",
+                "ok",
+            ),
+        ];
+        for (code, want) in cases {
+            let got = run(&sandbox, code);
+            assert!(got.contains(want), "{code}: got {got}");
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! The hook runtime, end to end through a `HookPool`: the return contract, the read-only `r`,
+//! metrics, the shipped scripts, and hostile hooks — each must fail its own assertion promptly
+//! with a clear reason while other sites' hooks in the same pool keep working.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sitewatch::config::ConfigSource;
+use sitewatch::hooks::{HookError, HookInput, HookLimits, HookPool, HookVerdict, MAX_REASON_LEN};
+use sitewatch::probe::CertInfo;
+use sitewatch::result::{Level, Timings};
+
+/// A hostile hook must be stopped well within this.
+const PROMPT: Duration = Duration::from_secs(5);
+
+fn source(text: &str) -> ConfigSource {
+    ConfigSource {
+        path: PathBuf::from("sites.lua"),
+        text: text.to_string(),
+        scripts_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts"),
+    }
+}
+
+/// sites.lua with one site per `(name, hook)` plus a well-behaved site "good".
+fn sites(hooks: &[(&str, &str)]) -> String {
+    let mut text = String::from(
+        "site { name = \"good\", url = \"https://good.example/\", hooks = { function(r) return r.status == 200, \"status \" .. r.status end } }\n",
+    );
+    for (name, hook) in hooks {
+        text.push_str(&format!(
+            "site {{ name = {name:?}, url = \"https://{name}.example/\", hooks = {{ {hook} }} }}\n"
+        ));
+    }
+    text
+}
+
+fn limits(workers: usize) -> HookLimits {
+    HookLimits {
+        workers,
+        ..HookLimits::default()
+    }
+}
+
+fn input(site: &str) -> Arc<HookInput> {
+    Arc::new(HookInput {
+        site: site.to_string(),
+        url: format!("https://{site}.example/"),
+        final_url: format!("https://{site}.example/home"),
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("set-cookie".into(), "a=1".into()),
+            ("set-cookie".into(), "b=2".into()),
+        ],
+        body: Bytes::from_static(br#"{"status":"UP","checks":[{"name":"db"},{"name":"cache"}]}"#),
+        body_truncated: false,
+        timings: Timings {
+            dns_ms: Some(1.5),
+            connect_ms: Some(2.0),
+            tls_ms: None,
+            ttfb_ms: Some(640.0),
+            transfer_ms: Some(3.0),
+            total_ms: 650.0,
+        },
+        cert: Some(CertInfo {
+            not_after: chrono::Utc::now() + chrono::Duration::days(10) + chrono::Duration::hours(1),
+            subject: "CN=good.example".into(),
+            issuer: "CN=Test CA".into(),
+        }),
+        attempt: 2,
+    })
+}
+
+#[track_caller]
+fn assert_fails(verdict: &HookVerdict, needle: &str) {
+    assert_eq!(verdict.level, Some(Level::Fail), "{verdict:?}");
+    let reason = verdict.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains(needle),
+        "reason {reason:?} should contain {needle:?}"
+    );
+}
+
+async fn good_still_works(pool: &HookPool) {
+    let verdict = pool.call("good", 0, input("good")).await;
+    assert_eq!(verdict, HookVerdict::pass());
+}
+
+#[tokio::test]
+async fn return_contract() {
+    let cases: &[(&str, &str, Option<Level>, Option<&str>)] = &[
+        ("t", "function(r) return true end", None, None),
+        ("n", "function(r) return nil end", None, None),
+        ("none", "function(r) end", None, None),
+        (
+            "f",
+            "function(r) return false, 'status page says DOWN' end",
+            Some(Level::Fail),
+            Some("status page says DOWN"),
+        ),
+        (
+            "f0",
+            "function(r) return false end",
+            Some(Level::Fail),
+            Some("hook returned false"),
+        ),
+        (
+            "d",
+            "function(r) return 'degraded', 'slow first byte' end",
+            Some(Level::Warn),
+            Some("slow first byte"),
+        ),
+        (
+            "tf",
+            "function(r) return { ok = false, reason = 'no' } end",
+            Some(Level::Fail),
+            Some("no"),
+        ),
+        (
+            "td",
+            "function(r) return { ok = true, degraded = true, reason = 'meh' } end",
+            Some(Level::Warn),
+            Some("meh"),
+        ),
+        ("tok", "function(r) return {} end", None, None),
+        (
+            "num",
+            "function(r) return 7 end",
+            Some(Level::Fail),
+            Some("hook returned number (7)"),
+        ),
+        (
+            "str",
+            "function(r) return 'down' end",
+            Some(Level::Fail),
+            Some("hook returned string (\"down\")"),
+        ),
+        (
+            "fn",
+            "function(r) return print end",
+            Some(Level::Fail),
+            Some("hook returned function"),
+        ),
+        (
+            "badkey",
+            "function(r) return { ok = true, reasons = 'x' } end",
+            Some(Level::Fail),
+            Some("unknown key \"reasons\""),
+        ),
+        (
+            "badok",
+            "function(r) return { ok = 'yes' } end",
+            Some(Level::Fail),
+            Some("ok must be a boolean"),
+        ),
+        (
+            "err",
+            "function(r) error('kaput') end",
+            Some(Level::Fail),
+            Some("hook error: sites.lua:"),
+        ),
+        (
+            "nil",
+            "function(r) return r.nope.x end",
+            Some(Level::Fail),
+            Some("attempt to index a nil value"),
+        ),
+    ];
+    let pool = HookPool::start(
+        &source(&sites(
+            &cases.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
+        )),
+        limits(2),
+    )
+    .unwrap();
+    for (name, hook, level, reason) in cases {
+        let verdict = pool.call(name, 0, input(name)).await;
+        assert_eq!(verdict.level, *level, "{hook}: {verdict:?}");
+        match reason {
+            Some(want) => assert!(
+                verdict.reason.as_deref().unwrap_or("").contains(want),
+                "{hook}: {verdict:?}"
+            ),
+            None => assert_eq!(verdict.reason, None, "{hook}"),
+        }
+    }
+    // Hook errors name the line of the hook.
+    let verdict = pool.call("err", 0, input("err")).await;
+    assert!(
+        verdict
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("hook error: sites.lua:16: kaput"),
+        "{verdict:?}"
+    );
+    good_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn r_contents() {
+    let hook = r#"function(r)
+        assert(r.site == "r" and r.url == "https://r.example/" and r.final_url == "https://r.example/home")
+        assert(r.status == 200 and r.attempt == 2 and r.body_truncated == false)
+        assert(r.headers["content-type"] == "application/json")
+        assert(r.headers["set-cookie"] == "a=1, b=2", r.headers["set-cookie"])
+        assert(r.timings.dns_ms == 1.5 and r.timings.tls_ms == 0 and r.timings.ttfb_ms == 640)
+        assert(r.timings.total_ms == 650 and r.timings.connect_ms + r.timings.transfer_ms == 5)
+        assert(r.cert.days_left == 10, r.cert.days_left)
+        assert(r.cert.subject == "CN=good.example" and r.cert.issuer == "CN=Test CA")
+        assert(r.cert.not_after:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$"), r.cert.not_after)
+        local keys = {}
+        for k in pairs(r) do keys[#keys + 1] = k end
+        table.sort(keys)
+        assert(table.concat(keys, ",") == "attempt,body,body_truncated,cert,final_url,headers,site,status,timings,url", table.concat(keys, ","))
+        assert(json.decode(r.body).status == "UP")
+        return true
+    end"#;
+    let pool = HookPool::start(&source(&sites(&[("r", hook)])), limits(1)).unwrap();
+    assert_eq!(pool.call("r", 0, input("r")).await, HookVerdict::pass());
+    let mut plain = (*input("r")).clone();
+    plain.cert = None;
+    plain.timings = Timings::default();
+    let hook = "function(r) return r.cert == nil and r.timings.ttfb_ms == 0 and r.timings.total_ms == 0 end";
+    let pool = HookPool::start(&source(&sites(&[("r", hook)])), limits(1)).unwrap();
+    assert_eq!(
+        pool.call("r", 0, Arc::new(plain)).await,
+        HookVerdict::pass()
+    );
+}
+
+#[tokio::test]
+async fn r_is_read_only() {
+    let cases = [
+        ("w1", "function(r) r.status = 500 end", "r is read-only"),
+        ("w2", "function(r) r.extra = 1 end", "r is read-only"),
+        (
+            "w3",
+            "function(r) r.headers['x'] = 'y' end",
+            "r.headers is read-only",
+        ),
+        (
+            "w4",
+            "function(r) r.timings.total_ms = 0 end",
+            "r.timings is read-only",
+        ),
+        (
+            "w5",
+            "function(r) r.cert.days_left = 999 end",
+            "r.cert is read-only",
+        ),
+        (
+            "w6",
+            "function(r) setmetatable(r, nil) end",
+            "cannot change a protected metatable",
+        ),
+        (
+            "w7",
+            "function(r) rawset(r, 'status', 1) end",
+            "global 'rawset'",
+        ),
+        (
+            "w8",
+            "function(r) getmetatable(r).__index = {} end",
+            "attempt to index a boolean value",
+        ),
+        (
+            "w9",
+            "function(r) local _, t = pairs(r.headers) t.x = 1 end",
+            "attempt to index a nil value",
+        ),
+    ];
+    let pool = HookPool::start(&source(&sites(&cases.map(|c| (c.0, c.1)))), limits(1)).unwrap();
+    for (name, _, reason) in cases {
+        assert_fails(&pool.call(name, 0, input(name)).await, reason);
+    }
+    good_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn hooks_cannot_change_what_other_hooks_see() {
+    let text = r#"
+site { name = "a", url = "https://a.example/", hooks = {
+  function(r) x = 1 end,
+  function(r) string.format = nil end,
+  function(r) json.decode = nil end,
+  function(r) getmetatable("").__index = {} end,
+  function(r) local _, globals = pairs(_G) globals.json = nil end,
+} }
+site { name = "b", url = "https://b.example/", hooks = {
+  function(r) return x == nil and string.format("%d", 1) == "1" and json.decode("[1]")[1] == 1 and ("x"):upper() == "X" end,
+} }
+"#;
+    let pool = HookPool::start(&source(text), limits(1)).unwrap();
+    let reasons = [
+        "cannot assign global 'x'",
+        "string is read-only",
+        "json is read-only",
+        "attempt to index a boolean value",
+        "attempt to index a nil value (local 'globals')",
+    ];
+    for (i, reason) in reasons.iter().enumerate() {
+        assert_fails(&pool.call("a", i, input("a")).await, reason);
+    }
+    assert_eq!(pool.call("b", 0, input("b")).await, HookVerdict::pass());
+}
+
+#[tokio::test]
+async fn metrics() {
+    let cases = [
+        ("m1", "function(r) return { ok = true, metrics = { ttfb = r.timings.ttfb_ms, n = 3 } } end"),
+        ("m2", "function(r) return { ok = false, reason = 'x', metrics = { ttfb = 640, n = 3.0 } } end"),
+        ("bad", "function(r) return { metrics = { ttfb = 'slow' } } end"),
+        ("nan", "function(r) return { metrics = { x = 0/0 } } end"),
+    ];
+    let pool = HookPool::start(&source(&sites(&cases)), limits(1)).unwrap();
+    for name in ["m1", "m2"] {
+        let verdict = pool.call(name, 0, input(name)).await;
+        assert_eq!(verdict.metrics.get("ttfb"), Some(&640.0), "{verdict:?}");
+        assert_eq!(verdict.metrics.get("n"), Some(&3.0));
+    }
+    assert_fails(
+        &pool.call("bad", 0, input("bad")).await,
+        "metric \"ttfb\" must be a finite number",
+    );
+    assert_fails(
+        &pool.call("nan", 0, input("nan")).await,
+        "metric \"x\" must be a finite number",
+    );
+}
+
+#[tokio::test]
+async fn shipped_scripts() {
+    let text = r#"
+site { name = "s", url = "https://s.example/", hooks = { script "json_status", script "latency_budget", script "cert_expiry" } }
+"#;
+    let pool = HookPool::start(&source(text), limits(1)).unwrap();
+    let verdict = pool.call("s", 0, input("s")).await;
+    assert_eq!(verdict.level, None, "{verdict:?}");
+    assert_eq!(verdict.metrics.get("checks"), Some(&2.0));
+    assert_eq!(verdict.metrics.get("status_up"), Some(&1.0));
+
+    let verdict = pool.call("s", 1, input("s")).await;
+    assert_eq!(verdict.level, Some(Level::Warn), "{verdict:?}");
+    assert_eq!(
+        verdict.reason.as_deref(),
+        Some("first byte after 640 ms (budget 500 ms)")
+    );
+    assert_eq!(verdict.metrics.get("ttfb_ms"), Some(&640.0));
+
+    let verdict = pool.call("s", 2, input("s")).await;
+    assert_eq!(verdict.level, Some(Level::Warn), "{verdict:?}");
+    assert!(
+        verdict
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("certificate expires in 10 days"),
+        "{verdict:?}"
+    );
+    assert_eq!(verdict.metrics.get("cert_days_left"), Some(&10.0));
+
+    let mut down = (*input("s")).clone();
+    down.body = Bytes::from_static(br#"{"status":"DOWN"}"#);
+    let verdict = pool.call("s", 0, Arc::new(down.clone())).await;
+    assert_fails(&verdict, "status is \"DOWN\", want \"UP\" or \"ok\"");
+    down.body = Bytes::from_static(b"<html>");
+    let verdict = pool.call("s", 0, Arc::new(down)).await;
+    assert_fails(&verdict, "body is not JSON: ");
+    assert!(!verdict.reason.unwrap().contains('\n'));
+}
+
+#[tokio::test]
+async fn hostile_hooks_fail_promptly_and_the_pool_keeps_working() {
+    let cases = [
+        ("spin", "function(r) while true do end end", "hook exceeded its instruction budget"),
+        (
+            "spin_pcall",
+            "function(r) while true do pcall(function() while true do end end) end end",
+            "hook exceeded its instruction budget",
+        ),
+        ("membomb", "function(r) local t = {} while true do t[#t + 1] = string.rep('x', 1024) .. #t end end", "hook exceeded memory limit (32 MiB)"),
+        ("os", "function(r) os.execute('true') end", "attempt to index a nil value (global 'os')"),
+        ("io", "function(r) io.open('/etc/passwd') end", "attempt to index a nil value (global 'io')"),
+        ("require", "function(r) require('x') end", "attempt to call a nil value (global 'require')"),
+        ("dump", "function(r) load(string.dump(function() end)) end", "attempt to call a nil value (field 'dump')"),
+        ("bytecode", "function(r) assert(load('\\27LuaT\\0')) end", "attempt to load a binary chunk (mode is 't')"),
+        ("bytecode_b", "function(r) assert(load('\\27LuaT\\0', 'x', 'b')) end", "attempt to load a binary chunk (mode is 't')"),
+        // Lua 5.4 caps strings at 2 GiB; below that cap the memory limit stops it.
+        ("rep32", "function(r) return string.rep('x', 1 << 32) end", "resulting string too large"),
+        ("rep4g", "function(r) return string.rep('x', 1 << 20):rep(4096) end", "resulting string too large"),
+        ("rep1g", "function(r) return string.rep('x', 1 << 20):rep(1024) end", "hook exceeded memory limit (32 MiB)"),
+        ("gc", "function(r) setmetatable({}, { __gc = function() while true do end end }) end", "__gc metamethods are not allowed"),
+        ("env", "function(r) return env('HOME') end", "env() is only available at load time"),
+        ("script", "function(r) return script('json_status') end", "script() is only available at load time"),
+        ("site", "function(r) site { name = 'x', url = 'https://x.example/' } end", "site() is only available at load time"),
+        ("deep", "function(r) local function f() return f() + 1 end return f() end", "hook exceeded memory limit"),
+    ];
+    let pool = HookPool::start(&source(&sites(&cases.map(|c| (c.0, c.1)))), limits(2)).unwrap();
+    for (name, _, reason) in cases {
+        let started = Instant::now();
+        let verdict = pool.call(name, 0, input(name)).await;
+        let elapsed = started.elapsed();
+        assert_fails(&verdict, reason);
+        assert!(elapsed < PROMPT, "{name} took {elapsed:?}");
+        good_still_works(&pool).await;
+    }
+    // And every hostile hook again, concurrently, with the good one in between.
+    let calls = cases
+        .iter()
+        .map(|(name, _, _)| pool.call(name, 0, input(name)));
+    let verdicts = futures::future::join_all(calls).await;
+    assert!(
+        verdicts.iter().all(|v| v.level == Some(Level::Fail)),
+        "{verdicts:?}"
+    );
+    good_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn wall_time_limit() {
+    let limits = HookLimits {
+        workers: 1,
+        instructions: u64::MAX / 2,
+        wall_time: Duration::from_millis(200),
+        ..HookLimits::default()
+    };
+    let pool = HookPool::start(
+        &source(&sites(&[("spin", "function(r) while true do end end")])),
+        limits,
+    )
+    .unwrap();
+    let started = Instant::now();
+    assert_fails(
+        &pool.call("spin", 0, input("spin")).await,
+        "hook exceeded its time limit (200ms)",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    good_still_works(&pool).await;
+}
+
+/// A Lua pattern with nested `.-` backtracks inside one C call, where no instruction hook runs.
+/// The watchdog answers for it; the other worker keeps serving.
+#[tokio::test]
+async fn stuck_in_a_library_call() {
+    let limits = HookLimits {
+        workers: 2,
+        wall_time: Duration::from_millis(100),
+        ..HookLimits::default()
+    };
+    // Roughly O(n^4) steps with n = 400: several seconds inside string.find, then it returns.
+    let hook = "function(r) return string.find(string.rep('a', 400), '.-.-.-b') end";
+    let pool = HookPool::start(&source(&sites(&[("pattern", hook)])), limits).unwrap();
+    let started = Instant::now();
+    let verdict = pool.call("pattern", 0, input("pattern")).await;
+    assert_fails(&verdict, "stuck inside a library call");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    good_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn long_reasons_are_cut() {
+    let hook = "function(r) return false, string.rep('x', 100000) end";
+    let pool = HookPool::start(&source(&sites(&[("long", hook)])), limits(1)).unwrap();
+    let verdict = pool.call("long", 0, input("long")).await;
+    assert_eq!(verdict.reason.map(|r| r.len()), Some(MAX_REASON_LEN + 3));
+}
+
+#[test]
+fn pool_and_calls_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<HookPool>();
+    let pool = HookPool::start(&source(&sites(&[])), limits(1)).unwrap();
+    let call = pool.call("good", 0, input("good"));
+    send(&call);
+}
+
+#[tokio::test]
+async fn unknown_site_or_index() {
+    let pool = HookPool::start(&source(&sites(&[])), limits(1)).unwrap();
+    assert_fails(
+        &pool.call("nope", 0, input("nope")).await,
+        "no hooks are loaded for site \"nope\"",
+    );
+    assert_fails(
+        &pool.call("good", 1, input("good")).await,
+        "there is no hook 2",
+    );
+    good_still_works(&pool).await;
+}
+
+#[tokio::test]
+async fn helpers_in_hooks() {
+    let hook = r#"function(r)
+        local v = json.decode(r.body)
+        log.info("checks: " .. #v.checks)
+        log.warn("warned")
+        print("printed", 1, true)
+        local code = regex.match(r.headers["content-type"], "^application/(\\w+)")
+        assert(code == "json", code)
+        assert(regex.match("no digits", "[0-9]+") == nil)
+        assert(json.encode({ a = { 1, 2 }, b = json.null }) == '{"a":[1,2],"b":null}')
+        local ok, err = pcall(json.decode, "{")
+        assert(not ok and tostring(err):find("json.decode"), tostring(err))
+        return true
+    end"#;
+    let pool = HookPool::start(&source(&sites(&[("h", hook)])), limits(1)).unwrap();
+    assert_eq!(pool.call("h", 0, input("h")).await, HookVerdict::pass());
+}
+
+#[tokio::test]
+async fn many_concurrent_calls() {
+    let pool = Arc::new(HookPool::start(&source(&sites(&[])), limits(2)).unwrap());
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.call("good", 0, input("good")).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), HookVerdict::pass());
+    }
+}
+
+#[test]
+fn start_reports_a_broken_configuration() {
+    let err = HookPool::start(
+        &source("site { name = 'a', url = 'https://a.example/', hooks = { script 'missing' } }"),
+        limits(1),
+    )
+    .unwrap_err();
+    assert!(matches!(err, HookError::Evaluate { .. }), "{err:?}");
+    assert!(err.to_string().contains("script \"missing\""), "{err}");
+    let err = HookPool::start(
+        &source(""),
+        HookLimits {
+            workers: 0,
+            ..HookLimits::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, HookError::Limits(_)), "{err:?}");
+}
+
+/// Per-call cost through the pool (channel and oneshot included):
+/// `cargo test --release --test hooks cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn cost() {
+    let body = format!(
+        r#"{{"status":"UP","items":[{}]}}"#,
+        (0..55)
+            .map(|i| format!(r#"{{"id":{i},"name":"item-{i}","ok":true}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let hook =
+        "function(r) local v = json.decode(r.body) return v.status == 'UP' and #v.items == 55 end";
+    let pool = HookPool::start(&source(&sites(&[("cost", hook)])), limits(1)).unwrap();
+    let mut input = (*input("cost")).clone();
+    input.body = Bytes::from(body);
+    let input = Arc::new(input);
+    for _ in 0..1_000 {
+        assert_eq!(
+            pool.call("cost", 0, Arc::clone(&input)).await,
+            HookVerdict::pass()
+        );
+    }
+    let n = 20_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        pool.call("cost", 0, Arc::clone(&input)).await;
+    }
+    println!(
+        "sequential, through the pool: {:?} per call ({} byte body)",
+        started.elapsed() / n,
+        input.body.len()
+    );
+}
