@@ -31,7 +31,11 @@ pub fn evaluate(
             found,
             Level::Fail,
             format!("body matches /{pattern}/"),
-            if found { "matched".into() } else { "no match".into() },
+            if found {
+                "matched".into()
+            } else {
+                "no match".into()
+            },
         ));
     }
     if let Some(pattern) = &expect.body_not {
@@ -80,7 +84,10 @@ pub fn evaluate(
                     [one] => (*one == &json.equals, excerpt(&one.to_string())),
                     many => (
                         many.iter().all(|v| *v == &json.equals),
-                        excerpt(&serde_json::Value::Array(many.iter().map(|v| (*v).clone()).collect()).to_string()),
+                        excerpt(
+                            &serde_json::Value::Array(many.iter().map(|v| (*v).clone()).collect())
+                                .to_string(),
+                        ),
                     ),
                 },
             };
@@ -91,7 +98,12 @@ pub fn evaluate(
         results.push(time_limit("max_time", limit, timings.total_ms, Level::Fail));
     }
     if let Some(limit) = expect.warn_time {
-        results.push(time_limit("warn_time", limit, timings.total_ms, Level::Warn));
+        results.push(time_limit(
+            "warn_time",
+            limit,
+            timings.total_ms,
+            Level::Warn,
+        ));
     }
     if let Some(days) = expect.cert_days {
         results.push(cert_days(days, response, now));
@@ -106,7 +118,13 @@ pub fn evaluate(
         } else {
             format!("{size} bytes")
         };
-        results.push(assertion("max_body", ok, Level::Fail, format!("at most {limit} bytes"), actual));
+        results.push(assertion(
+            "max_body",
+            ok,
+            Level::Fail,
+            format!("at most {limit} bytes"),
+            actual,
+        ));
     }
     results
 }
@@ -144,7 +162,11 @@ fn status(accepted: &[StatusMatcher], status: u16) -> AssertionResult {
     } else {
         (
             accepted.iter().any(|m| m.matches(status)),
-            accepted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" or "),
+            accepted
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or "),
         )
     };
     assertion("status", ok, Level::Fail, expected, status.to_string())
@@ -164,7 +186,13 @@ fn time_limit(name: &str, limit: Duration, total_ms: f64, level: Level) -> Asser
 fn cert_days(days: u32, response: &Response, now: DateTime<Utc>) -> AssertionResult {
     let expected = format!("valid for at least {days} days");
     match &response.cert {
-        None => assertion("cert_days", false, Level::Fail, expected, "no TLS certificate".into()),
+        None => assertion(
+            "cert_days",
+            false,
+            Level::Fail,
+            expected,
+            "no TLS certificate".into(),
+        ),
         Some(cert) => {
             let left = (cert.not_after - now).num_seconds() as f64 / 86_400.0;
             assertion(
@@ -172,13 +200,22 @@ fn cert_days(days: u32, response: &Response, now: DateTime<Utc>) -> AssertionRes
                 left >= f64::from(days),
                 Level::Fail,
                 expected,
-                format!("{left:.1} days left (expires {})", cert.not_after.to_rfc3339()),
+                format!(
+                    "{left:.1} days left (expires {})",
+                    cert.not_after.to_rfc3339()
+                ),
             )
         }
     }
 }
 
-fn assertion(name: &str, ok: bool, level: Level, expected: String, actual: String) -> AssertionResult {
+fn assertion(
+    name: &str,
+    ok: bool,
+    level: Level,
+    expected: String,
+    actual: String,
+) -> AssertionResult {
     AssertionResult {
         name: name.to_owned(),
         ok,
@@ -234,8 +271,19 @@ mod tests {
     #[test]
     fn status_defaults_to_any_2xx() {
         let expect = Expect::default();
-        for (code, ok) in [(200, true), (204, true), (299, true), (301, false), (404, false), (500, false)] {
-            assert_eq!(run(&expect, &response(code, ""), 1.0), vec![("status".into(), ok)], "status {code}");
+        for (code, ok) in [
+            (200, true),
+            (204, true),
+            (299, true),
+            (301, false),
+            (404, false),
+            (500, false),
+        ] {
+            assert_eq!(
+                run(&expect, &response(code, ""), 1.0),
+                vec![("status".into(), ok)],
+                "status {code}"
+            );
         }
     }
 
@@ -245,8 +293,18 @@ mod tests {
             status: vec![StatusMatcher::Class(3), StatusMatcher::Exact(404)],
             ..Expect::default()
         };
-        for (code, ok) in [(301, true), (399, true), (404, true), (200, false), (403, false)] {
-            assert_eq!(run(&expect, &response(code, ""), 1.0)[0].1, ok, "status {code}");
+        for (code, ok) in [
+            (301, true),
+            (399, true),
+            (404, true),
+            (200, false),
+            (403, false),
+        ] {
+            assert_eq!(
+                run(&expect, &response(code, ""), 1.0)[0].1,
+                ok,
+                "status {code}"
+            );
         }
         let a = evaluate(&expect, &response(200, ""), &timings(1.0), Utc::now());
         assert_eq!(a[0].expected, "3xx or 404");
@@ -276,8 +334,14 @@ mod tests {
     fn headers_match_by_lowercase_name() {
         let expect = Expect {
             headers: vec![
-                HeaderExpectation { name: "content-type".into(), pattern: Regex::new("^text/html").unwrap() },
-                HeaderExpectation { name: "x-missing".into(), pattern: Regex::new(".").unwrap() },
+                HeaderExpectation {
+                    name: "content-type".into(),
+                    pattern: Regex::new("^text/html").unwrap(),
+                },
+                HeaderExpectation {
+                    name: "x-missing".into(),
+                    pattern: Regex::new(".").unwrap(),
+                },
             ],
             ..Expect::default()
         };
@@ -320,7 +384,11 @@ mod tests {
             warn_time: Some(Duration::from_millis(300)),
             ..Expect::default()
         };
-        for (total, outcome) in [(100.0, Outcome::Up), (500.0, Outcome::Degraded), (900.0, Outcome::Down)] {
+        for (total, outcome) in [
+            (100.0, Outcome::Up),
+            (500.0, Outcome::Degraded),
+            (900.0, Outcome::Down),
+        ] {
             let got = evaluate(&expect, &response(200, ""), &timings(total), Utc::now());
             assert_eq!(outcome_of(&got), outcome, "total {total}");
         }
@@ -328,7 +396,10 @@ mod tests {
 
     #[test]
     fn cert_days_left() {
-        let expect = Expect { cert_days: Some(14), ..Expect::default() };
+        let expect = Expect {
+            cert_days: Some(14),
+            ..Expect::default()
+        };
         let now = Utc::now();
         let with_cert = |days: i64| {
             let mut r = response(200, "");
@@ -348,9 +419,28 @@ mod tests {
 
     #[test]
     fn max_body_counts_truncation_as_too_large() {
-        let expect = Expect { max_body: Some(10), ..Expect::default() };
-        assert!(evaluate(&expect, &response(200, "0123456789"), &timings(1.0), Utc::now())[1].ok);
-        assert!(!evaluate(&expect, &response(200, "0123456789a"), &timings(1.0), Utc::now())[1].ok);
+        let expect = Expect {
+            max_body: Some(10),
+            ..Expect::default()
+        };
+        assert!(
+            evaluate(
+                &expect,
+                &response(200, "0123456789"),
+                &timings(1.0),
+                Utc::now()
+            )[1]
+            .ok
+        );
+        assert!(
+            !evaluate(
+                &expect,
+                &response(200, "0123456789a"),
+                &timings(1.0),
+                Utc::now()
+            )[1]
+            .ok
+        );
         let mut truncated = response(200, "01234");
         truncated.body_truncated = true;
         assert!(!evaluate(&expect, &truncated, &timings(1.0), Utc::now())[1].ok);
@@ -359,7 +449,13 @@ mod tests {
     #[test]
     fn describe_puts_hard_failures_first() {
         let list = vec![
-            assertion("warn_time", false, Level::Warn, "at most 300 ms".into(), "500.0 ms".into()),
+            assertion(
+                "warn_time",
+                false,
+                Level::Warn,
+                "at most 300 ms".into(),
+                "500.0 ms".into(),
+            ),
             assertion("status", false, Level::Fail, "2xx".into(), "500".into()),
             assertion("body", true, Level::Fail, "x".into(), "matched".into()),
         ];

@@ -13,7 +13,9 @@ use crate::assertions;
 use crate::config::Site;
 use crate::hooks::{HookInput, HookPool};
 use crate::probe::{Attempt, Prober};
-use crate::result::{AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION};
+use crate::result::{
+    AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION,
+};
 
 /// Pause between a failed attempt and its retry: long enough for a blip to pass, short enough to
 /// keep the check well inside its interval.

@@ -44,7 +44,12 @@ pub fn load_or_report(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn validate(path: &Path) -> ExitCode {
     match load_or_report(path) {
         Ok(config) => {
-            println!("{}: {} site(s), config version {}", path.display(), config.sites.len(), config.version);
+            println!(
+                "{}: {} site(s), config version {}",
+                path.display(),
+                config.sites.len(),
+                config.version
+            );
             ExitCode::Ok
         }
         Err(_) => ExitCode::ConfigInvalid,
@@ -63,9 +68,15 @@ pub enum CheckError {
 
 /// Builds what checking a configuration needs: the prober and, if any site has hooks, a pool of
 /// Lua workers evaluated from the same sources.
-pub fn checker_for(config: &Config, prober: Arc<Prober>) -> Result<Checker, crate::hooks::HookError> {
+pub fn checker_for(
+    config: &Config,
+    prober: Arc<Prober>,
+) -> Result<Checker, crate::hooks::HookError> {
     let hooks = if config.sites.iter().any(|s| !s.hooks.is_empty()) {
-        Some(Arc::new(HookPool::start(&config.source, HookLimits::default())?))
+        Some(Arc::new(HookPool::start(
+            &config.source,
+            HookLimits::default(),
+        )?))
     } else {
         None
     };
@@ -110,10 +121,21 @@ pub async fn check(config: &Config, only: &[String], json: bool) -> Result<ExitC
 
 /// The human-readable report of `check`: one row per site.
 pub fn table(results: &[CheckResult]) -> String {
-    let name_width = results.iter().map(|r| r.site.len()).max().unwrap_or(4).max(4);
-    let mut text = format!("{:<name_width$}  {:<8}  {:>6}  {:>9}  {}\n", "SITE", "OUTCOME", "STATUS", "TOTAL ms", "REASON");
+    let name_width = results
+        .iter()
+        .map(|r| r.site.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut text = format!(
+        "{:<name_width$}  {:<8}  {:>6}  {:>9}  {}\n",
+        "SITE", "OUTCOME", "STATUS", "TOTAL ms", "REASON"
+    );
     for r in results {
-        let status = r.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+        let status = r
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into());
         let reason = r
             .failure
             .as_ref()

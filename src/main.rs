@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sitewatch::commands::{self, ExitCode as CheckExit};
+use sitewatch::consume::{self, ConsumeOptions};
 use sitewatch::monitor::{self, ProduceOptions};
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::schedule::{self, Limits, Shard};
-use sitewatch::consume::{self, ConsumeOptions};
 use sitewatch::settings::{self, DatabaseSettings};
 use sitewatch::store;
 use tokio::sync::mpsc;
@@ -23,7 +23,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_FAILURE: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "sitewatch", version, about = "Website-availability monitor: sites.lua in, Kafka and PostgreSQL out")]
+#[command(
+    name = "sitewatch",
+    version,
+    about = "Website-availability monitor: sites.lua in, Kafka and PostgreSQL out"
+)]
 struct Cli {
     /// Read KEY=VALUE settings from this file (variables already set in the environment win).
     #[arg(long, global = true, value_name = "PATH")]
@@ -123,8 +127,13 @@ impl ConsumeArgs {
 
 /// `30d`, `12h`, `90m`: the age for `prune`.
 fn parse_days(text: &str) -> Result<chrono::Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: i64 = number.parse().map_err(|_| format!("expected e.g. 30d, got {text:?}"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("expected e.g. 30d, got {text:?}"))?;
     match unit {
         "d" => Ok(chrono::Duration::days(n)),
         "h" => Ok(chrono::Duration::hours(n)),
@@ -177,7 +186,10 @@ impl KafkaArgs {
         let pairs = [
             ("SITEWATCH_KAFKA_BROKERS", &self.kafka_brokers),
             ("SITEWATCH_KAFKA_TOPIC", &self.kafka_topic),
-            ("SITEWATCH_KAFKA_SECURITY_PROTOCOL", &self.kafka_security_protocol),
+            (
+                "SITEWATCH_KAFKA_SECURITY_PROTOCOL",
+                &self.kafka_security_protocol,
+            ),
             ("SITEWATCH_KAFKA_SSL_CA", &self.kafka_ssl_ca),
             ("SITEWATCH_KAFKA_SSL_CERT", &self.kafka_ssl_cert),
             ("SITEWATCH_KAFKA_SSL_KEY", &self.kafka_ssl_key),
@@ -199,7 +211,9 @@ impl KafkaArgs {
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
 }
@@ -269,7 +283,11 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Validate(config) => exit(commands::validate(&config.config)),
-        Command::Check { config, sites, json } => {
+        Command::Check {
+            config,
+            sites,
+            json,
+        } => {
             let Ok(config) = commands::load_or_report(&config.config) else {
                 return exit(CheckExit::ConfigInvalid);
             };
@@ -339,12 +357,19 @@ fn main() -> ExitCode {
                 let shutdown = shutdown_signal();
                 // Either half failing stops the other: a monitor that cannot store is not running.
                 let consumer = async {
-                    let result = consume::run(&kafka, &db, consume.options(), shutdown.clone()).await;
+                    let result =
+                        consume::run(&kafka, &db, consume.options(), shutdown.clone()).await;
                     shutdown.cancel();
                     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
                 };
                 let producer = async {
-                    let result = monitor::produce(&kafka, produce.options(), reload_signal(), shutdown.clone()).await;
+                    let result = monitor::produce(
+                        &kafka,
+                        produce.options(),
+                        reload_signal(),
+                        shutdown.clone(),
+                    )
+                    .await;
                     shutdown.cancel();
                     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
                 };
@@ -392,7 +417,10 @@ fn main() -> ExitCode {
                 };
                 match store::prune(&client, older_than).await {
                     Ok(rows) => {
-                        println!("deleted {rows} result(s) older than {} day(s)", older_than.num_days());
+                        println!(
+                            "deleted {rows} result(s) older than {} day(s)",
+                            older_than.num_days()
+                        );
                         ExitCode::SUCCESS
                     }
                     Err(error) => fail(&error),
@@ -408,7 +436,10 @@ fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -472,7 +503,10 @@ fn serve_metrics(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sitewatch: cannot start the async runtime: {error}");
@@ -484,7 +518,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -59,7 +59,11 @@ struct PublishJob {
 
 impl Job for PublishJob {
     async fn run(&self, site: Arc<Site>, tick: Tick) {
-        let checker = self.checker.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let checker = self
+            .checker
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let result = checker.check(&site, tick.id, tick.scheduled_at).await;
         record_metrics(&result);
         if let Err(error) = self.publisher.publish(&result).await {
@@ -71,8 +75,11 @@ impl Job for PublishJob {
 fn record_metrics(result: &CheckResult) {
     metrics::counter!("sitewatch_probes_total", "site" => result.site.clone(), "outcome" => result.outcome.as_str())
         .increment(1);
-    metrics::histogram!("sitewatch_probe_duration_seconds").record(result.timings.total_ms / 1000.0);
-    let lag = (result.started_at - result.scheduled_at).num_microseconds().unwrap_or_default();
+    metrics::histogram!("sitewatch_probe_duration_seconds")
+        .record(result.timings.total_ms / 1000.0);
+    let lag = (result.started_at - result.scheduled_at)
+        .num_microseconds()
+        .unwrap_or_default();
     metrics::histogram!("sitewatch_schedule_lag_seconds").record(lag as f64 / 1e6);
 }
 
@@ -113,21 +120,28 @@ pub async fn produce(
         };
         match config::load(&options.config_path) {
             Err(errors) => {
-                metrics::counter!("sitewatch_config_reloads_total", "result" => "failed").increment(1);
-                tracing::error!(trigger = why, "reload failed, keeping the running configuration:\n{errors}");
+                metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
+                    .increment(1);
+                tracing::error!(
+                    trigger = why,
+                    "reload failed, keeping the running configuration:\n{errors}"
+                );
             }
             Ok(config) if config.version == version => {
                 tracing::debug!(trigger = why, "configuration unchanged");
             }
             Ok(config) => match checker_for(&config, Arc::clone(&prober)) {
                 Err(error) => {
-                    metrics::counter!("sitewatch_config_reloads_total", "result" => "failed").increment(1);
+                    metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
+                        .increment(1);
                     tracing::error!(%error, "reload failed, keeping the running configuration");
                 }
                 Ok(checker) => {
                     *job.checker.write().unwrap_or_else(|e| e.into_inner()) = checker;
-                    let (added, changed, removed) = scheduler.apply(in_shard(&config, options.shard));
-                    metrics::counter!("sitewatch_config_reloads_total", "result" => "ok").increment(1);
+                    let (added, changed, removed) =
+                        scheduler.apply(in_shard(&config, options.shard));
+                    metrics::counter!("sitewatch_config_reloads_total", "result" => "ok")
+                        .increment(1);
                     tracing::info!(trigger = why, version = %config.version, added, changed, removed, "configuration reloaded");
                     version = config.version;
                 }
@@ -138,7 +152,10 @@ pub async fn produce(
     scheduler.shutdown().await;
     let dropped = publisher.flush(options.flush_timeout).await;
     tracing::info!(
-        delivered = publisher.deliveries().delivered.load(std::sync::atomic::Ordering::Relaxed),
+        delivered = publisher
+            .deliveries()
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed),
         dropped,
         "producer stopped"
     );
@@ -153,7 +170,12 @@ fn load(path: &Path) -> Result<Config, MonitorError> {
 }
 
 fn in_shard(config: &Config, shard: Shard) -> Vec<Site> {
-    config.sites.iter().filter(|s| shard.contains(&s.name)).cloned().collect()
+    config
+        .sites
+        .iter()
+        .filter(|s| shard.contains(&s.name))
+        .cloned()
+        .collect()
 }
 
 /// Modification times of sites.lua and every file in scripts/: cheap change detection that
@@ -161,7 +183,10 @@ fn in_shard(config: &Config, shard: Shard) -> Vec<Site> {
 fn sources_stamp(config_path: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut stamp = vec![(config_path.to_owned(), modified(config_path))];
-    let scripts = config_path.parent().unwrap_or(Path::new(".")).join("scripts");
+    let scripts = config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("scripts");
     if let Ok(entries) = std::fs::read_dir(&scripts) {
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();

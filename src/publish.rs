@@ -134,7 +134,10 @@ pub struct Publisher {
 impl Publisher {
     /// Connects, fails fast when the broker is unreachable or rejects our TLS/SASL settings,
     /// and creates the topic if it is missing.
-    pub async fn connect(settings: &KafkaSettings, topic: TopicSpec) -> Result<Publisher, PublishError> {
+    pub async fn connect(
+        settings: &KafkaSettings,
+        topic: TopicSpec,
+    ) -> Result<Publisher, PublishError> {
         let deliveries = Arc::new(Deliveries::default());
         let mut config = settings.client_config();
         config
@@ -143,7 +146,10 @@ impl Publisher {
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "0")
-            .set("queue.buffering.max.messages", DEFAULT_QUEUE_MESSAGES.to_string());
+            .set(
+                "queue.buffering.max.messages",
+                DEFAULT_QUEUE_MESSAGES.to_string(),
+            );
         // Operators' --kafka-opt values win over these defaults.
         for (key, value) in &settings.extra {
             config.set(key, value);
@@ -166,7 +172,10 @@ impl Publisher {
     async fn check_reachable(&self, settings: &KafkaSettings) -> Result<(), PublishError> {
         let producer = Arc::clone(&self.producer);
         let metadata = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, CONNECT_TIMEOUT).map(|_| ())
+            producer
+                .client()
+                .fetch_metadata(None, CONNECT_TIMEOUT)
+                .map(|_| ())
         })
         .await;
         let error = match metadata {
@@ -174,7 +183,12 @@ impl Publisher {
             Ok(Err(error)) => error.to_string(),
             Err(join) => join.to_string(),
         };
-        let detail = self.deliveries.last_error.lock().ok().and_then(|e| e.clone());
+        let detail = self
+            .deliveries
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone());
         Err(PublishError::Unreachable {
             brokers: settings.brokers.clone(),
             reason: match detail {
@@ -187,7 +201,10 @@ impl Publisher {
     /// Queues one result for delivery. Waits while the local queue is full (backpressure);
     /// returns an error only when Kafka rejects the message outright.
     pub async fn publish(&self, result: &CheckResult) -> Result<(), PublishError> {
-        let payload = serde_json::to_vec(result).map_err(|source| PublishError::Encode { id: result.id, source })?;
+        let payload = serde_json::to_vec(result).map_err(|source| PublishError::Encode {
+            id: result.id,
+            source,
+        })?;
         let version = SCHEMA_VERSION.to_string();
         let headers = OwnedHeaders::new().insert(Header {
             key: SCHEMA_HEADER,
@@ -212,11 +229,15 @@ impl Publisher {
                 Err((source, _)) => {
                     self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("sitewatch_kafka_delivery_errors_total").increment(1);
-                    return Err(PublishError::Send { id: result.id, source });
+                    return Err(PublishError::Send {
+                        id: result.id,
+                        source,
+                    });
                 }
             }
         }
-        metrics::gauge!("sitewatch_kafka_queue_depth").set(f64::from(self.producer.in_flight_count()));
+        metrics::gauge!("sitewatch_kafka_queue_depth")
+            .set(f64::from(self.producer.in_flight_count()));
         Ok(())
     }
 
@@ -236,7 +257,10 @@ impl Publisher {
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         let left = u64::try_from(self.producer.in_flight_count()).unwrap_or_default();
         if left > 0 || !matches!(flushed, Ok(Ok(()))) {
-            tracing::error!(left, "shutdown flush timed out: results still queued are dropped");
+            tracing::error!(
+                left,
+                "shutdown flush timed out: results still queued are dropped"
+            );
             self.deliveries.dropped.fetch_add(left, Ordering::Relaxed);
             metrics::counter!("sitewatch_kafka_dropped_total").increment(left);
         }
@@ -246,8 +270,15 @@ impl Publisher {
 
 /// Creates the topic unless it exists.
 pub async fn ensure_topic(settings: &KafkaSettings, spec: TopicSpec) -> Result<(), PublishError> {
-    let admin: AdminClient<DefaultClientContext> = settings.client_config().create().map_err(PublishError::Create)?;
-    let topic = NewTopic::new(&settings.topic, spec.partitions, TopicReplication::Fixed(spec.replication));
+    let admin: AdminClient<DefaultClientContext> = settings
+        .client_config()
+        .create()
+        .map_err(PublishError::Create)?;
+    let topic = NewTopic::new(
+        &settings.topic,
+        spec.partitions,
+        TopicReplication::Fixed(spec.replication),
+    );
     let options = AdminOptions::new().operation_timeout(Some(CONNECT_TIMEOUT));
     let results = admin
         .create_topics([&topic], &options)

@@ -90,7 +90,9 @@ impl std::str::FromStr for Shard {
         };
         match parse() {
             Some(shard) if shard.count > 0 && shard.index < shard.count => Ok(shard),
-            _ => Err(format!("invalid shard {text:?}: expected i/n with 0 <= i < n, e.g. 0/3")),
+            _ => Err(format!(
+                "invalid shard {text:?}: expected i/n with 0 <= i < n, e.g. 0/3"
+            )),
         }
     }
 }
@@ -173,7 +175,12 @@ impl<J: Job> Scheduler<J> {
     }
 
     /// As [`Scheduler::new`] with an explicit clock anchor (tests pin the wall clock).
-    pub fn with_clock(job: Arc<J>, limits: Limits, shutdown: CancellationToken, clock: Clock) -> Self {
+    pub fn with_clock(
+        job: Arc<J>,
+        limits: Limits,
+        shutdown: CancellationToken,
+        clock: Clock,
+    ) -> Self {
         Scheduler {
             job,
             limits,
@@ -204,7 +211,8 @@ impl<J: Job> Scheduler<J> {
     /// ones, leaves unchanged ones alone. Returns (added, changed, removed) counts.
     pub fn apply(&mut self, sites: Vec<Site>) -> (usize, usize, usize) {
         let (mut added, mut changed) = (0, 0);
-        let mut incoming: HashMap<String, Site> = sites.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let mut incoming: HashMap<String, Site> =
+            sites.into_iter().map(|s| (s.name.clone(), s)).collect();
         let removed: Vec<String> = self
             .sites
             .keys()
@@ -351,7 +359,8 @@ impl<J: Job> SiteLoop<J> {
 
     fn missed(&self, scheduled_at: DateTime<Utc>, why: &'static str) {
         self.stats.missed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("sitewatch_missed_ticks_total", "site" => self.site.name.clone()).increment(1);
+        metrics::counter!("sitewatch_missed_ticks_total", "site" => self.site.name.clone())
+            .increment(1);
         tracing::warn!(site = %self.site.name, %scheduled_at, why, "missed tick");
     }
 }
@@ -394,7 +403,8 @@ mod tests {
     /// A clock whose wall time is an exact multiple of a minute, so phases are easy to check.
     fn pinned_clock() -> Clock {
         Clock {
-            wall: DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 60, 0).unwrap(),
+            // 1_800_000_000 s is a multiple of 60.
+            wall: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             instant: Instant::now(),
         }
     }
@@ -413,7 +423,10 @@ mod tests {
         }
         for shard in &shards {
             let share = names.iter().filter(|n| shard.contains(n)).count();
-            assert!((800..1200).contains(&share), "shard {shard:?} got {share} of 3000");
+            assert!(
+                (800..1200).contains(&share),
+                "shard {shard:?} got {share} of 3000"
+            );
         }
         // Stable across builds: FNV-1a's published test vectors.
         assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
@@ -431,7 +444,10 @@ mod tests {
             buckets[(p.as_secs()) as usize] += 1;
         }
         for (second, count) in buckets.iter().enumerate() {
-            assert!((800..1200).contains(count), "second {second} has {count} first runs");
+            assert!(
+                (800..1200).contains(count),
+                "second {second} has {count} first runs"
+            );
         }
     }
 
@@ -440,7 +456,12 @@ mod tests {
         let interval = Duration::from_secs(10);
         let job = recorder(Duration::from_millis(1234));
         let clock = pinned_clock();
-        let mut scheduler = Scheduler::with_clock(Arc::clone(&job), Limits::default(), CancellationToken::new(), clock);
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            clock,
+        );
         scheduler.apply(vec![site("a", interval), site("b", interval)]);
         tokio::time::sleep(Duration::from_secs(95)).await;
         let stats = scheduler.stats();
@@ -448,13 +469,28 @@ mod tests {
 
         assert_eq!(stats.missed.load(Ordering::Relaxed), 0);
         for name in ["a", "b"] {
-            let ticks: Vec<_> = job.ticks.lock().unwrap().iter().filter(|t| t.0 == name).cloned().collect();
-            assert!((9..=10).contains(&ticks.len()), "{name}: {} ticks", ticks.len());
+            let ticks: Vec<_> = job
+                .ticks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|t| t.0 == name)
+                .cloned()
+                .collect();
+            assert!(
+                (9..=10).contains(&ticks.len()),
+                "{name}: {} ticks",
+                ticks.len()
+            );
             let phase = phase(name, interval);
             for (k, (_, at, scheduled_at)) in ticks.iter().enumerate() {
                 // Exactly phase + k·interval after the (minute-aligned) start: no drift even
                 // though every run takes 1.234 s.
-                assert_eq!(*at - clock.instant, phase + interval * k as u32, "{name} tick {k}");
+                assert_eq!(
+                    *at - clock.instant,
+                    phase + interval * k as u32,
+                    "{name} tick {k}"
+                );
                 let offset = (*scheduled_at - clock.wall).to_std().unwrap();
                 assert_eq!(offset, phase + interval * k as u32);
             }
@@ -466,8 +502,12 @@ mod tests {
         let interval = Duration::from_secs(1);
         // Each run takes 2.5 s: of every three ticks, one runs and two are missed.
         let job = recorder(Duration::from_millis(2500));
-        let mut scheduler =
-            Scheduler::with_clock(Arc::clone(&job), Limits::default(), CancellationToken::new(), pinned_clock());
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            pinned_clock(),
+        );
         scheduler.apply(vec![site("slow", interval)]);
         tokio::time::sleep(Duration::from_millis(30_500)).await;
         let stats = scheduler.stats();
@@ -480,23 +520,39 @@ mod tests {
         assert!((19..=21).contains(&missed), "missed {missed}");
         // Runs never overlap.
         let times: Vec<Instant> = job.ticks.lock().unwrap().iter().map(|t| t.1).collect();
-        assert!(times.windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(2500)));
+        assert!(times
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_millis(2500)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn reload_keeps_unchanged_sites_and_applies_changes() {
         let interval = Duration::from_secs(10);
         let job = recorder(Duration::from_millis(10));
-        let mut scheduler =
-            Scheduler::with_clock(Arc::clone(&job), Limits::default(), CancellationToken::new(), pinned_clock());
-        assert_eq!(scheduler.apply(vec![site("keep", interval), site("drop", interval), site("change", interval)]), (3, 0, 0));
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        assert_eq!(
+            scheduler.apply(vec![
+                site("keep", interval),
+                site("drop", interval),
+                site("change", interval)
+            ]),
+            (3, 0, 0)
+        );
         tokio::time::sleep(Duration::from_secs(25)).await;
         let mut changed = site("change", interval);
         changed.url = "http://127.0.0.1:10/".parse().unwrap();
         // "keep" moved to another line only: still unchanged.
         let mut moved = site("keep", interval);
         moved.location.line = 42;
-        assert_eq!(scheduler.apply(vec![moved, changed, site("new", interval)]), (1, 1, 1));
+        assert_eq!(
+            scheduler.apply(vec![moved, changed, site("new", interval)]),
+            (1, 1, 1)
+        );
         tokio::time::sleep(Duration::from_secs(30)).await;
         scheduler.shutdown().await;
 
@@ -507,7 +563,13 @@ mod tests {
         assert!((3..=4).contains(&count("new")), "new: {}", count("new"));
         // "keep" kept its phase across the reload.
         let phase = phase("keep", interval);
-        let clock_start = ticks.iter().filter(|t| t.0 == "keep").map(|t| t.1).next().unwrap() - phase;
+        let clock_start = ticks
+            .iter()
+            .filter(|t| t.0 == "keep")
+            .map(|t| t.1)
+            .next()
+            .unwrap()
+            - phase;
         for (k, t) in ticks.iter().filter(|t| t.0 == "keep").enumerate() {
             assert_eq!(t.1 - clock_start, phase + interval * k as u32);
         }
@@ -535,8 +597,17 @@ mod tests {
             max_concurrency: 100,
             max_per_host: 3,
         };
-        let mut scheduler = Scheduler::with_clock(Arc::clone(&job), limits, CancellationToken::new(), pinned_clock());
-        scheduler.apply((0..20).map(|i| site(&format!("s{i}"), Duration::from_secs(10))).collect());
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            limits,
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        scheduler.apply(
+            (0..20)
+                .map(|i| site(&format!("s{i}"), Duration::from_secs(10)))
+                .collect(),
+        );
         tokio::time::sleep(Duration::from_secs(30)).await;
         scheduler.shutdown().await;
         assert_eq!(job.peak.load(Ordering::SeqCst), 3);

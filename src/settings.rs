@@ -121,13 +121,15 @@ impl KafkaSettings {
             cert: var("SITEWATCH_KAFKA_SSL_CERT").map(PathBuf::from),
             key: var("SITEWATCH_KAFKA_SSL_KEY").map(PathBuf::from),
         };
-        let protocol = var("SITEWATCH_KAFKA_SECURITY_PROTOCOL").unwrap_or_else(|| "plaintext".into());
+        let protocol =
+            var("SITEWATCH_KAFKA_SECURITY_PROTOCOL").unwrap_or_else(|| "plaintext".into());
         let security = match protocol.to_ascii_lowercase().as_str() {
             "plaintext" => KafkaSecurity::Plaintext,
             "ssl" => KafkaSecurity::Ssl(ssl()),
             "sasl_ssl" => KafkaSecurity::SaslSsl {
                 ssl: ssl(),
-                mechanism: var("SITEWATCH_KAFKA_SASL_MECHANISM").unwrap_or_else(|| "SCRAM-SHA-256".into()),
+                mechanism: var("SITEWATCH_KAFKA_SASL_MECHANISM")
+                    .unwrap_or_else(|| "SCRAM-SHA-256".into()),
                 username: var("SITEWATCH_KAFKA_SASL_USERNAME").ok_or(SettingsError::Missing {
                     name: "SITEWATCH_KAFKA_SASL_USERNAME",
                 })?,

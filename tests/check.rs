@@ -21,8 +21,8 @@ fn results(output: &Output) -> HashMap<String, CheckResult> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| {
-            let result: CheckResult =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not a CheckResult ({e}): {line}"));
+            let result: CheckResult = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a CheckResult ({e}): {line}"));
             (result.site.clone(), result)
         })
         .collect()
@@ -37,18 +37,30 @@ async fn app() -> support::Server {
     support::serve("127.0.0.1:0", |request, mut conn| async move {
         match request.target.as_str() {
             "/health" => {
-                conn.respond(200, &[("Content-Type", "application/json")], br#"{"status":"UP","checks":[{"name":"db","ok":true}],"version":3}"#)
-                    .await
+                conn.respond(
+                    200,
+                    &[("Content-Type", "application/json")],
+                    br#"{"status":"UP","checks":[{"name":"db","ok":true}],"version":3}"#,
+                )
+                .await
             }
             "/slow" => {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                conn.respond(200, &[("Content-Type", "text/plain")], b"finally").await
+                conn.respond(200, &[("Content-Type", "text/plain")], b"finally")
+                    .await
             }
-            "/big" => conn.respond(200, &[("Content-Type", "text/plain")], &vec![b'x'; 4096]).await,
+            "/big" => {
+                conn.respond(200, &[("Content-Type", "text/plain")], &vec![b'x'; 4096])
+                    .await
+            }
             "/missing" => conn.respond(404, &[], b"no such page").await,
             _ => {
-                conn.respond(200, &[("Content-Type", "text/html; charset=utf-8")], b"<h1>Example Domain</h1><p>all good</p>")
-                    .await
+                conn.respond(
+                    200,
+                    &[("Content-Type", "text/html; charset=utf-8")],
+                    b"<h1>Example Domain</h1><p>all good</p>",
+                )
+                .await
             }
         }
     })
@@ -58,7 +70,10 @@ async fn app() -> support::Server {
 #[tokio::test]
 async fn json_output_over_https_has_every_timing_and_exit_zero() {
     let ca = support::TestCa::new("check test CA");
-    let server = support::TlsServer::start(&ca.leaf("localhost", &["127.0.0.1"], support::Validity::Until(2099)), None);
+    let server = support::TlsServer::start(
+        &ca.leaf("localhost", &["127.0.0.1"], support::Validity::Until(2099)),
+        None,
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
     config(
@@ -69,14 +84,29 @@ async fn json_output_over_https_has_every_timing_and_exit_zero() {
         ),
     );
     let output = sitewatch(dir.path(), &["check", "--json"]).await;
-    assert_eq!(output.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let results = results(&output);
     let result = &results["tls"];
     assert_eq!(result.outcome, Outcome::Up, "{:?}", result.failure);
     let t = &result.timings;
-    for (phase, value) in [("dns", t.dns_ms), ("connect", t.connect_ms), ("tls", t.tls_ms), ("ttfb", t.ttfb_ms), ("transfer", t.transfer_ms)] {
+    for (phase, value) in [
+        ("dns", t.dns_ms),
+        ("connect", t.connect_ms),
+        ("tls", t.tls_ms),
+        ("ttfb", t.ttfb_ms),
+        ("transfer", t.transfer_ms),
+    ] {
         let value = value.unwrap_or_else(|| panic!("{phase}_ms missing"));
-        assert!(value >= 0.0 && value <= t.total_ms, "{phase}_ms = {value}, total {}", t.total_ms);
+        assert!(
+            value >= 0.0 && value <= t.total_ms,
+            "{phase}_ms = {value}, total {}",
+            t.total_ms
+        );
     }
     assert!(t.total_ms > 0.0);
     assert!(result.cert_not_after.is_some());
@@ -106,14 +136,36 @@ async fn exit_codes_table_and_site_selection() {
     let all = sitewatch(dir.path(), &["check"]).await;
     assert_eq!(all.status.code(), Some(1), "a down site makes exit 1");
     let table = String::from_utf8_lossy(&all.stdout);
-    let row = |site: &str| table.lines().find(|l| l.starts_with(site)).unwrap_or_else(|| panic!("no row for {site}:\n{table}")).to_owned();
+    let row = |site: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(site))
+            .unwrap_or_else(|| panic!("no row for {site}:\n{table}"))
+            .to_owned()
+    };
     assert!(table.starts_with("SITE"), "{table}");
-    assert!(row("fine").contains(" up ") && row("fine").contains(" 200 "), "{}", row("fine"));
-    assert!(row("closed").contains(" down ") && row("closed").contains("connect: connection refused"), "{}", row("closed"));
-    assert!(row("slowish").contains(" degraded ") && row("slowish").contains("warn_time"), "{}", row("slowish"));
+    assert!(
+        row("fine").contains(" up ") && row("fine").contains(" 200 "),
+        "{}",
+        row("fine")
+    );
+    assert!(
+        row("closed").contains(" down ") && row("closed").contains("connect: connection refused"),
+        "{}",
+        row("closed")
+    );
+    assert!(
+        row("slowish").contains(" degraded ") && row("slowish").contains("warn_time"),
+        "{}",
+        row("slowish")
+    );
 
     // Degraded counts as up for the exit code.
-    let selected = sitewatch(dir.path(), &["check", "--site", "fine", "--site", "slowish", "--json"]).await;
+    let selected = sitewatch(
+        dir.path(),
+        &["check", "--site", "fine", "--site", "slowish", "--json"],
+    )
+    .await;
     assert_eq!(selected.status.code(), Some(0));
     let mut names: Vec<String> = results(&selected).into_keys().collect();
     names.sort();
@@ -127,7 +179,10 @@ async fn exit_codes_table_and_site_selection() {
     let invalid = sitewatch(dir.path(), &["check"]).await;
     assert_eq!(invalid.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&invalid.stderr);
-    assert!(stderr.contains("sites.lua:1:") && stderr.contains("sites.lua:2:"), "every error with file:line: {stderr}");
+    assert!(
+        stderr.contains("sites.lua:1:") && stderr.contains("sites.lua:2:"),
+        "every error with file:line: {stderr}"
+    );
     assert!(invalid.stdout.is_empty());
     let validate = sitewatch(dir.path(), &["validate"]).await;
     assert_eq!(validate.status.code(), Some(2));
@@ -147,35 +202,160 @@ async fn every_expectation_passes_and_fails_through_the_pipeline() {
     // (site name, url, expect table, expected outcome, assertion that decides it)
     let cases: &[(&str, &str, &str, Outcome, &str)] = &[
         ("status-ok", &root, "status = 200", Outcome::Up, "status"),
-        ("status-class", &missing, r#"status = { "2xx", 404 }"#, Outcome::Up, "status"),
-        ("status-bad", &missing, "status = 200", Outcome::Down, "status"),
+        (
+            "status-class",
+            &missing,
+            r#"status = { "2xx", 404 }"#,
+            Outcome::Up,
+            "status",
+        ),
+        (
+            "status-bad",
+            &missing,
+            "status = 200",
+            Outcome::Down,
+            "status",
+        ),
         ("status-default", &missing, "", Outcome::Down, "status"),
-        ("body-ok", &root, r#"body = "Example Domain""#, Outcome::Up, "body"),
-        ("body-bad", &root, r#"body = "^Nope""#, Outcome::Down, "body"),
-        ("body-not-ok", &root, r#"body_not = "[Ee]rror""#, Outcome::Up, "body_not"),
-        ("body-not-bad", &root, r#"body_not = "all good""#, Outcome::Down, "body_not"),
-        ("header-ok", &root, r#"headers = { ["content-type"] = "^text/html" }"#, Outcome::Up, "header:content-type"),
-        ("header-bad", &health, r#"headers = { ["content-type"] = "^text/html" }"#, Outcome::Down, "header:content-type"),
-        ("json-ok", &health, r#"json = { ["$.status"] = "UP", ["$.checks[0].ok"] = true, ["$.version"] = 3 }"#, Outcome::Up, "json:$.status"),
-        ("json-bad", &health, r#"json = { ["$.status"] = "DOWN" }"#, Outcome::Down, "json:$.status"),
-        ("max-time-ok", &root, r#"max_time = "2s""#, Outcome::Up, "max_time"),
-        ("max-time-bad", &slow, r#"max_time = "100ms""#, Outcome::Down, "max_time"),
-        ("warn-time-ok", &root, r#"warn_time = "2s""#, Outcome::Up, "warn_time"),
-        ("warn-time-bad", &slow, r#"warn_time = "100ms""#, Outcome::Degraded, "warn_time"),
-        ("max-body-ok", &big, r#"max_body = "4KiB""#, Outcome::Up, "max_body"),
-        ("max-body-bad", &big, r#"max_body = "4000B""#, Outcome::Down, "max_body"),
-        ("cert-days-ok", &tls, "cert_days = 30", Outcome::Up, "cert_days"),
-        ("cert-days-bad", &tls, "cert_days = 40000", Outcome::Down, "cert_days"),
-        ("cert-days-plain", &root, "cert_days = 1", Outcome::Down, "cert_days"),
+        (
+            "body-ok",
+            &root,
+            r#"body = "Example Domain""#,
+            Outcome::Up,
+            "body",
+        ),
+        (
+            "body-bad",
+            &root,
+            r#"body = "^Nope""#,
+            Outcome::Down,
+            "body",
+        ),
+        (
+            "body-not-ok",
+            &root,
+            r#"body_not = "[Ee]rror""#,
+            Outcome::Up,
+            "body_not",
+        ),
+        (
+            "body-not-bad",
+            &root,
+            r#"body_not = "all good""#,
+            Outcome::Down,
+            "body_not",
+        ),
+        (
+            "header-ok",
+            &root,
+            r#"headers = { ["content-type"] = "^text/html" }"#,
+            Outcome::Up,
+            "header:content-type",
+        ),
+        (
+            "header-bad",
+            &health,
+            r#"headers = { ["content-type"] = "^text/html" }"#,
+            Outcome::Down,
+            "header:content-type",
+        ),
+        (
+            "json-ok",
+            &health,
+            r#"json = { ["$.status"] = "UP", ["$.checks[0].ok"] = true, ["$.version"] = 3 }"#,
+            Outcome::Up,
+            "json:$.status",
+        ),
+        (
+            "json-bad",
+            &health,
+            r#"json = { ["$.status"] = "DOWN" }"#,
+            Outcome::Down,
+            "json:$.status",
+        ),
+        (
+            "max-time-ok",
+            &root,
+            r#"max_time = "2s""#,
+            Outcome::Up,
+            "max_time",
+        ),
+        (
+            "max-time-bad",
+            &slow,
+            r#"max_time = "100ms""#,
+            Outcome::Down,
+            "max_time",
+        ),
+        (
+            "warn-time-ok",
+            &root,
+            r#"warn_time = "2s""#,
+            Outcome::Up,
+            "warn_time",
+        ),
+        (
+            "warn-time-bad",
+            &slow,
+            r#"warn_time = "100ms""#,
+            Outcome::Degraded,
+            "warn_time",
+        ),
+        (
+            "max-body-ok",
+            &big,
+            r#"max_body = "4KiB""#,
+            Outcome::Up,
+            "max_body",
+        ),
+        (
+            "max-body-bad",
+            &big,
+            r#"max_body = "4000B""#,
+            Outcome::Down,
+            "max_body",
+        ),
+        (
+            "cert-days-ok",
+            &tls,
+            "cert_days = 30",
+            Outcome::Up,
+            "cert_days",
+        ),
+        (
+            "cert-days-bad",
+            &tls,
+            "cert_days = 40000",
+            Outcome::Down,
+            "cert_days",
+        ),
+        (
+            "cert-days-plain",
+            &root,
+            "cert_days = 1",
+            Outcome::Down,
+            "cert_days",
+        ),
     ];
     let mut lua = String::new();
     for (name, url, expect, _, _) in cases {
-        let tls = if url.starts_with("https") { "tls = { insecure = true }," } else { "" };
-        lua.push_str(&format!("site {{ name = \"{name}\", url = \"{url}\", {tls} expect = {{ {expect} }} }}\n"));
+        let tls = if url.starts_with("https") {
+            "tls = { insecure = true },"
+        } else {
+            ""
+        };
+        lua.push_str(&format!(
+            "site {{ name = \"{name}\", url = \"{url}\", {tls} expect = {{ {expect} }} }}\n"
+        ));
     }
     config(dir.path(), &lua);
     let output = sitewatch(dir.path(), &["check", "--json"]).await;
-    assert_eq!(output.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let results = results(&output);
     for (name, _, _, outcome, assertion) in cases {
         let result = &results[*name];
@@ -184,12 +364,24 @@ async fn every_expectation_passes_and_fails_through_the_pipeline() {
             .assertions
             .iter()
             .find(|a| a.name == *assertion)
-            .unwrap_or_else(|| panic!("{name}: no {assertion} assertion in {:?}", result.assertions));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name}: no {assertion} assertion in {:?}",
+                    result.assertions
+                )
+            });
         assert_eq!(decisive.ok, *outcome == Outcome::Up, "{name}: {decisive:?}");
         if *outcome == Outcome::Down {
-            let failure = result.failure.as_ref().expect("down results carry a failure");
+            let failure = result
+                .failure
+                .as_ref()
+                .expect("down results carry a failure");
             assert_eq!(failure.kind, FailureKind::Assertion);
-            assert!(failure.message.contains(assertion), "{name}: {}", failure.message);
+            assert!(
+                failure.message.contains(assertion),
+                "{name}: {}",
+                failure.message
+            );
         }
     }
     assert!(!results["warn-time-bad"].tls_insecure && results["cert-days-ok"].tls_insecure);
@@ -202,13 +394,21 @@ async fn hostile_hooks_fail_their_own_assertion_and_nothing_else() {
     let url = server.url("/health");
     let hostile: &[(&str, &str, &str)] = &[
         ("spin", "while true do end", "instruction budget"),
-        ("grow", "local t = {} while true do t[#t + 1] = {} end", "memory"),
+        (
+            "grow",
+            "local t = {} while true do t[#t + 1] = {} end",
+            "memory",
+        ),
         ("exec", "os.execute('touch /tmp/sitewatch-pwned')", "os"),
         ("open", "io.open('/etc/passwd')", "io"),
         ("require", "require('socket')", "require"),
         ("bytecode", r#"assert(load("\27Lua\84\0"))()"#, "binary"),
         ("rep", "string.rep('x', 1 << 32)", "too large"),
-        ("rep-grow", "local s = string.rep('x', 1 << 20) s = s:rep(4096)", "large"),
+        (
+            "rep-grow",
+            "local s = string.rep('x', 1 << 20) s = s:rep(4096)",
+            "large",
+        ),
     ];
     let mut lua = format!(
         r#"site {{ name = "honest", url = "{url}", hooks = {{ function(r) local d = json.decode(r.body) return {{ ok = d.status == "UP", metrics = {{ version = d.version }} }} end }} }}
@@ -220,7 +420,10 @@ async fn hostile_hooks_fail_their_own_assertion_and_nothing_else() {
     config(dir.path(), &lua);
     let started = std::time::Instant::now();
     let output = sitewatch(dir.path(), &["check", "--json"]).await;
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "hostile hooks must be stopped promptly");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "hostile hooks must be stopped promptly"
+    );
     assert_eq!(output.status.code(), Some(1));
     let results = results(&output);
     let honest = &results["honest"];
@@ -229,9 +432,16 @@ async fn hostile_hooks_fail_their_own_assertion_and_nothing_else() {
     for (name, _, reason) in hostile {
         let result = &results[*name];
         assert_eq!(result.outcome, Outcome::Down, "{name}");
-        let hook = result.assertions.iter().find(|a| a.name.starts_with("hook:")).expect("hook assertion");
+        let hook = result
+            .assertions
+            .iter()
+            .find(|a| a.name.starts_with("hook:"))
+            .expect("hook assertion");
         let why = hook.reason.clone().unwrap_or_default();
-        assert!(!hook.ok && why.to_lowercase().contains(reason), "{name}: reason {why:?} should mention {reason:?}");
+        assert!(
+            !hook.ok && why.to_lowercase().contains(reason),
+            "{name}: reason {why:?} should mention {reason:?}"
+        );
     }
     assert!(!Path::new("/tmp/sitewatch-pwned").exists());
 }

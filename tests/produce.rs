@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use sitewatch::result::{Outcome, SCHEMA_VERSION};
 use producer::{Published, Sitewatch};
+use sitewatch::result::{Outcome, SCHEMA_VERSION};
 
 /// Results of one site, in schedule order.
 fn by_site(results: &[Published]) -> HashMap<String, Vec<&Published>> {
@@ -32,8 +32,14 @@ fn assert_unique_ids(results: &[Published]) {
 /// Every tick of every site is present, exactly `interval` apart.
 fn assert_contiguous(list: &[&Published], interval: Duration, site: &str) {
     for pair in list.windows(2) {
-        let step = (pair[1].result.scheduled_at - pair[0].result.scheduled_at).to_std().unwrap();
-        assert_eq!(step, interval, "{site}: ticks {} → {} are not one interval apart", pair[0].result.scheduled_at, pair[1].result.scheduled_at);
+        let step = (pair[1].result.scheduled_at - pair[0].result.scheduled_at)
+            .to_std()
+            .unwrap();
+        assert_eq!(
+            step, interval,
+            "{site}: ticks {} → {} are not one interval apart",
+            pair[0].result.scheduled_at, pair[1].result.scheduled_at
+        );
     }
 }
 
@@ -43,7 +49,8 @@ fn write(path: &Path, text: &str) {
 
 async fn ok_server() -> support::Server {
     support::serve("127.0.0.1:0", |_request, mut conn| async move {
-        conn.respond(200, &[("Content-Type", "text/plain")], b"fine").await;
+        conn.respond(200, &[("Content-Type", "text/plain")], b"fine")
+            .await;
     })
     .await
 }
@@ -72,23 +79,39 @@ async fn scheduled_delivery(ssl: bool) {
     sitewatch.signal("TERM");
     let status = sitewatch.wait(Duration::from_secs(30));
     let ran = started.elapsed();
-    assert!(status.success(), "exit {status:?}; log:\n{}", sitewatch.log_text());
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        sitewatch.log_text()
+    );
 
-    let results = producer::read_results(producer::kafka_client(ssl), &topic, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let results = producer::read_results(
+        producer::kafka_client(ssl),
+        &topic,
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    )
+    .await;
     assert_unique_ids(&results);
     let sites = by_site(&results);
     assert_eq!(sites.len(), 5, "sites on the topic: {:?}", sites.keys());
     for (site, list) in &sites {
         // The process ran `ran` seconds, minus start-up (connecting, creating the topic).
         let most = ran.as_secs() as usize + 1;
-        assert!(list.len() >= 5 && list.len() <= most, "{site}: {} results in {ran:?}", list.len());
+        assert!(
+            list.len() >= 5 && list.len() <= most,
+            "{site}: {} results in {ran:?}",
+            list.len()
+        );
         assert_contiguous(list, Duration::from_secs(1), site);
         for p in list {
             assert_eq!(&p.key, site, "Kafka key must be the site name");
             assert_eq!(p.schema_header.as_deref(), Some("1"));
             assert_eq!(p.result.schema, SCHEMA_VERSION);
             assert_eq!(p.result.outcome, Outcome::Up, "{:?}", p.result.failure);
-            let lag = (p.result.started_at - p.result.scheduled_at).to_std().expect("started before scheduled");
+            let lag = (p.result.started_at - p.result.scheduled_at)
+                .to_std()
+                .expect("started before scheduled");
             assert!(lag < Duration::from_millis(500), "{site}: lag {lag:?}");
         }
     }
@@ -125,24 +148,53 @@ async fn sigterm_publishes_every_finished_check_and_exits_zero() {
         ),
     );
     let topic = stack::unique_name("sigterm");
-    let mut sitewatch = Sitewatch::spawn(&["produce", "--config", config.to_str().unwrap()], &producer::kafka_env(false, &topic), dir.path());
+    let mut sitewatch = Sitewatch::spawn(
+        &["produce", "--config", config.to_str().unwrap()],
+        &producer::kafka_env(false, &topic),
+        dir.path(),
+    );
     // Wait until several checks ran and some are in flight (requests arrive before answers).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while server.requests().len() < 6 {
-        assert!(std::time::Instant::now() < deadline, "no probes arrived; log:\n{}", sitewatch.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probes arrived; log:\n{}",
+            sitewatch.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sitewatch.signal("TERM");
     let signalled = std::time::Instant::now();
     let status = sitewatch.wait(Duration::from_secs(30));
-    assert!(status.success(), "exit {status:?}; log:\n{}", sitewatch.log_text());
-    assert!(signalled.elapsed() < Duration::from_secs(20), "shutdown took {:?}", signalled.elapsed());
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        sitewatch.log_text()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        signalled.elapsed()
+    );
 
     let probes = server.requests().len();
-    let results = producer::read_results(producer::kafka_client(false), &topic, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let results = producer::read_results(
+        producer::kafka_client(false),
+        &topic,
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    )
+    .await;
     assert_unique_ids(&results);
-    assert_eq!(results.len(), probes, "every probe that reached the server must be on the topic");
-    assert!(results.iter().all(|p| p.result.outcome == Outcome::Up), "in-flight checks must finish, not be cut");
+    assert_eq!(
+        results.len(),
+        probes,
+        "every probe that reached the server must be on the topic"
+    );
+    assert!(
+        results.iter().all(|p| p.result.outcome == Outcome::Up),
+        "in-flight checks must finish, not be cut"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,17 +204,36 @@ async fn reload_adds_removes_and_changes_sites_and_survives_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sites.lua");
     let site = |name: &str, path: &str| {
-        format!(r#"site {{ name = "{name}", url = "{}", interval = "1s", timeout = "500ms" }}"#, server.url(path))
+        format!(
+            r#"site {{ name = "{name}", url = "{}", interval = "1s", timeout = "500ms" }}"#,
+            server.url(path)
+        )
     };
-    write(&config, &format!("{}\n{}\n", site("keep", "/keep"), site("gone", "/gone")));
+    write(
+        &config,
+        &format!("{}\n{}\n", site("keep", "/keep"), site("gone", "/gone")),
+    );
     let topic = stack::unique_name("reload");
-    let mut sitewatch = Sitewatch::spawn(&["produce", "--config", config.to_str().unwrap()], &producer::kafka_env(false, &topic), dir.path());
+    let mut sitewatch = Sitewatch::spawn(
+        &["produce", "--config", config.to_str().unwrap()],
+        &producer::kafka_env(false, &topic),
+        dir.path(),
+    );
     let wait_for = |path: &'static str, count: usize| {
         let server = server.clone();
         async move {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while server.requests().iter().filter(|r| r.target == path).count() < count {
-                assert!(std::time::Instant::now() < deadline, "{path} was not probed {count} times");
+            while server
+                .requests()
+                .iter()
+                .filter(|r| r.target == path)
+                .count()
+                < count
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{path} was not probed {count} times"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -170,33 +241,64 @@ async fn reload_adds_removes_and_changes_sites_and_survives_a_broken_file() {
     wait_for("/keep", 3).await;
 
     // Reload by file change: "gone" removed, "changed" added, "keep" unchanged.
-    write(&config, &format!("{}\n{}\n", site("keep", "/keep"), site("added", "/added")));
+    write(
+        &config,
+        &format!("{}\n{}\n", site("keep", "/keep"), site("added", "/added")),
+    );
     wait_for("/added", 3).await;
-    let gone_after_reload = server.requests().iter().filter(|r| r.target == "/gone").count();
+    let gone_after_reload = server
+        .requests()
+        .iter()
+        .filter(|r| r.target == "/gone")
+        .count();
 
     // Change "keep" (new path) and reload by SIGHUP.
-    write(&config, &format!("{}\n{}\n", site("keep", "/keep-v3"), site("added", "/added")));
+    write(
+        &config,
+        &format!(
+            "{}\n{}\n",
+            site("keep", "/keep-v3"),
+            site("added", "/added")
+        ),
+    );
     sitewatch.signal("HUP");
     wait_for("/keep-v3", 3).await;
 
     // A broken file keeps the running configuration.
     write(&config, "site { name = 'broken', url = 'ftp://nope' ");
     sitewatch.signal("HUP");
-    let before = server.requests().iter().filter(|r| r.target == "/keep-v3").count();
+    let before = server
+        .requests()
+        .iter()
+        .filter(|r| r.target == "/keep-v3")
+        .count();
     wait_for("/keep-v3", before + 3).await;
 
     sitewatch.signal("TERM");
     let status = sitewatch.wait(Duration::from_secs(30));
     let log = sitewatch.log_text();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
-    assert!(log.contains("reload failed"), "the broken file must be reported; log:\n{log}");
+    assert!(
+        log.contains("reload failed"),
+        "the broken file must be reported; log:\n{log}"
+    );
     assert_eq!(
-        server.requests().iter().filter(|r| r.target == "/gone").count(),
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.target == "/gone")
+            .count(),
         gone_after_reload,
         "a removed site must stop being probed"
     );
 
-    let results = producer::read_results(producer::kafka_client(false), &topic, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let results = producer::read_results(
+        producer::kafka_client(false),
+        &topic,
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    )
+    .await;
     assert_unique_ids(&results);
     let versions = |site: &str| -> Vec<String> {
         let mut seen = Vec::new();
@@ -208,13 +310,22 @@ async fn reload_adds_removes_and_changes_sites_and_survives_a_broken_file() {
         seen
     };
     // keep: v1 → v2 (file change) → v3 (SIGHUP); never a version from the broken file.
-    assert_eq!(versions("keep").len(), 3, "keep's config versions: {:?}", versions("keep"));
+    assert_eq!(
+        versions("keep").len(),
+        3,
+        "keep's config versions: {:?}",
+        versions("keep")
+    );
     assert_eq!(versions("gone").len(), 1);
     assert_eq!(versions("added").len(), 2);
     assert_eq!(versions("added").last(), versions("keep").last());
     assert!(!by_site(&results).contains_key("broken"));
     // "keep" was unchanged by the first reload: its ticks stay one interval apart throughout.
     let keep = by_site(&results).remove("keep").unwrap();
-    let v1v2: Vec<&Published> = keep.iter().copied().filter(|p| !p.result.url.ends_with("/keep-v3")).collect();
+    let v1v2: Vec<&Published> = keep
+        .iter()
+        .copied()
+        .filter(|p| !p.result.url.ends_with("/keep-v3"))
+        .collect();
     assert_contiguous(&v1v2, Duration::from_secs(1), "keep");
 }

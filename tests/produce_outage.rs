@@ -37,7 +37,11 @@ async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
     )
     .unwrap();
     let topic = stack::unique_name("outage");
-    let mut sitewatch = Sitewatch::spawn(&["produce", "--config", config.to_str().unwrap()], &producer::kafka_env(false, &topic), dir.path());
+    let mut sitewatch = Sitewatch::spawn(
+        &["produce", "--config", config.to_str().unwrap()],
+        &producer::kafka_env(false, &topic),
+        dir.path(),
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     stack_command("kafka-stop");
@@ -49,19 +53,45 @@ async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
 
     sitewatch.signal("TERM");
     let status = sitewatch.wait(Duration::from_secs(60));
-    assert!(status.success(), "exit {status:?}; log:\n{}", sitewatch.log_text());
-    assert!(probed_during_outage >= 30, "probing must go on during the outage ({probed_during_outage} probes)");
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        sitewatch.log_text()
+    );
+    assert!(
+        probed_during_outage >= 30,
+        "probing must go on during the outage ({probed_during_outage} probes)"
+    );
 
-    let results = producer::read_results(producer::kafka_client(false), &topic, Duration::from_secs(5), Duration::from_secs(120)).await;
+    let results = producer::read_results(
+        producer::kafka_client(false),
+        &topic,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    )
+    .await;
     let ids: HashSet<_> = results.iter().map(|p| p.result.id).collect();
     assert_eq!(ids.len(), results.len(), "an id appears twice on the topic");
-    assert_eq!(results.len(), server.requests().len(), "every probe's result must reach the topic");
+    assert_eq!(
+        results.len(),
+        server.requests().len(),
+        "every probe's result must reach the topic"
+    );
     for site in ["o1", "o2", "o3"] {
-        let mut ticks: Vec<_> = results.iter().filter(|p| p.result.site == site).map(|p| p.result.scheduled_at).collect();
+        let mut ticks: Vec<_> = results
+            .iter()
+            .filter(|p| p.result.site == site)
+            .map(|p| p.result.scheduled_at)
+            .collect();
         ticks.sort();
         assert!(ticks.len() >= 30, "{site}: {} results", ticks.len());
         for pair in ticks.windows(2) {
-            assert_eq!((pair[1] - pair[0]).num_milliseconds(), 1000, "{site}: a tick is missing around {}", pair[0]);
+            assert_eq!(
+                (pair[1] - pair[0]).num_milliseconds(),
+                1000,
+                "{site}: a tick is missing around {}",
+                pair[0]
+            );
         }
     }
 }

@@ -13,9 +13,16 @@ use rdkafka::{ClientConfig, Message};
 async fn round_trip(mut config: ClientConfig) {
     let topic = stack::unique_name("smoke");
     let payload = format!("hello {topic}");
-    let producer: FutureProducer = config.clone().set("message.timeout.ms", "30000").create().expect("producer");
+    let producer: FutureProducer = config
+        .clone()
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
     producer
-        .send(FutureRecord::to(&topic).key("k").payload(&payload), Duration::from_secs(30))
+        .send(
+            FutureRecord::to(&topic).key("k").payload(&payload),
+            Duration::from_secs(30),
+        )
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
@@ -50,8 +57,14 @@ async fn kafka_ssl_listener_round_trip_with_client_certificate() {
         .set("bootstrap.servers", stack::kafka_ssl_brokers())
         .set("security.protocol", "ssl")
         .set("ssl.ca.location", stack::get("SITEWATCH_DEV_KAFKA_SSL_CA"))
-        .set("ssl.certificate.location", stack::get("SITEWATCH_DEV_KAFKA_SSL_CERT"))
-        .set("ssl.key.location", stack::get("SITEWATCH_DEV_KAFKA_SSL_KEY"));
+        .set(
+            "ssl.certificate.location",
+            stack::get("SITEWATCH_DEV_KAFKA_SSL_CERT"),
+        )
+        .set(
+            "ssl.key.location",
+            stack::get("SITEWATCH_DEV_KAFKA_SSL_KEY"),
+        );
     round_trip(config).await;
 }
 
@@ -70,25 +83,37 @@ async fn postgres_round_trip_over_verified_tls() {
     let _stack = stack::StackLock::shared();
     stack::require_postgres();
     let url = stack::get("SITEWATCH_DATABASE_URL");
-    assert!(url.contains("sslmode=require"), "dev/.env should ask for TLS: {url}");
-    let (client, connection) = tokio_postgres::connect(&url, tls_connector(&stack::get("SITEWATCH_PG_CA")))
-        .await
-        .expect("connect over TLS");
+    assert!(
+        url.contains("sslmode=require"),
+        "dev/.env should ask for TLS: {url}"
+    );
+    let (client, connection) =
+        tokio_postgres::connect(&url, tls_connector(&stack::get("SITEWATCH_PG_CA")))
+            .await
+            .expect("connect over TLS");
     tokio::spawn(connection);
     let row = client
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .expect("pg_stat_ssl");
     assert!(row.get::<_, bool>(0), "the session is not encrypted");
 
     let table = stack::unique_name("smoke").replace('-', "_");
     client
-        .batch_execute(&format!("CREATE TEMP TABLE {table} (id uuid PRIMARY KEY, note text)"))
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE {table} (id uuid PRIMARY KEY, note text)"
+        ))
         .await
         .expect("create");
     let id = uuid::Uuid::now_v7();
     client
-        .execute(&format!("INSERT INTO {table} VALUES ($1, $2)"), &[&id, &"round trip"])
+        .execute(
+            &format!("INSERT INTO {table} VALUES ($1, $2)"),
+            &[&id, &"round trip"],
+        )
         .await
         .expect("insert");
     let note: String = client
@@ -104,10 +129,13 @@ async fn postgres_refuses_a_server_certificate_from_the_wrong_ca() {
     let _stack = stack::StackLock::shared();
     stack::require_postgres();
     let url = stack::get("SITEWATCH_DATABASE_URL");
-    let error = tokio_postgres::connect(&url, tls_connector(&stack::get("SITEWATCH_DEV_PG_WRONG_CA")))
-        .await
-        .err()
-        .expect("a certificate from an untrusted CA must be refused");
+    let error = tokio_postgres::connect(
+        &url,
+        tls_connector(&stack::get("SITEWATCH_DEV_PG_WRONG_CA")),
+    )
+    .await
+    .err()
+    .expect("a certificate from an untrusted CA must be refused");
     let text = format!("{error:?}");
     assert!(text.contains("certificate"), "unexpected error: {text}");
 }

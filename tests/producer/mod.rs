@@ -17,8 +17,14 @@ pub fn kafka_client(ssl: bool) -> rdkafka::ClientConfig {
             .set("bootstrap.servers", stack::kafka_ssl_brokers())
             .set("security.protocol", "ssl")
             .set("ssl.ca.location", stack::get("SITEWATCH_DEV_KAFKA_SSL_CA"))
-            .set("ssl.certificate.location", stack::get("SITEWATCH_DEV_KAFKA_SSL_CERT"))
-            .set("ssl.key.location", stack::get("SITEWATCH_DEV_KAFKA_SSL_KEY"));
+            .set(
+                "ssl.certificate.location",
+                stack::get("SITEWATCH_DEV_KAFKA_SSL_CERT"),
+            )
+            .set(
+                "ssl.key.location",
+                stack::get("SITEWATCH_DEV_KAFKA_SSL_KEY"),
+            );
     } else {
         config.set("bootstrap.servers", stack::kafka_brokers());
     }
@@ -31,16 +37,34 @@ pub fn kafka_env(ssl: bool, topic: &str) -> Vec<(String, String)> {
     let mut vars = vec![("SITEWATCH_KAFKA_TOPIC".to_owned(), topic.to_owned())];
     if ssl {
         vars.extend([
-            ("SITEWATCH_KAFKA_BROKERS".to_owned(), stack::kafka_ssl_brokers()),
-            ("SITEWATCH_KAFKA_SECURITY_PROTOCOL".to_owned(), "ssl".to_owned()),
-            ("SITEWATCH_KAFKA_SSL_CA".to_owned(), stack::get("SITEWATCH_DEV_KAFKA_SSL_CA")),
-            ("SITEWATCH_KAFKA_SSL_CERT".to_owned(), stack::get("SITEWATCH_DEV_KAFKA_SSL_CERT")),
-            ("SITEWATCH_KAFKA_SSL_KEY".to_owned(), stack::get("SITEWATCH_DEV_KAFKA_SSL_KEY")),
+            (
+                "SITEWATCH_KAFKA_BROKERS".to_owned(),
+                stack::kafka_ssl_brokers(),
+            ),
+            (
+                "SITEWATCH_KAFKA_SECURITY_PROTOCOL".to_owned(),
+                "ssl".to_owned(),
+            ),
+            (
+                "SITEWATCH_KAFKA_SSL_CA".to_owned(),
+                stack::get("SITEWATCH_DEV_KAFKA_SSL_CA"),
+            ),
+            (
+                "SITEWATCH_KAFKA_SSL_CERT".to_owned(),
+                stack::get("SITEWATCH_DEV_KAFKA_SSL_CERT"),
+            ),
+            (
+                "SITEWATCH_KAFKA_SSL_KEY".to_owned(),
+                stack::get("SITEWATCH_DEV_KAFKA_SSL_KEY"),
+            ),
         ]);
     } else {
         vars.extend([
             ("SITEWATCH_KAFKA_BROKERS".to_owned(), stack::kafka_brokers()),
-            ("SITEWATCH_KAFKA_SECURITY_PROTOCOL".to_owned(), "plaintext".to_owned()),
+            (
+                "SITEWATCH_KAFKA_SECURITY_PROTOCOL".to_owned(),
+                "plaintext".to_owned(),
+            ),
         ]);
     }
     vars
@@ -57,7 +81,12 @@ pub struct Published {
 
 /// Reads every message of `topic` from the beginning until none arrived for `idle` (at most
 /// `limit` in all). Each must decode as a CheckResult.
-pub async fn read_results(mut config: rdkafka::ClientConfig, topic: &str, idle: Duration, limit: Duration) -> Vec<Published> {
+pub async fn read_results(
+    mut config: rdkafka::ClientConfig,
+    topic: &str,
+    idle: Duration,
+    limit: Duration,
+) -> Vec<Published> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
     use rdkafka::Message;
@@ -77,8 +106,12 @@ pub async fn read_results(mut config: rdkafka::ClientConfig, topic: &str, idle: 
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
             Ok(Ok(message)) => {
                 let payload = message.payload().expect("message without payload");
-                let result = serde_json::from_slice(payload)
-                    .unwrap_or_else(|e| panic!("not a CheckResult ({e}): {}", String::from_utf8_lossy(payload)));
+                let result = serde_json::from_slice(payload).unwrap_or_else(|e| {
+                    panic!(
+                        "not a CheckResult ({e}): {}",
+                        String::from_utf8_lossy(payload)
+                    )
+                });
                 let schema_header = message.headers().and_then(|h| {
                     h.iter()
                         .find(|h| h.key == "schema-version")
@@ -134,7 +167,10 @@ impl Sitewatch {
             }
             if start.elapsed() > limit {
                 let _ = self.child.kill();
-                panic!("sitewatch did not exit within {limit:?}; log:\n{}", self.log_text());
+                panic!(
+                    "sitewatch did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
