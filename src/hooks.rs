@@ -852,6 +852,7 @@ mod tests {
             path: PathBuf::from("sites.lua"),
             text: text.to_string(),
             scripts_dir: PathBuf::from("/nonexistent"),
+            scripts: Default::default(),
         }
     }
 

@@ -20,6 +20,7 @@ fn source(text: &str) -> ConfigSource {
         path: PathBuf::from("sites.lua"),
         text: text.to_string(),
         scripts_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts"),
+        scripts: Default::default(),
     }
 }
 
@@ -587,4 +588,22 @@ async fn cost() {
         started.elapsed() / n,
         input.body.len()
     );
+}
+
+#[tokio::test]
+async fn workers_run_the_script_text_that_was_validated_not_a_later_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    let script = dir.path().join("scripts/verdict.lua");
+    std::fs::write(&script, "return function(r) return true end").unwrap();
+    std::fs::write(
+        dir.path().join("sites.lua"),
+        "site { name = \"s\", url = \"https://s.example/\", hooks = { script \"verdict\" } }",
+    )
+    .unwrap();
+    let config = sitewatch::config::load(&dir.path().join("sites.lua")).expect("valid");
+    // Edited after validation, before the workers start: they must not pick this up.
+    std::fs::write(&script, "return function(r) return false, \"edited\" end").unwrap();
+    let pool = HookPool::start(&config.source, limits(1)).expect("pool");
+    assert_eq!(pool.call("s", 0, input("s")).await.level, None);
 }

@@ -242,6 +242,7 @@ fn install(
     let st = Rc::clone(state);
     let file = fallback_file;
     let scripts_dir = source.scripts_dir.clone();
+    let pinned = source.scripts.clone();
     let budget = Rc::clone(budget);
     globals.raw_set(
         "script",
@@ -260,7 +261,7 @@ fn install(
                 return Ok(function.clone());
             }
             // Not borrowed while the script runs: it may call site{} or env().
-            let loaded = load_script(lua, &scripts_dir, &name, &st, &budget)?;
+            let loaded = load_script(lua, &scripts_dir, pinned.get(&name), &name, &st, &budget)?;
             let function = match loaded {
                 Ok(function) => function,
                 Err(kind) => {
@@ -307,11 +308,13 @@ fn valid_script_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Reads and runs `<scripts_dir>/<name>.lua`. The outer error is a broken budget (which must
-/// keep unwinding the whole evaluation); the inner one a problem with this script.
+/// Runs the script `name`: its `pinned` text when given, else `<scripts_dir>/<name>.lua` read
+/// now. The outer error is a broken budget (which must keep unwinding the whole evaluation);
+/// the inner one a problem with this script.
 fn load_script(
     lua: &Lua,
     scripts_dir: &Path,
+    pinned: Option<&String>,
     name: &str,
     state: &Shared,
     budget: &Budget,
@@ -322,7 +325,8 @@ fn load_script(
         }));
     }
     let path = scripts_dir.join(format!("{name}.lua"));
-    let text = match std::fs::read_to_string(&path) {
+    let text = match pinned.map_or_else(|| std::fs::read_to_string(&path), |text| Ok(text.clone()))
+    {
         Ok(text) => text,
         Err(source) => {
             return Ok(Err(ConfigErrorKind::ScriptMissing {

@@ -63,6 +63,7 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
         path: path_label.to_path_buf(),
         text: text.to_string(),
         scripts_dir: scripts_dir.to_path_buf(),
+        scripts: Default::default(),
     });
     let evaluation = match sandbox::Sandbox::new(sandbox::LOAD_MEMORY_LIMIT) {
         Ok(sandbox) => eval::evaluate(&sandbox, &source),
@@ -82,6 +83,16 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
     if !all.is_empty() {
         return Err(ConfigErrors::new(all));
     }
+    // Pin the script texts just read: hook workers evaluate these, not the files.
+    let scripts = evaluation
+        .scripts
+        .iter()
+        .map(|s| (s.name.clone(), s.text.clone()))
+        .collect();
+    let source = Arc::new(ConfigSource {
+        scripts,
+        ..ConfigSource::clone(&source)
+    });
     Ok(Config {
         sites,
         version: version(text, &evaluation.scripts),

@@ -3,6 +3,7 @@
 //! Nothing here can be invalid: durations are `Duration`s, URLs are parsed, regexes and JSONPath
 //! queries are compiled. The probe, the assertions and the scheduler read only these types.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,6 +153,10 @@ pub struct ConfigSource {
     pub text: String,
     /// Directory `script(name)` loads `<name>.lua` from (`scripts/` beside sites.lua).
     pub scripts_dir: PathBuf,
+    /// Texts of the scripts read while validating, by name. A script found here is not read
+    /// from disk again, so hook workers evaluate exactly what `Config::version` hashed even if
+    /// a file changes on disk meanwhile. Empty before the first evaluation.
+    pub scripts: BTreeMap<String, String>,
 }
 
 /// A validated configuration.
