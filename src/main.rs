@@ -19,6 +19,10 @@ use sitewatch::store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How long `run` keeps consuming after the producer stopped, to store the results it flushed
+/// (what is left is stored, exactly once, at the next start).
+const RUN_DRAIN: Duration = Duration::from_secs(3);
+
 /// Exit code for sitewatch's own failures (as opposed to a down site or an invalid config).
 const EXIT_FAILURE: u8 = 3;
 
@@ -355,10 +359,12 @@ fn main() -> ExitCode {
                     return fail(&error);
                 }
                 let shutdown = shutdown_signal();
-                // Either half failing stops the other: a monitor that cannot store is not running.
+                // The consumer stops after the producer, so the results flushed at shutdown are
+                // stored too; either half failing stops the other.
+                let consumer_stop = CancellationToken::new();
                 let consumer = async {
                     let result =
-                        consume::run(&kafka, &db, consume.options(), shutdown.clone()).await;
+                        consume::run(&kafka, &db, consume.options(), consumer_stop.clone()).await;
                     shutdown.cancel();
                     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
                 };
@@ -370,7 +376,11 @@ fn main() -> ExitCode {
                         shutdown.clone(),
                     )
                     .await;
-                    shutdown.cancel();
+                    tokio::select! {
+                        _ = tokio::time::sleep(RUN_DRAIN) => {}
+                        _ = consumer_stop.cancelled() => {}
+                    }
+                    consumer_stop.cancel();
                     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
                 };
                 match tokio::join!(producer, consumer) {
