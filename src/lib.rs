@@ -30,6 +30,8 @@
 //! - [`publish`]: the idempotent Kafka producer with backpressure.
 //! - [`monitor`]: `produce`: scheduler + publisher, reload and shutdown.
 //! - [`settings`]: Kafka and PostgreSQL connection settings from the environment.
+//! - [`consume`]: the Kafka consumer group loop: batches, positions kept in PostgreSQL.
+//! - [`store`]: PostgreSQL: TLS connect, migrations, the batch writer, retention.
 //! - [`result`]: the wire schema shared by both halves.
 
 pub mod assertions;

@@ -24,11 +24,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Message};
 use uuid::Uuid;
 
-use crate::result::{CheckResult, SCHEMA_VERSION};
+use crate::result::{CheckResult, SCHEMA_HEADER, SCHEMA_VERSION};
 use crate::settings::KafkaSettings;
 
-/// Kafka header carrying [`SCHEMA_VERSION`], so a consumer can route by version before parsing.
-pub const SCHEMA_HEADER: &str = "schema-version";
 /// Messages held locally while the broker is slow or away; past this, publishing waits.
 pub const DEFAULT_QUEUE_MESSAGES: u32 = 100_000;
 /// How long startup waits for the broker's metadata before failing.

@@ -15,6 +15,9 @@ use uuid::Uuid;
 /// quarantine messages from a newer producer instead of misreading them.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Kafka header carrying [`SCHEMA_VERSION`], so a consumer can route by version before parsing.
+pub const SCHEMA_HEADER: &str = "schema-version";
+
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,7 +13,8 @@ use producer::Sitewatch;
 async fn run_stores_checks_of_local_sites_within_seconds() {
     let _stack = stack::StackLock::shared();
     let server = support::serve("127.0.0.1:0", |_request, mut conn| async move {
-        conn.respond(200, &[("Content-Type", "text/plain")], b"ok").await;
+        conn.respond(200, &[("Content-Type", "text/plain")], b"ok")
+            .await;
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -33,9 +34,16 @@ async fn run_stores_checks_of_local_sites_within_seconds() {
     let mut vars = producer::kafka_env(false, &topic);
     vars.push(("SITEWATCH_DATABASE_URL".into(), database.clone()));
     vars.push(("SITEWATCH_PG_CA".into(), stack::get("SITEWATCH_PG_CA")));
-    vars.push(("SITEWATCH_KAFKA_GROUP".into(), stack::unique_name("run-group")));
+    vars.push((
+        "SITEWATCH_KAFKA_GROUP".into(),
+        stack::unique_name("run-group"),
+    ));
     let started = Instant::now();
-    let mut sitewatch = Sitewatch::spawn(&["run", "--config", config.to_str().unwrap()], &vars, dir.path());
+    let mut sitewatch = Sitewatch::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        &vars,
+        dir.path(),
+    );
 
     let db = stack::client(&database).await;
     let count = |sql: &'static str| {
@@ -50,24 +58,48 @@ async fn run_stores_checks_of_local_sites_within_seconds() {
     // Rows of every site, the down one included, within seconds of starting.
     let deadline = started + Duration::from_secs(60);
     while count("SELECT count(DISTINCT site) FROM check_results").await < 4 {
-        assert!(Instant::now() < deadline, "no rows for every site after 60 s; log:\n{}", sitewatch.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no rows for every site after 60 s; log:\n{}",
+            sitewatch.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let first_rows = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     sitewatch.signal("TERM");
     let status = sitewatch.wait(Duration::from_secs(30));
-    assert!(status.success(), "exit {status:?}; log:\n{}", sitewatch.log_text());
-    assert!(first_rows < Duration::from_secs(30), "first rows after {first_rows:?}");
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        sitewatch.log_text()
+    );
+    assert!(
+        first_rows < Duration::from_secs(30),
+        "first rows after {first_rows:?}"
+    );
 
     // Everything published was stored, once.
-    let published = producer::read_results(producer::kafka_client(false), &topic, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let published = producer::read_results(
+        producer::kafka_client(false),
+        &topic,
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    )
+    .await;
     let rows = count("SELECT count(*) FROM check_results").await;
     let distinct = count("SELECT count(DISTINCT id) FROM check_results").await;
     assert_eq!(rows, distinct, "an id is stored twice");
-    assert_eq!(rows as usize, published.len(), "rows in PostgreSQL vs results on the topic");
+    assert_eq!(
+        rows as usize,
+        published.len(),
+        "rows in PostgreSQL vs results on the topic"
+    );
     let down = db
-        .query_one("SELECT outcome, failure_kind FROM check_results WHERE site = 'run-down' LIMIT 1", &[])
+        .query_one(
+            "SELECT outcome, failure_kind FROM check_results WHERE site = 'run-down' LIMIT 1",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(down.get::<_, String>(0), "down");

@@ -1,0 +1,368 @@
+//! PostgreSQL: the end of the pipeline.
+//!
+//! ```text
+//! consume ──Batch──► store::write_batch ──one transaction──► check_results
+//!                                                          + dead_letters
+//!                                                          + consumer_offsets
+//! ```
+//!
+//! - [`connect`]: one client over TLS (postgres-native-tls, private CA from settings).
+//! - [`migrate`]: embedded, checksummed migrations from `migrations/`.
+//! - [`write_batch`] / [`load_offsets`]: the consumer's write path (binary COPY, with an
+//!   `ON CONFLICT` fallback) and the stored Kafka positions it seeks to.
+//! - [`prune`]: retention, deleting old results in small batches.
+//!
+//! The store never imports probe or config: it knows only [`crate::result::CheckResult`].
+//! `docs/storage.md` describes the schema and the exactly-once argument.
+
+mod migrate;
+mod prune;
+mod write;
+
+use std::error::Error as _;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config};
+
+use crate::settings::DatabaseSettings;
+
+pub use migrate::{migrate, AppliedMigration, MigrateReport, Migration, MIGRATIONS};
+pub use prune::{prune, PRUNE_BATCH_ROWS};
+pub use write::{
+    load_offsets, write_batch, CheckRow, DeadLetter, OffsetAdvance, PendingRow, RowError,
+    WriteBatch, WriteOutcome, WritePath, WriteStats,
+};
+
+/// Applied when the URL sets no `connect_timeout`: a consumer retrying a dead server must not
+/// hang on one connection attempt for the kernel's TCP timeout (minutes).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Applied when the URL sets no `keepalives_idle`: notices a silently vanished server in about a
+/// minute instead of the default two hours.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+
+/// Everything that can go wrong talking to PostgreSQL, with what sitewatch was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid PostgreSQL connection string (SITEWATCH_DATABASE_URL)")]
+    Url {
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot read the PostgreSQL CA certificate {path}")]
+    CaRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use {path} as the PostgreSQL CA: it holds no valid PEM certificate")]
+    CaParse {
+        path: PathBuf,
+        #[source]
+        source: Option<native_tls::Error>,
+    },
+    #[error("cannot set up TLS for PostgreSQL")]
+    TlsSetup {
+        #[source]
+        source: native_tls::Error,
+    },
+    #[error(
+        "TLS handshake with PostgreSQL at {target} failed: the server certificate was not \
+         accepted (trusted: {trusted}); it must be signed by that CA and name the host you \
+         connect to"
+    )]
+    Certificate {
+        target: String,
+        trusted: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot connect to PostgreSQL at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "migration {version:04}_{name} was changed after it was applied: the database recorded \
+         checksum {recorded}, this build embeds {embedded}; restore the original file and put \
+         the change in a new migration"
+    )]
+    ChecksumMismatch {
+        version: i32,
+        name: &'static str,
+        recorded: String,
+        embedded: String,
+    },
+    #[error("migration {version:04}_{name} failed")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("refusing to prune with a negative age ({older_than})")]
+    Retention { older_than: String },
+    #[error("PostgreSQL: {context}")]
+    Query {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn query(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| StoreError::Query { context, source }
+    }
+
+    /// True when retrying the same work later can succeed: the server is down, restarting,
+    /// unreachable or overloaded, or the transaction lost a race. False for configuration and
+    /// schema faults (bad password, missing table, untrusted certificate), which need a human.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Connect { source, .. }
+            | StoreError::Query { source, .. }
+            | StoreError::Migration { source, .. } => is_transient(source),
+            StoreError::Url { .. }
+            | StoreError::CaRead { .. }
+            | StoreError::CaParse { .. }
+            | StoreError::TlsSetup { .. }
+            | StoreError::Certificate { .. }
+            | StoreError::ChecksumMismatch { .. }
+            | StoreError::Retention { .. } => false,
+        }
+    }
+
+    /// The SQLSTATE the server answered with, if it answered.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            StoreError::Connect { source, .. }
+            | StoreError::Query { source, .. }
+            | StoreError::Migration { source, .. }
+            | StoreError::Certificate { source, .. }
+            | StoreError::Url { source } => source.code(),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies a driver error: no SQLSTATE means the connection itself failed (I/O, closed,
+/// timeout), which is transient; otherwise the SQLSTATE class decides.
+pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        None => !is_tls_failure(error),
+        Some(code) => sqlstate_is_transient(code.code()),
+    }
+}
+
+/// SQLSTATE classes that a retry can outlive: connection exceptions (08), insufficient resources
+/// (53), operator intervention such as a server shutting down or starting up (57), system errors
+/// (58), transaction rollbacks like serialization failures and deadlocks (40), and lock timeouts
+/// (55P03).
+pub(crate) fn sqlstate_is_transient(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "40")) || code == "55P03"
+}
+
+/// True when PostgreSQL rejected a value rather than failing as a server: data exceptions (22)
+/// and integrity violations other than a duplicate key (23). Retrying the same rows cannot
+/// succeed; the offending row has to be quarantined.
+pub(crate) fn sqlstate_is_bad_data(code: &str) -> bool {
+    code.starts_with("22") || (code.starts_with("23") && code != SqlState::UNIQUE_VIOLATION.code())
+}
+
+fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
+    error
+        .source()
+        .is_some_and(|source| source.downcast_ref::<native_tls::Error>().is_some())
+}
+
+/// Formats an error and all its sources on one line (`a: b: c`), for logs: the driver's own
+/// `Display` says only "db error" and keeps the server's message in the source.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+/// Connects to PostgreSQL and spawns the connection task. TLS uses the system roots plus the CA
+/// in `settings.ca`; under `sslmode=require` the chain and host name are verified, under
+/// `sslmode=disable` no TLS is attempted.
+#[tracing::instrument(skip_all)]
+pub async fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> {
+    let mut config: Config = settings
+        .url
+        .parse()
+        .map_err(|source| StoreError::Url { source })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == Config::new().get_keepalives_idle() {
+        config.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("sitewatch");
+    }
+    let target = describe_target(&config);
+    let tls = tls_connector(settings.ca.as_deref())?;
+    let (client, connection) = config.connect(tls).await.map_err(|source| {
+        if is_tls_failure(&source) {
+            StoreError::Certificate {
+                target: target.clone(),
+                trusted: match &settings.ca {
+                    Some(path) => format!("CA {} and the system roots", path.display()),
+                    None => "the system roots only; set SITEWATCH_PG_CA for a private CA".into(),
+                },
+                source,
+            }
+        } else {
+            StoreError::Connect {
+                target: target.clone(),
+                source,
+            }
+        }
+    })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%target, error = %ErrorChain(&error), "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// `user@host:port/dbname` for messages: everything needed to find the server, no password.
+fn describe_target(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match config.get_ports().get(index).or(config.get_ports().first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => format!("{host}:5432"),
+            }
+        })
+        .collect();
+    format!(
+        "{}@{}/{}",
+        config.get_user().unwrap_or("?"),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+fn tls_connector(ca: Option<&Path>) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = ca {
+        for certificate in read_ca(path)? {
+            builder.add_root_certificate(certificate);
+        }
+    }
+    let connector = builder
+        .build()
+        .map_err(|source| StoreError::TlsSetup { source })?;
+    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+/// Every certificate of a PEM bundle (native-tls reads only the first one of a buffer).
+fn read_ca(path: &Path) -> Result<Vec<native_tls::Certificate>, StoreError> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    let pem = std::fs::read_to_string(path).map_err(|source| StoreError::CaRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certificates = pem
+        .match_indices(BEGIN)
+        .map(|(start, _)| {
+            native_tls::Certificate::from_pem(&pem.as_bytes()[start..]).map_err(|source| {
+                StoreError::CaParse {
+                    path: path.to_owned(),
+                    source: Some(source),
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if certificates.is_empty() {
+        return Err(StoreError::CaParse {
+            path: path.to_owned(),
+            source: None,
+        });
+    }
+    Ok(certificates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes() {
+        let cases = [
+            ("08006", true, false),  // connection failure
+            ("57P01", true, false),  // admin shutdown (server stopping)
+            ("57P03", true, false),  // cannot connect now (server starting)
+            ("53300", true, false),  // too many connections
+            ("40001", true, false),  // serialization failure
+            ("40P01", true, false),  // deadlock
+            ("55P03", true, false),  // lock not available
+            ("23505", false, false), // unique violation: handled by the ON CONFLICT fallback
+            ("23514", false, true),  // check violation
+            ("23502", false, true),  // not null violation
+            ("22021", false, true),  // bad encoding (NUL byte)
+            ("22008", false, true),  // timestamp out of range
+            ("42P01", false, false), // undefined table: run migrations
+            ("28P01", false, false), // bad password
+            ("3D000", false, false), // no such database
+        ];
+        for (code, transient, bad_data) in cases {
+            assert_eq!(sqlstate_is_transient(code), transient, "{code} transient");
+            assert_eq!(sqlstate_is_bad_data(code), bad_data, "{code} bad data");
+        }
+    }
+
+    #[test]
+    fn target_hides_the_password() {
+        let config: Config = "postgres://u:secret@127.0.0.1:15432/db?sslmode=require"
+            .parse()
+            .unwrap();
+        assert_eq!(describe_target(&config), "u@127.0.0.1:15432/db");
+        let config: Config = "host=db.example user=u password=secret dbname=x"
+            .parse()
+            .unwrap();
+        assert_eq!(describe_target(&config), "u@db.example:5432/x");
+    }
+
+    #[test]
+    fn ca_file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("sitewatch-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let Err(error) = read_ca(&empty) else {
+            panic!("accepted a file without certificates")
+        };
+        assert!(error.to_string().contains("empty.pem"), "{error}");
+        let missing = dir.join("missing.pem");
+        let Err(error) = read_ca(&missing) else {
+            panic!("accepted a missing file")
+        };
+        assert!(error.to_string().contains("missing.pem"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

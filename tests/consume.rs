@@ -1,0 +1,795 @@
+//! `sitewatch consume` as a separate process against the local stack (`dev/stack up`): results
+//! published to Kafka end up in PostgreSQL exactly once across kill -9, a PostgreSQL restart and
+//! a consumer-group takeover; poison messages are quarantined with their offsets; duplicate ids
+//! are stored once.
+//!
+//! Every test has its own topic, consumer group and database. The consumer runs as an OS process
+//! (`CARGO_BIN_EXE_sitewatch consume`) so that kill -9 is real. Waits are generous and bounded;
+//! no timing is asserted.
+
+mod stack;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use sitewatch::result::{
+    AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, Phase, Timings,
+    SCHEMA_VERSION,
+};
+use stack::StackLock;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+/// Upper bound for anything the tests wait for: covers group session timeouts and rebalances on a
+/// loaded 2-core machine.
+const WAIT: Duration = Duration::from_secs(240);
+/// How long a consumer may take to exit after SIGTERM.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
+/// Results published by the bulk tests.
+const BULK: usize = 20_000;
+/// Kafka hands a killed member's partitions to the others only when its session times out:
+/// 45 s by default, 6 s (the broker's minimum) in these tests. Same takeover path, less waiting.
+const FAST_TAKEOVER: &[&str] = &[
+    "--kafka-opt",
+    "session.timeout.ms=6000",
+    "--kafka-opt",
+    "heartbeat.interval.ms=1000",
+];
+
+/// A `sitewatch consume` child process whose output goes to a log file (printed on failure).
+struct ConsumerProcess {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ConsumerProcess {
+    fn start(name: &str, topic: &str, group: &str, database_url: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let out = File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+            .arg("consume")
+            .arg("--env-file")
+            .arg(stack::env_file())
+            .args(FAST_TAKEOVER)
+            .args(args)
+            .env("SITEWATCH_KAFKA_TOPIC", topic)
+            .env("SITEWATCH_KAFKA_GROUP", group)
+            .env("SITEWATCH_DATABASE_URL", database_url)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_sitewatch")));
+        ConsumerProcess {
+            name: name.to_owned(),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let Ok(file) = File::open(&self.log) else {
+            return String::new();
+        };
+        let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("--- last lines of consumer {} ---\n{tail}\n---", self.name)
+    }
+
+    fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains(needle))
+    }
+
+    /// Panics (with the log) if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "consumer {} exited with {status}\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+
+    fn kill_9(&mut self) {
+        self.assert_running();
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit (a graceful stop commits or drops the batch in hand).
+    fn terminate(&mut self) -> ExitStatus {
+        self.assert_running();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + EXIT_WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "consumer {} ignored SIGTERM for {EXIT_WAIT:?}\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test's own view of the database: reconnects after failures (PostgreSQL restarts) and
+/// answers `None` while it cannot query (server down, tables not migrated yet).
+struct Db {
+    url: String,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Db {
+    fn new(url: &str) -> Self {
+        Db {
+            url: stack::plain_url(url),
+            client: None,
+        }
+    }
+
+    async fn scalar(&mut self, sql: &str) -> Option<i64> {
+        if self.client.as_ref().map_or(true, |c| c.is_closed()) {
+            self.client = match tokio_postgres::connect(&self.url, NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    Some(client)
+                }
+                Err(_) => None,
+            };
+        }
+        let client = self.client.as_ref()?;
+        match client.query_one(sql, &[]).await {
+            Ok(row) => Some(row.get::<_, Option<i64>>(0).unwrap_or(0)),
+            Err(_) => {
+                self.client = None;
+                None
+            }
+        }
+    }
+
+    async fn rows(&mut self) -> i64 {
+        self.scalar("SELECT count(*) FROM check_results")
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Sum of the stored next offsets of `group`: the number of messages it has consumed.
+    async fn consumed(&mut self, group: &str) -> i64 {
+        let sql = format!(
+            "SELECT sum(next_offset)::bigint FROM consumer_offsets WHERE consumer_group = '{group}'"
+        );
+        self.scalar(&sql).await.unwrap_or(0)
+    }
+
+    async fn client(&mut self) -> &tokio_postgres::Client {
+        self.scalar("SELECT 1::bigint").await;
+        self.client.as_ref().expect("database reachable")
+    }
+}
+
+/// Re-evaluates `$ready` (which may `.await`) every 100 ms until true; panics after [`WAIT`] with
+/// `$context` (the consumers' log tails).
+macro_rules! wait_until {
+    ($what:expr, $context:expr, $ready:expr) => {{
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if $ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {WAIT:?} waiting for {}\n{}",
+                    $what, $context
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }};
+}
+
+/// A small deterministic-per-run pseudo-random source (xorshift), seeded from a UUID v7.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = Uuid::now_v7().as_u128() as u64 | 1;
+        eprintln!("random seed {seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+fn check_result(n: usize) -> CheckResult {
+    let now = Utc::now();
+    let down = n % 7 == 0;
+    CheckResult {
+        schema: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        site: format!("site-{}", n % 50),
+        url: format!("https://site-{}.example/health", n % 50),
+        final_url: Some(format!("https://site-{}.example/health", n % 50)),
+        scheduled_at: now,
+        started_at: now,
+        outcome: if down { Outcome::Down } else { Outcome::Up },
+        status: Some(if down { 503 } else { 200 }),
+        timings: Timings {
+            dns_ms: Some(1.2),
+            connect_ms: Some(3.4),
+            tls_ms: Some(12.0),
+            ttfb_ms: Some(40.5),
+            transfer_ms: Some(2.25),
+            total_ms: 59.35,
+        },
+        failure: down.then(|| Failure {
+            kind: FailureKind::Timeout,
+            phase: Some(Phase::Ttfb),
+            message: "no response within 5s".into(),
+        }),
+        assertions: vec![AssertionResult {
+            name: "status".into(),
+            ok: !down,
+            level: Level::Fail,
+            expected: "200".into(),
+            actual: if down { "503" } else { "200" }.into(),
+            reason: None,
+        }],
+        metrics: BTreeMap::from([("items".to_string(), n as f64)]),
+        body_bytes: 512,
+        body_truncated: false,
+        cert_not_after: Some(now + chrono::Duration::days(60)),
+        tls_insecure: false,
+        config_version: "0123456789abcdef".into(),
+        attempts: 1,
+        probe_host: "probe-test".into(),
+    }
+}
+
+/// One message to publish; `header` is the `schema-version` header value, if any.
+struct Outgoing {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    header: Option<&'static str>,
+}
+
+impl Outgoing {
+    /// What the publisher sends for a result: key = site, JSON payload, header "1".
+    fn result(result: &CheckResult) -> Self {
+        Outgoing {
+            key: Some(result.site.clone().into_bytes()),
+            payload: Some(serde_json::to_vec(result).unwrap()),
+            header: Some("1"),
+        }
+    }
+
+    fn raw(payload: Option<&[u8]>, header: Option<&'static str>) -> Self {
+        Outgoing {
+            key: Some(b"poison".to_vec()),
+            payload: payload.map(<[u8]>::to_vec),
+            header,
+        }
+    }
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", stack::kafka_brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer")
+}
+
+/// Publishes `messages` in order (concurrently in chunks) and waits for every delivery.
+async fn publish(producer: &FutureProducer, topic: &str, messages: &[Outgoing]) {
+    for chunk in messages.chunks(1000) {
+        let sends = chunk.iter().map(|message| {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &message.payload {
+                record = record.payload(payload.as_slice());
+            }
+            if let Some(value) = message.header {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: "schema-version",
+                    value: Some(value),
+                }));
+            }
+            producer.send(record, Duration::from_secs(30))
+        });
+        for delivery in futures::future::join_all(sends).await {
+            if let Err((error, _)) = delivery {
+                panic!("publishing to {topic}: {error}: {}", stack::START_HINT);
+            }
+        }
+    }
+}
+
+/// The stored rows are exactly `expected`: same count, no id twice, no Kafka offset twice.
+async fn assert_exactly_once(db: &mut Db, expected: &HashSet<Uuid>) {
+    let client = db.client().await;
+    let ids: Vec<Uuid> = client
+        .query("SELECT id FROM check_results", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let distinct: HashSet<Uuid> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), distinct.len(), "an id is stored twice");
+    assert_eq!(ids.len(), expected.len(), "row count");
+    assert!(
+        distinct == *expected,
+        "stored ids differ from published ids"
+    );
+    let reused: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM check_results \
+             GROUP BY kafka_partition, kafka_offset HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reused, 0, "a Kafka message is stored twice");
+}
+
+fn bulk(n: usize) -> (Vec<Outgoing>, HashSet<Uuid>) {
+    let results: Vec<CheckResult> = (0..n).map(check_result).collect();
+    let ids = results.iter().map(|r| r.id).collect();
+    (results.iter().map(Outgoing::result).collect(), ids)
+}
+
+/// Is a transaction of a sitewatch connection open in this database right now?
+async fn consumer_transaction_open(db: &mut Db) -> bool {
+    db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'sitewatch' AND xact_start IS NOT NULL \
+         AND query ILIKE 'COPY%'",
+    )
+    .await
+    .unwrap_or(0)
+        > 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_across_repeated_kill_9() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(3).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let (messages, ids) = bulk(BULK);
+    publish(&producer(), &topic, &messages).await;
+    let mut db = Db::new(&url);
+    let mut rng = Rng::new();
+
+    let mut killed_mid_copy = false;
+    for round in 0..3 {
+        // Round 0: default-size batches (one COPY takes a while), killed while it runs.
+        // Later rounds: small batches, killed at a random moment of steady consumption.
+        let args: &[&str] = if round == 0 {
+            &[]
+        } else {
+            &["--batch-rows", "200", "--batch-wait-ms", "20"]
+        };
+        let mut consumer =
+            ConsumerProcess::start(&format!("round{round}"), &topic, &group, &url, args);
+        let before = db.rows().await;
+        if round == 0 {
+            let deadline = Instant::now() + WAIT;
+            while !consumer_transaction_open(&mut db).await {
+                consumer.assert_running();
+                assert!(
+                    Instant::now() < deadline,
+                    "no COPY seen\n{}",
+                    consumer.log_tail()
+                );
+            }
+            killed_mid_copy = true;
+        } else {
+            wait_until!(
+                "the restarted consumer to make progress",
+                consumer.log_tail(),
+                {
+                    consumer.assert_running();
+                    db.rows().await > before
+                }
+            );
+            tokio::time::sleep(Duration::from_millis(rng.below(200))).await;
+        }
+        consumer.kill_9();
+        let stored = db.rows().await;
+        eprintln!("round {round}: killed with {stored} rows stored");
+        assert!(
+            (stored as usize) < BULK,
+            "everything was stored before kill {round}: the test did not interrupt consumption"
+        );
+    }
+    assert!(killed_mid_copy);
+
+    let mut consumer = ConsumerProcess::start("final", &topic, &group, &url, &[]);
+    wait_until!("all results stored", consumer.log_tail(), {
+        db.rows().await >= BULK as i64
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await; // would let a duplicate show up
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+    assert_exactly_once(&mut db, &ids).await;
+    assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    stack::drop_database(&url).await;
+}
+
+/// Restarts the stack's PostgreSQL when dropped, so a failing test does not leave it down.
+struct StartPostgresOnDrop;
+
+impl Drop for StartPostgresOnDrop {
+    fn drop(&mut self) {
+        let _ = stack_command("pg-start");
+    }
+}
+
+fn stack_command(command: &str) -> ExitStatus {
+    Command::new(stack::get("SITEWATCH_DEV_STACK"))
+        .arg(command)
+        .status()
+        .unwrap_or_else(|e| panic!("$SITEWATCH_DEV_STACK {command}: {e}: {}", stack::START_HINT))
+}
+
+/// Stops the shared PostgreSQL: holds the stack lock exclusively, so every test that takes the
+/// lock (all of tests/consume.rs and tests/store.rs) waits meanwhile. Test files that do not take
+/// `stack::StackLock::shared()` can see PostgreSQL vanish while this runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_loss_no_duplicates_across_a_postgresql_restart() {
+    let _stack = StackLock::exclusive();
+    let topic = stack::fresh_topic(2).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let (messages, ids) = bulk(BULK);
+    let (first, second) = messages.split_at(BULK / 2);
+    let producer = producer();
+    publish(&producer, &topic, first).await;
+    let mut db = Db::new(&url);
+
+    let mut consumer =
+        ConsumerProcess::start("pg-restart", &topic, &group, &url, &["--batch-rows", "500"]);
+    wait_until!("the first rows", consumer.log_tail(), db.rows().await > 0);
+
+    let restart = StartPostgresOnDrop;
+    assert!(stack_command("pg-stop").success(), "pg-stop failed");
+    publish(&producer, &topic, second).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    consumer.assert_running();
+    assert!(stack_command("pg-start").success(), "pg-start failed");
+    drop(restart);
+
+    wait_until!(
+        "all results stored after the restart",
+        consumer.log_tail(),
+        {
+            consumer.assert_running();
+            db.rows().await >= BULK as i64
+        }
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The outage really hit a batch (the consumer's warning when it keeps a batch for retry).
+    assert!(
+        consumer.log_contains("cannot store the batch"),
+        "the consumer never had to retry a batch\n{}",
+        consumer.log_tail()
+    );
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+    assert_exactly_once(&mut db, &ids).await;
+    assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    stack::drop_database(&url).await;
+}
+
+/// [`group_assignment`] off the async runtime (it blocks on a broker request).
+async fn assignment(group: &str, topic: &str) -> Vec<BTreeSet<i32>> {
+    let (group, topic) = (group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || group_assignment(&group, &topic))
+        .await
+        .unwrap()
+}
+
+/// Partitions of `topic` assigned to each member of `group` (classic protocol assignment).
+fn group_assignment(group: &str, topic: &str) -> Vec<BTreeSet<i32>> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack::kafka_brokers())
+        .set("group.id", format!("{group}-probe"))
+        .create()
+        .expect("probe consumer");
+    let Ok(groups) = probe.fetch_group_list(Some(group), Duration::from_secs(5)) else {
+        return Vec::new();
+    };
+    groups
+        .groups()
+        .iter()
+        .flat_map(|g| g.members())
+        .map(|member| {
+            member
+                .assignment()
+                .map(|bytes| parse_assignment(bytes, topic))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Decodes a ConsumerProtocolAssignment: version i16, [topic string, [partition i32]], userdata.
+fn parse_assignment(bytes: &[u8], wanted: &str) -> BTreeSet<i32> {
+    let mut partitions = BTreeSet::new();
+    let mut at = 2; // version
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let slice = bytes.get(at..at + n)?;
+        at += n;
+        Some(slice)
+    };
+    let mut read = || -> Option<()> {
+        let topics = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        for _ in 0..topics {
+            let len = i16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
+            let name = String::from_utf8_lossy(take(len)?).into_owned();
+            let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
+            for _ in 0..count {
+                let partition = i32::from_be_bytes(take(4)?.try_into().ok()?);
+                if name == wanted {
+                    partitions.insert(partition);
+                }
+            }
+        }
+        Some(())
+    };
+    let _ = read();
+    partitions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_split_partitions_and_the_survivor_takes_over() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(4).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let args = ["--batch-rows", "200", "--batch-wait-ms", "50"];
+    // Started together: both migrate the fresh database at once (the advisory lock serialises).
+    let mut a = ConsumerProcess::start("a", &topic, &group, &url, &args);
+    let mut b = ConsumerProcess::start("b", &topic, &group, &url, &args);
+    wait_until!(
+        "two members with two partitions each",
+        format!("{}\n{}", a.log_tail(), b.log_tail()),
+        {
+            a.assert_running();
+            b.assert_running();
+            let members = assignment(&group, &topic).await;
+            members.len() == 2 && members.iter().all(|p| p.len() == 2)
+        }
+    );
+
+    // Publish while both consume, kill one of them part-way through.
+    let (messages, ids) = bulk(BULK);
+    let publisher = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let producer = producer();
+            for wave in messages.chunks(1000) {
+                publish(&producer, &topic, wave).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let mut db = Db::new(&url);
+    wait_until!(
+        "a quarter of the results",
+        format!("{}\n{}", a.log_tail(), b.log_tail()),
+        db.rows().await >= BULK as i64 / 4
+    );
+    a.kill_9();
+    eprintln!("killed consumer a with {} rows stored", db.rows().await);
+    publisher.await.unwrap();
+
+    wait_until!("the survivor to store everything", b.log_tail(), {
+        b.assert_running();
+        db.rows().await >= BULK as i64
+    });
+    let survivor = assignment(&group, &topic).await;
+    assert_eq!(
+        survivor,
+        vec![BTreeSet::from([0, 1, 2, 3])],
+        "the survivor owns every partition"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(b.terminate().success(), "{}", b.log_tail());
+    assert_exactly_once(&mut db, &ids).await;
+    assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_quarantined_with_their_offsets() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(1).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let good: Vec<CheckResult> = (0..5).map(check_result).collect();
+    let mut future = check_result(99);
+    future.schema = 2;
+    let mut nul = check_result(98);
+    nul.site = "bad\0site".into();
+    let random: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(151) ^ 0xa5).collect();
+    let wrong_shape = br#"{"hello": "world", "schema": 1}"#.to_vec();
+    let mut no_header = Outgoing::result(&good[1]);
+    no_header.header = None;
+    let mut header_2 = Outgoing::result(&good[2]);
+    header_2.header = Some("2");
+    // (offset, message, expected dead-letter reason or None if stored)
+    let plan: Vec<(Outgoing, Option<&str>)> = vec![
+        (Outgoing::result(&good[0]), None),
+        (
+            Outgoing::raw(Some(&random), Some("1")),
+            Some("invalid JSON"),
+        ),
+        (no_header, None),
+        (
+            Outgoing::raw(Some(&wrong_shape), Some("1")),
+            Some("not a check result"),
+        ),
+        (
+            Outgoing::result(&future),
+            Some("schema version 2 is not supported"),
+        ),
+        (
+            header_2,
+            Some("schema-version header \"2\" is not supported"),
+        ),
+        (Outgoing::result(&good[3]), None),
+        (Outgoing::raw(None, Some("1")), Some("empty message")),
+        (Outgoing::result(&nul), Some("NUL")),
+        (Outgoing::result(&good[4]), None),
+    ];
+    let expected_reasons: BTreeMap<i64, &str> = plan
+        .iter()
+        .enumerate()
+        .filter_map(|(offset, (_, reason))| reason.map(|r| (offset as i64, r)))
+        .collect();
+    let payloads: Vec<Option<Vec<u8>>> = plan.iter().map(|(m, _)| m.payload.clone()).collect();
+    let producer = producer();
+    for (message, _) in &plan {
+        // One at a time: offsets are the plan's indexes.
+        publish(&producer, &topic, std::slice::from_ref(message)).await;
+    }
+
+    let mut consumer = ConsumerProcess::start("poison", &topic, &group, &url, &[]);
+    let mut db = Db::new(&url);
+    wait_until!(
+        "every message consumed",
+        consumer.log_tail(),
+        db.consumed(&group).await >= plan.len() as i64
+    );
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+
+    let client = db.client().await;
+    let stored: BTreeMap<i64, Uuid> = client
+        .query("SELECT kafka_offset, id FROM check_results", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected_stored: BTreeMap<i64, Uuid> = [
+        (0, good[0].id),
+        (2, good[1].id),
+        (6, good[3].id),
+        (9, good[4].id),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        stored, expected_stored,
+        "the valid results around the poison are stored"
+    );
+
+    let letters = client
+        .query(
+            "SELECT kafka_offset, partition, topic, reason, payload FROM dead_letters ORDER BY kafka_offset",
+            &[],
+        )
+        .await
+        .unwrap();
+    let offsets: Vec<i64> = letters.iter().map(|row| row.get(0)).collect();
+    assert_eq!(
+        offsets,
+        expected_reasons.keys().copied().collect::<Vec<_>>()
+    );
+    for row in &letters {
+        let offset: i64 = row.get(0);
+        let reason: String = row.get(3);
+        assert_eq!(row.get::<_, i32>(1), 0);
+        assert_eq!(row.get::<_, String>(2), topic);
+        assert!(
+            reason.contains(expected_reasons[&offset]),
+            "offset {offset}: {reason}"
+        );
+        assert_eq!(
+            row.get::<_, Option<Vec<u8>>>(4),
+            payloads[offset as usize],
+            "offset {offset}: payload kept as it arrived"
+        );
+    }
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_id_is_stored_once() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(1).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let results: Vec<CheckResult> = (0..4).map(check_result).collect();
+    let producer = producer();
+    let mut consumer = ConsumerProcess::start("duplicates", &topic, &group, &url, &[]);
+    let mut db = Db::new(&url);
+
+    // Within one batch: r0 twice.
+    let wave: Vec<Outgoing> = [0, 1, 0, 2]
+        .iter()
+        .map(|&i| Outgoing::result(&results[i]))
+        .collect();
+    publish(&producer, &topic, &wave).await;
+    wait_until!(
+        "the first wave",
+        consumer.log_tail(),
+        db.consumed(&group).await >= 4
+    );
+    // In a later batch: r1 again, already stored.
+    let wave: Vec<Outgoing> = [1, 3]
+        .iter()
+        .map(|&i| Outgoing::result(&results[i]))
+        .collect();
+    publish(&producer, &topic, &wave).await;
+    wait_until!(
+        "the second wave",
+        consumer.log_tail(),
+        db.consumed(&group).await >= 6
+    );
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+
+    let ids: HashSet<Uuid> = results.iter().map(|r| r.id).collect();
+    assert_exactly_once(&mut db, &ids).await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM dead_letters").await,
+        Some(0)
+    );
+    stack::drop_database(&url).await;
+}

@@ -1,0 +1,502 @@
+//! `sitewatch::store` against the local stack's PostgreSQL (`dev/stack up`): migrations, TLS,
+//! the batch write path (COPY, duplicate fallback, rejected rows, fencing) and retention. Each
+//! test works in its own fresh database.
+
+mod stack;
+
+use std::collections::BTreeMap;
+
+use chrono::{Duration as Age, Utc};
+use sitewatch::result::{CheckResult, Outcome, Timings, SCHEMA_VERSION};
+use sitewatch::store::{
+    self, CheckRow, DeadLetter, OffsetAdvance, PendingRow, StoreError, WriteBatch, WriteOutcome,
+    WritePath, MIGRATIONS,
+};
+use stack::StackLock;
+use uuid::Uuid;
+
+/// A fresh, migrated database and a TLS client on it.
+async fn migrated() -> (String, tokio_postgres::Client) {
+    let url = stack::fresh_database().await;
+    let mut client = store::connect(&stack::database(&url))
+        .await
+        .unwrap_or_else(|error| panic!("connect: {}", chain(&error)));
+    store::migrate(&mut client)
+        .await
+        .unwrap_or_else(|error| panic!("migrate: {}", chain(&error)));
+    (url, client)
+}
+
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    store::ErrorChain(error).to_string()
+}
+
+fn result(site: &str, age: Age) -> CheckResult {
+    let at = Utc::now() - age;
+    CheckResult {
+        schema: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        site: site.into(),
+        url: format!("https://{site}.example/"),
+        final_url: None,
+        scheduled_at: at,
+        started_at: at,
+        outcome: Outcome::Up,
+        status: Some(200),
+        timings: Timings {
+            total_ms: 12.5,
+            ..Timings::default()
+        },
+        failure: None,
+        assertions: Vec::new(),
+        metrics: BTreeMap::new(),
+        body_bytes: 100,
+        body_truncated: false,
+        cert_not_after: None,
+        tls_insecure: false,
+        config_version: "test".into(),
+        attempts: 1,
+        probe_host: "test".into(),
+    }
+}
+
+fn pending(result: &CheckResult, partition: i32, offset: i64) -> PendingRow {
+    PendingRow {
+        row: CheckRow::from_result(result, partition, offset).unwrap(),
+        key: Some(result.site.clone().into_bytes()),
+        payload: serde_json::to_vec(result).unwrap(),
+    }
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_rerun_is_a_no_op() {
+    let _stack = StackLock::shared();
+    let url = stack::fresh_database().await;
+    let mut client = store::connect(&stack::database(&url)).await.unwrap();
+
+    let first = store::migrate(&mut client).await.unwrap();
+    assert_eq!(first.applied.len(), MIGRATIONS.len());
+    assert_eq!(first.already_applied, 0);
+    for table in [
+        "check_results",
+        "consumer_offsets",
+        "dead_letters",
+        "schema_migrations",
+    ] {
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(exists, "{table} missing after migrate");
+    }
+    let row = client
+        .query_one(
+            "SELECT name, checksum, applied_at <= now() FROM schema_migrations WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), MIGRATIONS[0].name);
+    assert_eq!(row.get::<_, String>(1), MIGRATIONS[0].checksum());
+    assert!(row.get::<_, bool>(2));
+
+    let second = store::migrate(&mut client).await.unwrap();
+    assert!(
+        second.applied.is_empty(),
+        "re-run applied {:?}",
+        second.applied
+    );
+    assert_eq!(second.already_applied, MIGRATIONS.len());
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn concurrent_migrations_apply_each_migration_once() {
+    let _stack = StackLock::shared();
+    let url = stack::fresh_database().await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(store::connect(&stack::database(&url)).await.unwrap());
+    }
+    let reports = futures::future::join_all(clients.iter_mut().map(store::migrate)).await;
+    let applied: usize = reports
+        .into_iter()
+        .map(|report| report.unwrap().applied.len())
+        .sum();
+    assert_eq!(
+        applied,
+        MIGRATIONS.len(),
+        "each migration applied exactly once"
+    );
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn a_changed_migration_is_refused_naming_it_and_both_checksums() {
+    let _stack = StackLock::shared();
+    let (url, mut client) = migrated().await;
+    client
+        .execute(
+            "UPDATE schema_migrations SET checksum = 'x' WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let error = store::migrate(&mut client).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::ChecksumMismatch { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("0001_init"), "{message}");
+    assert!(message.contains("checksum x,"), "{message}");
+    assert!(message.contains(&MIGRATIONS[0].checksum()), "{message}");
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn tls_with_the_stack_ca_verifies_and_encrypts() {
+    let _stack = StackLock::shared();
+    let settings = stack::database(&stack::get("SITEWATCH_DATABASE_URL"));
+    assert!(settings.url.contains("sslmode=require"), "{}", settings.url);
+    let client = store::connect(&settings)
+        .await
+        .unwrap_or_else(|error| panic!("{}", chain(&error)));
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "connection is not encrypted");
+
+    let plain = sitewatch::settings::DatabaseSettings {
+        url: stack::get("SITEWATCH_DEV_DATABASE_URL_PLAIN"),
+        ca: None,
+    };
+    let client = store::connect(&plain).await.unwrap();
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!ssl, "sslmode=disable still used TLS");
+}
+
+#[tokio::test]
+async fn tls_with_a_wrong_ca_fails_naming_the_certificate() {
+    let _stack = StackLock::shared();
+    stack::require_postgres();
+    let settings = sitewatch::settings::DatabaseSettings {
+        url: stack::get("SITEWATCH_DATABASE_URL"),
+        ca: Some(stack::get("SITEWATCH_DEV_PG_WRONG_CA").into()),
+    };
+    let error = store::connect(&settings).await.unwrap_err();
+    assert!(matches!(error, StoreError::Certificate { .. }), "{error:?}");
+    assert!(
+        !error.is_transient(),
+        "a certificate problem is not worth retrying"
+    );
+    let message = chain(&error);
+    eprintln!("wrong CA: {message}");
+    assert!(message.contains("certificate"), "{message}");
+    assert!(message.contains("wrong-ca"), "names the CA file: {message}");
+}
+
+#[tokio::test]
+async fn batch_write_copies_rows_dead_letters_and_offsets_in_one_transaction() {
+    let _stack = StackLock::shared();
+    let (url, mut client) = migrated().await;
+    let results: Vec<CheckResult> = (0..100)
+        .map(|i| result(&format!("s{i}"), Age::zero()))
+        .collect();
+    let batch = WriteBatch {
+        rows: results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| pending(r, 0, i as i64))
+            .collect(),
+        dead_letters: vec![DeadLetter {
+            partition: 0,
+            offset: 100,
+            key: None,
+            payload: Some(b"junk".to_vec()),
+            reason: "invalid JSON".into(),
+        }],
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: None,
+            next: 101,
+        }],
+    };
+    let outcome = store::write_batch(&mut client, "g", "t", &batch)
+        .await
+        .unwrap();
+    let WriteOutcome::Committed(stats) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(stats.path, WritePath::Copy);
+    assert_eq!(
+        (stats.rows_written, stats.duplicates, stats.dead_letters),
+        (100, 0, 1)
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM check_results").await,
+        100
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM dead_letters").await, 1);
+    let offsets = store::load_offsets(&client, "g", "t", &[0, 1])
+        .await
+        .unwrap();
+    assert_eq!(offsets.get(&0), Some(&101));
+    assert_eq!(offsets.get(&1), None);
+
+    // A row reads back with its typed columns.
+    let row = client
+        .query_one(
+            "SELECT site, outcome, status, total_ms, kafka_partition, kafka_offset, metrics \
+             FROM check_results WHERE id = $1",
+            &[&results[7].id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "s7");
+    assert_eq!(row.get::<_, String>(1), "up");
+    assert_eq!(row.get::<_, Option<i16>>(2), Some(200));
+    assert_eq!(row.get::<_, f64>(3), 12.5);
+    assert_eq!((row.get::<_, i32>(4), row.get::<_, i64>(5)), (0, 7));
+    assert_eq!(row.get::<_, serde_json::Value>(6), serde_json::json!({}));
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn duplicate_ids_fall_back_to_on_conflict_and_are_stored_once() {
+    let _stack = StackLock::shared();
+    let (url, mut client) = migrated().await;
+    let a = result("a", Age::zero());
+    let b = result("b", Age::zero());
+    let c = result("c", Age::zero());
+    // `a` twice in one batch.
+    let first = WriteBatch {
+        rows: vec![pending(&a, 0, 0), pending(&b, 0, 1), pending(&a, 0, 2)],
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: None,
+            next: 3,
+        }],
+    };
+    let WriteOutcome::Committed(stats) = store::write_batch(&mut client, "g", "t", &first)
+        .await
+        .unwrap()
+    else {
+        panic!("fenced")
+    };
+    assert_eq!(stats.path, WritePath::OnConflict);
+    assert_eq!((stats.rows_written, stats.duplicates), (2, 1));
+    // `b` again in a later batch, with a new row.
+    let second = WriteBatch {
+        rows: vec![pending(&b, 0, 3), pending(&c, 0, 4)],
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: Some(3),
+            next: 5,
+        }],
+    };
+    let WriteOutcome::Committed(stats) = store::write_batch(&mut client, "g", "t", &second)
+        .await
+        .unwrap()
+    else {
+        panic!("fenced")
+    };
+    assert_eq!(stats.path, WritePath::OnConflict);
+    assert_eq!((stats.rows_written, stats.duplicates), (1, 1));
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM check_results").await,
+        3
+    );
+    assert_eq!(
+        count(&client, "SELECT count(DISTINCT id) FROM check_results").await,
+        3
+    );
+    // The staging table leaves nothing behind for the next COPY.
+    let d = result("d", Age::zero());
+    let third = WriteBatch {
+        rows: vec![pending(&d, 0, 5)],
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: Some(5),
+            next: 6,
+        }],
+    };
+    let WriteOutcome::Committed(stats) = store::write_batch(&mut client, "g", "t", &third)
+        .await
+        .unwrap()
+    else {
+        panic!("fenced")
+    };
+    assert_eq!((stats.path, stats.rows_written), (WritePath::Copy, 1));
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn a_row_postgresql_rejects_is_quarantined_and_the_rest_stored() {
+    let _stack = StackLock::shared();
+    let (url, mut client) = migrated().await;
+    let good = result("good", Age::zero());
+    let bad = result("bad", Age::zero());
+    let mut rejected = pending(&bad, 2, 11);
+    rejected.row.outcome = "sideways"; // violates the outcome CHECK constraint
+    let batch = WriteBatch {
+        rows: vec![pending(&good, 2, 10), rejected],
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 2,
+            expected: None,
+            next: 12,
+        }],
+    };
+    let WriteOutcome::Committed(stats) = store::write_batch(&mut client, "g", "t", &batch)
+        .await
+        .unwrap()
+    else {
+        panic!("fenced")
+    };
+    assert_eq!(stats.path, WritePath::RowByRow);
+    assert_eq!((stats.rows_written, stats.dead_letters), (1, 1));
+    let letter = client
+        .query_one(
+            "SELECT partition, kafka_offset, reason, payload FROM dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((letter.get::<_, i32>(0), letter.get::<_, i64>(1)), (2, 11));
+    assert!(
+        letter.get::<_, String>(2).contains("check"),
+        "{}",
+        letter.get::<_, String>(2)
+    );
+    assert_eq!(
+        letter.get::<_, Vec<u8>>(3),
+        serde_json::to_vec(&bad).unwrap()
+    );
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn a_batch_from_a_consumer_whose_offsets_moved_is_fenced_and_writes_nothing() {
+    let _stack = StackLock::shared();
+    let (url, mut client) = migrated().await;
+    let a = result("a", Age::zero());
+    let first = WriteBatch {
+        rows: vec![pending(&a, 0, 0)],
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: None,
+            next: 1,
+        }],
+    };
+    assert!(matches!(
+        store::write_batch(&mut client, "g", "t", &first)
+            .await
+            .unwrap(),
+        WriteOutcome::Committed(_)
+    ));
+    // A second consumer that also believed partition 0 was unstored (None), or was at 0.
+    for expected in [None, Some(0)] {
+        let b = result("b", Age::zero());
+        let stale = WriteBatch {
+            rows: vec![pending(&b, 0, 0)],
+            dead_letters: Vec::new(),
+            offsets: vec![OffsetAdvance {
+                partition: 0,
+                expected,
+                next: 1,
+            }],
+        };
+        let outcome = store::write_batch(&mut client, "g", "t", &stale)
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            WriteOutcome::Fenced {
+                partitions: vec![0]
+            }
+        );
+    }
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM check_results").await,
+        1
+    );
+    // Another group has its own positions.
+    let other = WriteBatch {
+        rows: Vec::new(),
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: None,
+            next: 1,
+        }],
+    };
+    assert!(matches!(
+        store::write_batch(&mut client, "other", "t", &other)
+            .await
+            .unwrap(),
+        WriteOutcome::Committed(_)
+    ));
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn prune_deletes_old_results_in_batches_and_keeps_recent_ones() {
+    let _stack = StackLock::shared();
+    let (url, mut client) = migrated().await;
+    let old = store::PRUNE_BATCH_ROWS as usize * 2 + 5;
+    let rows: Vec<PendingRow> = (0..old)
+        .map(|i| pending(&result("old", Age::days(40)), 0, i as i64))
+        .chain((0..10).map(|i| pending(&result("new", Age::days(1)), 0, (old + i) as i64)))
+        .collect();
+    let batch = WriteBatch {
+        rows,
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: None,
+            next: old as i64 + 10,
+        }],
+    };
+    store::write_batch(&mut client, "g", "t", &batch)
+        .await
+        .unwrap();
+    let deleted = store::prune(&client, Age::days(30)).await.unwrap();
+    assert_eq!(deleted, old as u64);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM check_results").await,
+        10
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM check_results WHERE site = 'new'"
+        )
+        .await,
+        10
+    );
+    assert_eq!(store::prune(&client, Age::days(30)).await.unwrap(), 0);
+    assert!(store::prune(&client, Age::days(-1)).await.is_err());
+    stack::drop_database(&url).await;
+}
