@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::assertions;
-use crate::config::Site;
-use crate::hooks::{HookInput, HookPool};
+use crate::config::{Config, Site};
+use crate::hooks::{HookError, HookInput, HookLimits, HookPool};
 use crate::probe::{Attempt, Prober};
 use crate::result::{
     AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION,
@@ -43,8 +43,18 @@ impl Checker {
         }
     }
 
-    pub fn config_version(&self) -> &str {
-        &self.config_version
+    /// A checker for `config`: the shared prober and, if any site has hooks, a pool of Lua
+    /// workers evaluated from the same sources. Blocking while the workers load the config.
+    pub fn for_config(config: &Config, prober: Arc<Prober>) -> Result<Checker, HookError> {
+        let hooks = if config.sites.iter().any(|s| !s.hooks.is_empty()) {
+            Some(Arc::new(HookPool::start(
+                &config.source,
+                HookLimits::default(),
+            )?))
+        } else {
+            None
+        };
+        Ok(Checker::new(prober, hooks, &config.version))
     }
 
     /// Runs the check: up to `1 + site.retries` attempts, stopping at the first that is not down.

@@ -12,8 +12,7 @@ use futures::future::join_all;
 
 use crate::check::Checker;
 use crate::config::{self, Config, ConfigErrors};
-use crate::hooks::{HookLimits, HookPool};
-use crate::probe::Prober;
+use crate::probe::{Prober, DEFAULT_USER_AGENT};
 use crate::result::{CheckResult, Outcome};
 
 /// The process exit codes of `validate` and `check`.
@@ -25,11 +24,6 @@ pub enum ExitCode {
     SiteDown = 1,
     /// The configuration is invalid (every error printed on stderr).
     ConfigInvalid = 2,
-}
-
-/// The User-Agent every probe sends.
-pub fn user_agent() -> String {
-    format!("sitewatch/{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Loads and validates, printing every error to stderr.
@@ -66,23 +60,6 @@ pub enum CheckError {
     Hooks(#[from] crate::hooks::HookError),
 }
 
-/// Builds what checking a configuration needs: the prober and, if any site has hooks, a pool of
-/// Lua workers evaluated from the same sources.
-pub fn checker_for(
-    config: &Config,
-    prober: Arc<Prober>,
-) -> Result<Checker, crate::hooks::HookError> {
-    let hooks = if config.sites.iter().any(|s| !s.hooks.is_empty()) {
-        Some(Arc::new(HookPool::start(
-            &config.source,
-            HookLimits::default(),
-        )?))
-    } else {
-        None
-    };
-    Ok(Checker::new(prober, hooks, &config.version))
-}
-
 /// `sitewatch check`: probes the selected sites (all when `only` is empty) once, concurrently.
 pub async fn check(config: &Config, only: &[String], json: bool) -> Result<ExitCode, CheckError> {
     for name in only {
@@ -90,8 +67,8 @@ pub async fn check(config: &Config, only: &[String], json: bool) -> Result<ExitC
             return Err(CheckError::UnknownSite(name.clone()));
         }
     }
-    let prober = Arc::new(Prober::new(&user_agent())?);
-    let checker = checker_for(config, prober)?;
+    let prober = Arc::new(Prober::new(DEFAULT_USER_AGENT)?);
+    let checker = Checker::for_config(config, prober)?;
     let selected = config
         .sites
         .iter()

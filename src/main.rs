@@ -15,7 +15,7 @@ use sitewatch::monitor::{self, ProduceOptions};
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::schedule::{self, Limits, Shard};
 use sitewatch::settings::{self, DatabaseSettings};
-use sitewatch::store;
+use sitewatch::store::{self, ErrorChain};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -428,8 +428,8 @@ fn main() -> ExitCode {
                 match store::prune(&client, older_than).await {
                     Ok(rows) => {
                         println!(
-                            "deleted {rows} result(s) older than {} day(s)",
-                            older_than.num_days()
+                            "deleted {rows} result(s) older than {} hour(s)",
+                            older_than.num_hours()
                         );
                         ExitCode::SUCCESS
                     }
@@ -541,14 +541,12 @@ fn exit(code: CheckExit) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-/// Prints the error with its chain of causes and returns the failure exit code.
-fn fail(error: &dyn std::error::Error) -> ExitCode {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
+/// Prints the error with its chain of causes; exit 2 for an invalid configuration (as
+/// `validate` and `check` do), else the failure exit code.
+fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    eprintln!("sitewatch: {}", ErrorChain(error));
+    match error.downcast_ref::<monitor::MonitorError>() {
+        Some(monitor::MonitorError::Config { .. }) => exit(CheckExit::ConfigInvalid),
+        _ => ExitCode::from(EXIT_FAILURE),
     }
-    eprintln!("sitewatch: {message}");
-    ExitCode::from(EXIT_FAILURE)
 }

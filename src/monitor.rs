@@ -12,9 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::Checker;
-use crate::commands::{checker_for, user_agent};
 use crate::config::{self, Config, Site};
-use crate::probe::Prober;
+use crate::probe::{Prober, DEFAULT_USER_AGENT};
 use crate::publish::{Publisher, TopicSpec};
 use crate::result::CheckResult;
 use crate::schedule::{Job, Limits, Scheduler, Shard, Tick};
@@ -36,6 +35,8 @@ pub enum MonitorError {
     Probe(#[from] crate::probe::ProbeError),
     #[error(transparent)]
     Hooks(#[from] crate::hooks::HookError),
+    #[error("the Kafka producer hit a fatal error and stopped delivering (see the log); restart sitewatch")]
+    KafkaFatal,
 }
 
 /// Options of `sitewatch produce` (and the producer half of `run`).
@@ -91,11 +92,11 @@ pub async fn produce(
     shutdown: CancellationToken,
 ) -> Result<(), MonitorError> {
     let config = load(&options.config_path)?;
-    let prober = Arc::new(Prober::new(&user_agent())?);
+    let prober = Arc::new(Prober::new(DEFAULT_USER_AGENT)?);
     let publisher = Arc::new(Publisher::connect(kafka, options.topic).await?);
     tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, "connected to Kafka");
     let job = Arc::new(PublishJob {
-        checker: RwLock::new(checker_for(&config, Arc::clone(&prober))?),
+        checker: RwLock::new(Checker::for_config(&config, Arc::clone(&prober))?),
         publisher: Arc::clone(&publisher),
     });
     let mut scheduler = Scheduler::new(Arc::clone(&job), options.limits, shutdown.child_token());
@@ -107,9 +108,11 @@ pub async fn produce(
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut version = config.version;
+    let fatal = publisher.fatal();
     loop {
         let why = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = fatal.cancelled() => break,
             Some(()) = reload.recv() => "SIGHUP",
             _ = watch.tick(), if options.watch => {
                 let now = sources_stamp(&options.config_path);
@@ -118,38 +121,49 @@ pub async fn produce(
                 "file change"
             }
         };
-        match config::load(&options.config_path) {
-            Err(errors) => {
+        // Lua evaluation and starting hook workers block: keep them off the runtime's threads.
+        let (path, current, prober) = (
+            options.config_path.clone(),
+            version.clone(),
+            Arc::clone(&prober),
+        );
+        let loaded = tokio::task::spawn_blocking(move || load_again(&path, &current, prober)).await;
+        match loaded {
+            Ok(Ok(None)) => tracing::debug!(trigger = why, "configuration unchanged"),
+            Ok(Ok(Some((config, checker)))) => {
+                *job.checker.write().unwrap_or_else(|e| e.into_inner()) = checker;
+                let (added, changed, removed) = scheduler.apply(in_shard(&config, options.shard));
+                metrics::counter!("sitewatch_config_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(trigger = why, version = %config.version, added, changed, removed, "configuration reloaded");
+                version = config.version;
+            }
+            Ok(Err(error)) => {
                 metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
                     .increment(1);
                 tracing::error!(
                     trigger = why,
-                    "reload failed, keeping the running configuration:\n{errors}"
+                    "reload failed, keeping the running configuration:\n{error}"
                 );
             }
-            Ok(config) if config.version == version => {
-                tracing::debug!(trigger = why, "configuration unchanged");
+            Err(join) => {
+                metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
+                    .increment(1);
+                tracing::error!(trigger = why, %join, "reload failed, keeping the running configuration");
             }
-            Ok(config) => match checker_for(&config, Arc::clone(&prober)) {
-                Err(error) => {
-                    metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
-                        .increment(1);
-                    tracing::error!(%error, "reload failed, keeping the running configuration");
-                }
-                Ok(checker) => {
-                    *job.checker.write().unwrap_or_else(|e| e.into_inner()) = checker;
-                    let (added, changed, removed) =
-                        scheduler.apply(in_shard(&config, options.shard));
-                    metrics::counter!("sitewatch_config_reloads_total", "result" => "ok")
-                        .increment(1);
-                    tracing::info!(trigger = why, version = %config.version, added, changed, removed, "configuration reloaded");
-                    version = config.version;
-                }
-            },
         }
     }
+    // A check waiting for room in a full Kafka queue would hold shutdown forever: past the
+    // flush timeout such waits give up, counting and logging each result they drop.
+    let abandon = {
+        let (publisher, wait) = (Arc::clone(&publisher), options.flush_timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            publisher.abandon_waiting();
+        })
+    };
     tracing::info!("shutting down: waiting for in-flight checks");
     scheduler.shutdown().await;
+    abandon.abort();
     let dropped = publisher.flush(options.flush_timeout).await;
     tracing::info!(
         delivered = publisher
@@ -159,7 +173,24 @@ pub async fn produce(
         dropped,
         "producer stopped"
     );
+    if fatal.is_cancelled() {
+        return Err(MonitorError::KafkaFatal);
+    }
     Ok(())
+}
+
+/// Loads the configuration again; `None` when its version is the running one. Blocking.
+fn load_again(
+    path: &Path,
+    running: &str,
+    prober: Arc<Prober>,
+) -> Result<Option<(Config, Checker)>, String> {
+    let config = config::load(path).map_err(|errors| errors.to_string())?;
+    if config.version == running {
+        return Ok(None);
+    }
+    let checker = Checker::for_config(&config, prober).map_err(|error| error.to_string())?;
+    Ok(Some((config, checker)))
 }
 
 fn load(path: &Path) -> Result<Config, MonitorError> {

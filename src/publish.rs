@@ -8,9 +8,11 @@
 //! - The bounded local queue is librdkafka's own (`queue.buffering.max.messages`). When it is
 //!   full, [`Publisher::publish`] waits: the check stays in flight, and the scheduler records
 //!   the ticks that pass as missed. Nothing is dropped to make room.
-//! - A message that fails permanently (rejected by the broker), or is still queued when the
-//!   bounded shutdown flush ends, is counted (`sitewatch_kafka_dropped_total`) and logged with
-//!   its result id.
+//! - A result that is not delivered — rejected permanently by the broker, still waiting for a
+//!   full queue when shutdown gives up, or still queued when the bounded shutdown flush ends —
+//!   is counted (`sitewatch_kafka_delivery_errors_total`) and logged with its result id.
+//! - A fatal producer error (the idempotent producer can no longer guarantee ordering) cancels
+//!   [`Publisher::fatal`]; `produce` then stops with an error so a supervisor restarts it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,8 +22,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::{ClientContext, Message};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::result::{CheckResult, SCHEMA_HEADER, SCHEMA_VERSION};
@@ -35,27 +40,32 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause before retrying a publish that found the local queue full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(20);
+/// After purging at the end of a timed-out flush, how long to wait for librdkafka to report
+/// each purged message (so every one is counted and logged by the delivery callback).
+const PURGE_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot create the Kafka producer: {0}")]
+    #[error("cannot create the Kafka producer")]
     Create(#[source] KafkaError),
     #[error("cannot reach Kafka at {brokers}: {reason}")]
     Unreachable { brokers: String, reason: String },
     #[error("cannot create topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
-    #[error("cannot encode result {id}: {source}")]
+    #[error("cannot encode result {id}")]
     Encode {
         id: Uuid,
         #[source]
         source: serde_json::Error,
     },
-    #[error("Kafka refused result {id}: {source}")]
+    #[error("Kafka refused result {id}")]
     Send {
         id: Uuid,
         #[source]
         source: KafkaError,
     },
+    #[error("result {id} dropped: shutdown gave up waiting for room in the Kafka queue")]
+    Abandoned { id: Uuid },
 }
 
 /// Topic settings used when the topic does not exist yet.
@@ -82,6 +92,8 @@ pub struct Deliveries {
     /// The most recent client-level error (TLS, authentication, connection), for fail-fast
     /// messages at startup.
     last_error: Mutex<Option<String>>,
+    /// Cancelled on a fatal producer error: nothing more can be delivered by this producer.
+    fatal: CancellationToken,
 }
 
 /// Receives librdkafka's callbacks: delivery reports and client errors.
@@ -91,7 +103,12 @@ pub struct Context {
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(%error, reason, "fatal Kafka producer error");
+            self.deliveries.fatal.cancel();
+        } else {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
         if let Ok(mut last) = self.deliveries.last_error.lock() {
             *last = Some(format!("{error}: {reason}"));
         }
@@ -127,6 +144,9 @@ pub struct Publisher {
     producer: Arc<ThreadedProducer<Context>>,
     topic: String,
     deliveries: Arc<Deliveries>,
+    /// Cancelled when shutdown stops waiting for room in a full queue: waiting publishes then
+    /// give up, counting and logging their result as dropped.
+    abandon: CancellationToken,
 }
 
 impl Publisher {
@@ -161,6 +181,7 @@ impl Publisher {
             producer: Arc::new(producer),
             topic: settings.topic.clone(),
             deliveries,
+            abandon: CancellationToken::new(),
         };
         publisher.check_reachable(settings).await?;
         ensure_topic(settings, topic).await?;
@@ -216,6 +237,14 @@ impl Publisher {
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if self.abandon.is_cancelled() =>
+                {
+                    self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("sitewatch_kafka_delivery_errors_total").increment(1);
+                    tracing::error!(result_id = %result.id, site = %result.site, "Kafka queue still full at shutdown: result dropped");
+                    return Err(PublishError::Abandoned { id: result.id });
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     if !waited {
                         tracing::warn!(site = %result.site, "Kafka queue full: waiting (backpressure)");
@@ -239,28 +268,38 @@ impl Publisher {
         Ok(())
     }
 
-    /// Results queued but not yet acknowledged by the broker.
-    pub fn queued(&self) -> i32 {
-        self.producer.in_flight_count()
-    }
-
     pub fn deliveries(&self) -> &Deliveries {
         &self.deliveries
     }
 
+    /// Cancelled when the producer hit a fatal error and can deliver nothing more.
+    pub fn fatal(&self) -> CancellationToken {
+        self.deliveries.fatal.clone()
+    }
+
+    /// Makes publishes that wait for room in a full queue give up (shutdown).
+    pub fn abandon_waiting(&self) {
+        self.abandon.cancel();
+    }
+
     /// Waits up to `timeout` for every queued result to be delivered. What is still queued
-    /// afterwards is counted and logged as dropped. Returns the number dropped.
+    /// afterwards is purged; the delivery callback then counts and logs each purged result.
+    /// Returns the number left undelivered.
     pub async fn flush(&self, timeout: Duration) -> u64 {
         let producer = Arc::clone(&self.producer);
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         let left = u64::try_from(self.producer.in_flight_count()).unwrap_or_default();
-        if left > 0 || !matches!(flushed, Ok(Ok(()))) {
+        if left > 0 {
             tracing::error!(
                 left,
-                "shutdown flush timed out: results still queued are dropped"
+                "shutdown flush timed out: purging the results still queued"
             );
-            self.deliveries.dropped.fetch_add(left, Ordering::Relaxed);
-            metrics::counter!("sitewatch_kafka_dropped_total").increment(left);
+            let producer = Arc::clone(&self.producer);
+            let _ = tokio::task::spawn_blocking(move || {
+                producer.purge(PurgeConfig::default().queue().inflight());
+                producer.flush(PURGE_REPORT_TIMEOUT)
+            })
+            .await;
         }
         left
     }

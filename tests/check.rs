@@ -445,3 +445,22 @@ async fn hostile_hooks_fail_their_own_assertion_and_nothing_else() {
     }
     assert!(!Path::new("/tmp/sitewatch-pwned").exists());
 }
+
+#[tokio::test]
+async fn produce_with_an_invalid_config_exits_2_before_touching_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    config(dir.path(), "site { name = 'x', url = 'gopher://old' }\n");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(["produce", "--config", "sites.lua"])
+        .current_dir(dir.path())
+        // A broker nobody listens on: the config error must come first.
+        .env(
+            "SITEWATCH_KAFKA_BROKERS",
+            format!("127.0.0.1:{}", support::closed_port()),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("sites.lua:1:"));
+}

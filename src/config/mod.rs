@@ -94,8 +94,8 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
         ..ConfigSource::clone(&source)
     });
     Ok(Config {
+        version: version(text, &evaluation.scripts, &sites),
         sites,
-        version: version(text, &evaluation.scripts),
         source,
     })
 }
@@ -108,9 +108,10 @@ fn base_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// SHA-256 over sites.lua and each loaded script's name and text, in load order (each part
-/// length-prefixed so the boundaries count).
-fn version(text: &str, scripts: &[eval::LoadedScript]) -> String {
+/// SHA-256 over sites.lua, each loaded script's name and text in load order, and the TLS files
+/// the sites read (so a rotated certificate is a new version that a reload applies); each part
+/// length-prefixed so the boundaries count.
+fn version(text: &str, scripts: &[eval::LoadedScript], sites: &[Site]) -> String {
     let mut hasher = Sha256::new();
     let mut part = |bytes: &[u8]| {
         hasher.update((bytes.len() as u64).to_le_bytes());
@@ -120,6 +121,11 @@ fn version(text: &str, scripts: &[eval::LoadedScript]) -> String {
     for script in scripts {
         part(script.name.as_bytes());
         part(script.text.as_bytes());
+    }
+    for tls in sites.iter().map(|s| &s.tls) {
+        for pem in [&tls.ca_pem, &tls.client_cert_pem, &tls.client_key_pem] {
+            part(pem.as_deref().unwrap_or_default());
+        }
     }
     let mut digest = hex::encode(hasher.finalize());
     digest.truncate(VERSION_HEX_LEN);

@@ -167,11 +167,14 @@ pub(crate) fn sqlstate_is_transient(code: &str) -> bool {
     matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "40")) || code == "55P03"
 }
 
-/// True when PostgreSQL rejected a value rather than failing as a server: data exceptions (22)
-/// and integrity violations other than a duplicate key (23). Retrying the same rows cannot
-/// succeed; the offending row has to be quarantined.
+/// True when PostgreSQL rejected a value rather than failing as a server: data exceptions (22),
+/// integrity violations other than a duplicate key (23), and program limits such as an index
+/// row too large (54). Retrying the same rows cannot succeed; the offending row has to be
+/// quarantined.
 pub(crate) fn sqlstate_is_bad_data(code: &str) -> bool {
-    code.starts_with("22") || (code.starts_with("23") && code != SqlState::UNIQUE_VIOLATION.code())
+    code.starts_with("22")
+        || code.starts_with("54")
+        || (code.starts_with("23") && code != SqlState::UNIQUE_VIOLATION.code())
 }
 
 fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
@@ -326,6 +329,7 @@ mod tests {
             ("23502", false, true),  // not null violation
             ("22021", false, true),  // bad encoding (NUL byte)
             ("22008", false, true),  // timestamp out of range
+            ("54000", false, true),  // program limit: index row too large
             ("42P01", false, false), // undefined table: run migrations
             ("28P01", false, false), // bad password
             ("3D000", false, false), // no such database

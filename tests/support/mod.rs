@@ -19,10 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use sitewatch::config::{
-    Expect, Location, Request as SiteRequest, Site, TlsOptions, DEFAULT_BODY_CAP,
-    DEFAULT_MAX_REDIRECTS,
-};
+use sitewatch::config::Site;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use url::Url;
@@ -30,21 +27,8 @@ use url::Url;
 /// A site probing `url` with a 5 s timeout and the crate's default cap and redirect limit.
 pub fn site(url: &str) -> Site {
     Site {
-        name: "test".to_owned(),
-        url: Url::parse(url).expect("test URL parses"),
-        interval: Duration::from_secs(60),
         timeout: Duration::from_secs(5),
-        request: SiteRequest::default(),
-        tls: TlsOptions::default(),
-        expect: Expect::default(),
-        retries: 0,
-        max_redirects: DEFAULT_MAX_REDIRECTS,
-        body_cap: DEFAULT_BODY_CAP,
-        hooks: Vec::new(),
-        location: Location {
-            file: "test".to_owned(),
-            line: 1,
-        },
+        ..Site::with_defaults("test", Url::parse(url).expect("test URL parses"))
     }
 }
 
