@@ -554,42 +554,6 @@ fn start_reports_a_broken_configuration() {
     assert!(matches!(err, HookError::Limits(_)), "{err:?}");
 }
 
-/// Per-call cost through the pool (channel and oneshot included):
-/// `cargo test --release --test hooks cost -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn cost() {
-    let body = format!(
-        r#"{{"status":"UP","items":[{}]}}"#,
-        (0..55)
-            .map(|i| format!(r#"{{"id":{i},"name":"item-{i}","ok":true}}"#))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let hook =
-        "function(r) local v = json.decode(r.body) return v.status == 'UP' and #v.items == 55 end";
-    let pool = HookPool::start(&source(&sites(&[("cost", hook)])), limits(1)).unwrap();
-    let mut input = (*input("cost")).clone();
-    input.body = Bytes::from(body);
-    let input = Arc::new(input);
-    for _ in 0..1_000 {
-        assert_eq!(
-            pool.call("cost", 0, Arc::clone(&input)).await,
-            HookVerdict::pass()
-        );
-    }
-    let n = 20_000;
-    let started = Instant::now();
-    for _ in 0..n {
-        pool.call("cost", 0, Arc::clone(&input)).await;
-    }
-    println!(
-        "sequential, through the pool: {:?} per call ({} byte body)",
-        started.elapsed() / n,
-        input.body.len()
-    );
-}
-
 #[tokio::test]
 async fn workers_run_the_script_text_that_was_validated_not_a_later_edit() {
     let dir = tempfile::tempdir().unwrap();
