@@ -211,20 +211,36 @@ impl<J: Job> Scheduler<J> {
     /// ones, leaves unchanged ones alone. Returns (added, changed, removed) counts.
     pub fn apply(&mut self, sites: Vec<Site>) -> (usize, usize, usize) {
         let (mut added, mut changed) = (0, 0);
-        let mut incoming: HashMap<String, Site> =
-            sites.into_iter().map(|s| (s.name.clone(), s)).collect();
+        // Index of each name's last definition (a later duplicate replaces an earlier one). The
+        // sites stay in their Vec: collecting them by value into a map would hold a second,
+        // hash-table-sized copy (~10 MB at 10,000 sites) at the peak of every load.
+        let last: HashMap<&str, usize> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         let removed: Vec<String> = self
             .sites
             .keys()
-            .filter(|name| !incoming.contains_key(*name))
+            .filter(|name| !last.contains_key(name.as_str()))
             .cloned()
             .collect();
+        let wanted: Vec<bool> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| last[s.name.as_str()] == i)
+            .collect();
+        drop(last);
         for name in &removed {
             if let Some(task) = self.sites.remove(name) {
                 task.stop.cancel();
             }
         }
-        for (name, site) in incoming.drain() {
+        for (site, wanted) in sites.into_iter().zip(wanted) {
+            if !wanted {
+                continue;
+            }
+            let name = site.name.clone();
             match self.sites.get(&name) {
                 Some(task) if same_definition(&task.site, &site) => continue,
                 Some(task) => {
@@ -573,6 +589,28 @@ mod tests {
         for (k, t) in ticks.iter().filter(|t| t.0 == "keep").enumerate() {
             assert_eq!(t.1 - clock_start, phase + interval * k as u32);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_duplicate_name_replaces_an_earlier_one() {
+        let job = recorder(Duration::from_millis(10));
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        let mut second = site("dup", Duration::from_secs(10));
+        second.url = "http://127.0.0.1:10/".parse().unwrap();
+        let sites = vec![
+            site("dup", Duration::from_secs(10)),
+            second,
+            site("other", Duration::from_secs(10)),
+        ];
+        assert_eq!(scheduler.apply(sites), (2, 0, 0));
+        assert_eq!(scheduler.len(), 2);
+        assert_eq!(scheduler.sites["dup"].site.url.port(), Some(10));
+        scheduler.shutdown().await;
     }
 
     #[tokio::test(start_paused = true)]
