@@ -974,5 +974,4 @@ mod tests {
         assert_eq!(days_left(&cert(23), now), 0);
         assert_eq!(days_left(&cert(-1), now), -1);
     }
-
 }

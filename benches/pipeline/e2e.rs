@@ -159,7 +159,9 @@ async fn measure(
     // Map every result to its visibility time.
     let (reader_kafka, reader_topic) = (kafka.clone(), topic.to_owned());
     let results = tokio::task::spawn_blocking(move || {
-        let mut out: Vec<(i32, i64, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+        // (partition, offset, scheduled_at, started_at, finished)
+        type Seen = (i32, i64, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+        let mut out: Vec<Seen> = Vec::new();
         common::read_topic(
             &reader_kafka,
             &reader_topic,
