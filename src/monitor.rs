@@ -4,6 +4,7 @@
 //! Shutdown order: stop scheduling → let in-flight checks finish and queue their results →
 //! flush the producer (bounded) → return.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -59,16 +60,24 @@ struct PublishJob {
 }
 
 impl Job for PublishJob {
-    async fn run(&self, site: Arc<Site>, tick: Tick) {
+    fn run(
+        self: Arc<Self>,
+        site: Arc<Site>,
+        tick: Tick,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        // Taken when the tick fires: a reload landing while this check waits for a permit
+        // must not pair this site definition with another configuration's hooks.
         let checker = self
             .checker
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let result = checker.check(&site, tick.id, tick.scheduled_at).await;
-        record_metrics(&result);
-        if let Err(error) = self.publisher.publish(&result).await {
-            tracing::error!(%error, site = %site.name, "result dropped");
+        async move {
+            let result = checker.check(&site, tick.id, tick.scheduled_at).await;
+            record_metrics(&result);
+            if let Err(error) = self.publisher.publish(&result).await {
+                tracing::error!(%error, site = %site.name, "result dropped");
+            }
         }
     }
 }
@@ -100,14 +109,15 @@ pub async fn produce(
         publisher: Arc::clone(&publisher),
     });
     let mut scheduler = Scheduler::new(Arc::clone(&job), options.limits, shutdown.child_token());
-    let sites = in_shard(&config, options.shard);
-    tracing::info!(sites = sites.len(), version = %config.version, shard = ?options.shard, "scheduling");
+    let Config { sites, version, .. } = config;
+    let sites = in_shard(sites, options.shard);
+    tracing::info!(sites = sites.len(), %version, shard = ?options.shard, "scheduling");
     scheduler.apply(sites);
 
     let mut stamp = sources_stamp(&options.config_path);
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut version = config.version;
+    let mut version = version;
     let fatal = publisher.fatal();
     loop {
         let why = tokio::select! {
@@ -132,10 +142,15 @@ pub async fn produce(
             Ok(Ok(None)) => tracing::debug!(trigger = why, "configuration unchanged"),
             Ok(Ok(Some((config, checker)))) => {
                 *job.checker.write().unwrap_or_else(|e| e.into_inner()) = checker;
-                let (added, changed, removed) = scheduler.apply(in_shard(&config, options.shard));
+                let Config {
+                    sites,
+                    version: new_version,
+                    ..
+                } = config;
+                let (added, changed, removed) = scheduler.apply(in_shard(sites, options.shard));
                 metrics::counter!("sitewatch_config_reloads_total", "result" => "ok").increment(1);
-                tracing::info!(trigger = why, version = %config.version, added, changed, removed, "configuration reloaded");
-                version = config.version;
+                tracing::info!(trigger = why, version = %new_version, added, changed, removed, "configuration reloaded");
+                version = new_version;
             }
             Ok(Err(error)) => {
                 metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
@@ -200,12 +215,11 @@ fn load(path: &Path) -> Result<Config, MonitorError> {
     })
 }
 
-fn in_shard(config: &Config, shard: Shard) -> Vec<Site> {
-    config
-        .sites
-        .iter()
+/// The sites this instance probes, taken by value (no second copy of every site).
+fn in_shard(sites: Vec<Site>, shard: Shard) -> Vec<Site> {
+    sites
+        .into_iter()
         .filter(|s| shard.contains(&s.name))
-        .cloned()
         .collect()
 }
 

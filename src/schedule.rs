@@ -40,10 +40,17 @@ pub struct Tick {
     pub scheduled_at: DateTime<Utc>,
 }
 
-/// What the scheduler runs at every tick. The future completes when the result has been
-/// handed on (published); until then the site counts as in flight.
+/// What the scheduler runs at every tick. `run` is called when the tick fires, before the
+/// check waits for a concurrency permit, so the job can take a snapshot of what the check must
+/// use (the configuration current *at the tick*); the returned future then runs once permits
+/// are held, and completes when the result has been handed on. Until then the site counts as
+/// in flight.
 pub trait Job: Send + Sync + 'static {
-    fn run(&self, site: Arc<Site>, tick: Tick) -> impl Future<Output = ()> + Send;
+    fn run(
+        self: Arc<Self>,
+        site: Arc<Site>,
+        tick: Tick,
+    ) -> impl Future<Output = ()> + Send + 'static;
 }
 
 /// Concurrency limits.
@@ -153,6 +160,10 @@ pub struct Stats {
 struct SiteTask {
     site: Arc<Site>,
     stop: CancellationToken,
+    /// Set while a check of this site runs; handed to the loop that replaces this one when the
+    /// site changes, so an old check still running makes the new loop's ticks missed instead of
+    /// running alongside it.
+    in_flight: Arc<AtomicBool>,
 }
 
 /// Runs the sites' schedules until shut down.
@@ -241,21 +252,25 @@ impl<J: Job> Scheduler<J> {
                 continue;
             }
             let name = site.name.clone();
-            match self.sites.get(&name) {
+            let in_flight = match self.sites.get(&name) {
                 Some(task) if same_definition(&task.site, &site) => continue,
                 Some(task) => {
                     task.stop.cancel();
                     changed += 1;
+                    Arc::clone(&task.in_flight)
                 }
-                None => added += 1,
-            }
-            let task = self.start(Arc::new(site));
+                None => {
+                    added += 1;
+                    Arc::new(AtomicBool::new(false))
+                }
+            };
+            let task = self.start(Arc::new(site), in_flight);
             self.sites.insert(name, task);
         }
         (added, changed, removed.len())
     }
 
-    fn start(&self, site: Arc<Site>) -> SiteTask {
+    fn start(&self, site: Arc<Site>, in_flight: Arc<AtomicBool>) -> SiteTask {
         let stop = self.shutdown.child_token();
         let host_key = format!(
             "{}:{}",
@@ -278,9 +293,14 @@ impl<J: Job> Scheduler<J> {
             tracker: self.tracker.clone(),
             stop: stop.clone(),
             stats: Arc::clone(&self.stats),
+            in_flight: Arc::clone(&in_flight),
         };
         self.tracker.spawn(looper.run());
-        SiteTask { site, stop }
+        SiteTask {
+            site,
+            stop,
+            in_flight,
+        }
     }
 
     /// Stops scheduling and waits until every in-flight check has handed on its result.
@@ -320,6 +340,7 @@ struct SiteLoop<J: Job> {
     tracker: TaskTracker,
     stop: CancellationToken,
     stats: Arc<Stats>,
+    in_flight: Arc<AtomicBool>,
 }
 
 /// Clears a site's in-flight flag when its check ends, however it ends.
@@ -335,7 +356,7 @@ impl<J: Job> SiteLoop<J> {
     async fn run(self) {
         let interval = self.site.interval;
         let mut due = self.clock.first_due(&self.site.name, interval);
-        let in_flight = Arc::new(AtomicBool::new(false));
+        let in_flight = &self.in_flight;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -346,19 +367,19 @@ impl<J: Job> SiteLoop<J> {
             if in_flight.swap(true, Ordering::AcqRel) {
                 self.missed(scheduled_at, "previous check still in flight");
             } else {
-                let guard = InFlight(Arc::clone(&in_flight));
+                let guard = InFlight(Arc::clone(in_flight));
                 let tick = Tick {
                     id: Uuid::now_v7(),
                     scheduled_at,
                 };
-                let (site, job) = (Arc::clone(&self.site), Arc::clone(&self.job));
+                let work = Arc::clone(&self.job).run(Arc::clone(&self.site), tick);
                 let (global, host) = (Arc::clone(&self.global), Arc::clone(&self.host));
                 self.tracker.spawn(async move {
                     let _guard = guard;
                     // Semaphores are never closed, so acquire only fails if they were; run anyway.
                     let _global = global.acquire_owned().await.ok();
                     let _host = host.acquire_owned().await.ok();
-                    job.run(site, tick).await;
+                    work.await;
                 });
             }
             due += interval;
@@ -393,7 +414,7 @@ mod tests {
     }
 
     impl Job for Recorder {
-        async fn run(&self, site: Arc<Site>, tick: Tick) {
+        async fn run(self: Arc<Self>, site: Arc<Site>, tick: Tick) {
             self.ticks
                 .lock()
                 .unwrap()
@@ -614,13 +635,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_changed_site_does_not_run_beside_its_old_check() {
+        let interval = Duration::from_secs(10);
+        // Each check takes 25 s: the replacement loop must wait for the old one.
+        let job = recorder(Duration::from_secs(25));
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        scheduler.apply(vec![site("busy", interval)]);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(
+            job.ticks.lock().unwrap().len(),
+            1,
+            "the first check is running"
+        );
+        let mut changed = site("busy", interval);
+        changed.url = "http://127.0.0.1:10/".parse().unwrap();
+        assert_eq!(scheduler.apply(vec![changed]), (0, 1, 0));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        scheduler.shutdown().await;
+        let starts: Vec<Instant> = job.ticks.lock().unwrap().iter().map(|t| t.1).collect();
+        assert!(starts.len() >= 2, "{} runs", starts.len());
+        assert!(
+            starts
+                .windows(2)
+                .all(|w| w[1] - w[0] >= Duration::from_secs(25)),
+            "checks of one site overlapped: {starts:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn per_host_cap_limits_concurrency() {
         struct Gauge {
             now: AtomicU64,
             peak: AtomicU64,
         }
         impl Job for Gauge {
-            async fn run(&self, _site: Arc<Site>, _tick: Tick) {
+            async fn run(self: Arc<Self>, _site: Arc<Site>, _tick: Tick) {
                 let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
                 self.peak.fetch_max(n, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(5)).await;

@@ -68,7 +68,7 @@ struct ProbeJob {
 }
 
 impl Job for ProbeJob {
-    async fn run(&self, site: Arc<Site>, tick: Tick) {
+    async fn run(self: Arc<Self>, site: Arc<Site>, tick: Tick) {
         let result = self.checker.check(&site, tick.id, tick.scheduled_at).await;
         self.completed.fetch_add(1, Ordering::Relaxed);
         if result.outcome == Outcome::Up {
