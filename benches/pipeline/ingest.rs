@@ -331,28 +331,21 @@ async fn copy_ceiling(
     let mut i = 0u64;
     while i < rows {
         let n = (rows - i).min(COPY_BATCH as u64);
-        let batch: Vec<(CheckRow, JsonbText, JsonbText)> = (i..i + n)
+        let batch: Vec<CheckRow> = (i..i + n)
             .map(|k| {
                 let result = sample_result(k, base);
                 let partition = (k % partitions as u64) as i32;
                 let row =
                     CheckRow::from_result(&result, partition, (k / partitions as u64) as i64)?;
-                let (assertions, metrics) = (
-                    JsonbText(row.assertions.to_string()),
-                    JsonbText(row.metrics.to_string()),
-                );
-                anyhow::Ok((row, assertions, metrics))
+                anyhow::Ok(row)
             })
             .collect::<Result<_>>()?;
         let start = Instant::now();
         let tx = client.transaction().await?;
         let sink = tx.copy_in(&statement).await?;
         let mut writer = pin!(BinaryCopyInWriter::new(sink, COPY_TYPES));
-        for (row, assertions, metrics) in &batch {
-            let mut values = values(row);
-            values[26] = assertions;
-            values[27] = metrics;
-            writer.as_mut().write(&values).await?;
+        for row in &batch {
+            writer.as_mut().write(&values(row)).await?;
         }
         writer.finish().await?;
         tx.commit().await?;
@@ -378,29 +371,6 @@ async fn copy_ceiling(
         "pg_backend_cpu_s": common::round2(backend_cpu),
         "pg_backend_cpu_share": common::round2(backend_cpu / seconds),
     }))
-}
-
-/// JSON text sent as jsonb (binary format: version 1, then the text), so the loader does not
-/// build and re-serialize a `serde_json::Value` per row.
-#[derive(Debug)]
-pub struct JsonbText(pub String);
-
-impl ToSql for JsonbText {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
-    {
-        if *ty == Type::JSONB {
-            out.extend_from_slice(&[1]);
-        }
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(tokio_postgres::types::IsNull::No)
-    }
-
-    tokio_postgres::types::accepts!(JSON, JSONB);
-    tokio_postgres::types::to_sql_checked!();
 }
 
 fn values(row: &CheckRow) -> [&(dyn ToSql + Sync); 28] {

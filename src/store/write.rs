@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Datelike, Utc};
-use serde_json::Value;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -126,8 +125,8 @@ pub struct CheckRow {
     pub failure_message: Option<String>,
     pub config_version: String,
     pub probe_host: String,
-    pub assertions: Value,
-    pub metrics: Value,
+    pub assertions: JsonbText,
+    pub metrics: JsonbText,
 }
 
 impl CheckRow {
@@ -175,8 +174,8 @@ impl CheckRow {
                 }
             }
         }
-        let json = |field: &'static str, value: Result<Value, serde_json::Error>| {
-            value.map_err(|error| RowError::Json {
+        let json = |field: &'static str, value: Result<String, serde_json::Error>| {
+            value.map(JsonbText).map_err(|error| RowError::Json {
                 field,
                 reason: error.to_string(),
             })
@@ -215,8 +214,8 @@ impl CheckRow {
             failure_message: result.failure.as_ref().map(|f| f.message.clone()),
             config_version: result.config_version.clone(),
             probe_host: result.probe_host.clone(),
-            assertions: json("assertions", serde_json::to_value(&result.assertions))?,
-            metrics: json("metrics", serde_json::to_value(&result.metrics))?,
+            assertions: json("assertions", serde_json::to_string(&result.assertions))?,
+            metrics: json("metrics", serde_json::to_string(&result.metrics))?,
         })
     }
 
@@ -272,6 +271,33 @@ where
         value: value.to_string(),
         column_type,
     })
+}
+
+/// A jsonb value already serialized as JSON text. Sent in jsonb's binary format (a version
+/// byte, then the text) so rows skip building a `serde_json::Value` tree only to flatten it
+/// again: the dearest step of row building in the ingest profile (docs/performance.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonbText(pub String);
+
+/// jsonb's binary wire format version.
+const JSONB_VERSION: u8 = 1;
+
+impl tokio_postgres::types::ToSql for JsonbText {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[JSONB_VERSION]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A row to store, with the message it came from (kept so PostgreSQL's rejection of the row can
@@ -676,8 +702,10 @@ mod tests {
         assert_eq!(row.attempts, 2);
         assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
         assert_eq!(row.tls_ms, None);
-        assert_eq!(row.metrics, serde_json::json!({"items": 3.0}));
-        assert_eq!(row.assertions[0]["name"], "status");
+        let metrics: serde_json::Value = serde_json::from_str(&row.metrics.0).unwrap();
+        let assertions: serde_json::Value = serde_json::from_str(&row.assertions.0).unwrap();
+        assert_eq!(metrics, serde_json::json!({"items": 3.0}));
+        assert_eq!(assertions[0]["name"], "status");
         assert_eq!(row.values().len(), COPY_TYPES.len());
         assert_eq!(COLUMNS.split(',').count(), COPY_TYPES.len());
     }
