@@ -193,32 +193,3 @@ pub struct CheckResult {
     /// Host name of the machine that ran the probe.
     pub probe_host: String,
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wire_spellings_match_serde() {
-        for kind in [
-            FailureKind::Dns,
-            FailureKind::Connect,
-            FailureKind::Tls,
-            FailureKind::Timeout,
-            FailureKind::Http,
-            FailureKind::RedirectLoop,
-            FailureKind::Assertion,
-        ] {
-            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
-        }
-        for phase in [
-            Phase::Dns,
-            Phase::Connect,
-            Phase::Tls,
-            Phase::Ttfb,
-            Phase::Transfer,
-        ] {
-            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
-        }
-    }
-}

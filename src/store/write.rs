@@ -711,6 +711,30 @@ mod tests {
     }
 
     #[test]
+    fn stored_spellings_match_the_wire() {
+        for kind in [
+            crate::result::FailureKind::Dns,
+            crate::result::FailureKind::Connect,
+            crate::result::FailureKind::Tls,
+            crate::result::FailureKind::Timeout,
+            crate::result::FailureKind::Http,
+            crate::result::FailureKind::RedirectLoop,
+            crate::result::FailureKind::Assertion,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for phase in [
+            Phase::Dns,
+            Phase::Connect,
+            Phase::Tls,
+            Phase::Ttfb,
+            Phase::Transfer,
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
+    }
+
+    #[test]
     fn unstorable_results_are_rejected_with_the_field() {
         type Edit = fn(&mut CheckResult);
         let cases: [(&str, Edit, &str); 6] = [
