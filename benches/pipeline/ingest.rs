@@ -21,7 +21,7 @@ use sitewatch::result::{
     AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, Timings, SCHEMA_VERSION,
 };
 use sitewatch::settings::{DatabaseSettings, KafkaSettings};
-use sitewatch::store::CheckRow;
+use sitewatch::store::{CheckRow, COLUMNS, COPY_TYPES};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -57,43 +57,6 @@ impl Options {
 const COPY_BATCH: usize = 5_000;
 /// Distinct sites the generated results belong to (Kafka keys).
 const SITES: u64 = 1_000;
-
-/// The check_results columns sitewatch's store writes, in its COPY order (src/store/write.rs).
-const COLUMNS: &str = "id, scheduled_at, started_at, total_ms, body_bytes, kafka_offset, \
-    dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms, cert_not_after, attempts, \
-    kafka_partition, status, body_truncated, tls_insecure, site, url, final_url, outcome, \
-    failure_kind, failure_phase, failure_message, config_version, probe_host, assertions, metrics";
-
-const COPY_TYPES: &[Type] = &[
-    Type::UUID,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::FLOAT8,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::INT4,
-    Type::INT2,
-    Type::BOOL,
-    Type::BOOL,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::JSONB,
-];
 
 /// splitmix64: deterministic pseudo-random bits from an index.
 fn mix(mut x: u64) -> u64 {
@@ -345,7 +308,7 @@ async fn copy_ceiling(
         let sink = tx.copy_in(&statement).await?;
         let mut writer = pin!(BinaryCopyInWriter::new(sink, COPY_TYPES));
         for row in &batch {
-            writer.as_mut().write(&values(row)).await?;
+            writer.as_mut().write(&row.values()).await?;
         }
         writer.finish().await?;
         tx.commit().await?;
@@ -371,39 +334,6 @@ async fn copy_ceiling(
         "pg_backend_cpu_s": common::round2(backend_cpu),
         "pg_backend_cpu_share": common::round2(backend_cpu / seconds),
     }))
-}
-
-fn values(row: &CheckRow) -> [&(dyn ToSql + Sync); 28] {
-    [
-        &row.id,
-        &row.scheduled_at,
-        &row.started_at,
-        &row.total_ms,
-        &row.body_bytes,
-        &row.kafka_offset,
-        &row.dns_ms,
-        &row.connect_ms,
-        &row.tls_ms,
-        &row.ttfb_ms,
-        &row.transfer_ms,
-        &row.cert_not_after,
-        &row.attempts,
-        &row.kafka_partition,
-        &row.status,
-        &row.body_truncated,
-        &row.tls_insecure,
-        &row.site,
-        &row.url,
-        &row.final_url,
-        &row.outcome,
-        &row.failure_kind,
-        &row.failure_phase,
-        &row.failure_message,
-        &row.config_version,
-        &row.probe_host,
-        &row.assertions,
-        &row.metrics,
-    ]
 }
 
 /// The real consumer: `sitewatch consume` on `topic` into `db` until all rows are committed.
@@ -613,7 +543,7 @@ pub fn row_cost() -> Result<Value> {
     let mut buf = BytesMut::with_capacity(64 * 1024 * 1024);
     let start = Instant::now();
     for row in &rows {
-        for value in values(row).iter().zip(COPY_TYPES) {
+        for value in row.values().iter().zip(COPY_TYPES) {
             let _ = value.0.to_sql_checked(value.1, &mut buf);
         }
     }

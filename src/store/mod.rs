@@ -33,7 +33,7 @@ pub use migrate::{migrate, AppliedMigration, MigrateReport, Migration, MIGRATION
 pub use prune::{prune, PRUNE_BATCH_ROWS};
 pub use write::{
     load_offsets, write_batch, CheckRow, DeadLetter, OffsetAdvance, PendingRow, RowError,
-    WriteBatch, WriteOutcome, WritePath, WriteStats,
+    WriteBatch, WriteOutcome, WritePath, WriteStats, COLUMNS, COPY_TYPES,
 };
 
 /// Applied when the URL sets no `connect_timeout`: a consumer retrying a dead server must not

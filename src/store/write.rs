@@ -29,12 +29,12 @@ use super::{sqlstate_is_bad_data, StoreError};
 use crate::result::{CheckResult, Phase};
 
 /// The `check_results` columns the consumer writes, in COPY order ([`COPY_TYPES`] matches).
-const COLUMNS: &str = "id, scheduled_at, started_at, total_ms, body_bytes, kafka_offset, \
+pub const COLUMNS: &str = "id, scheduled_at, started_at, total_ms, body_bytes, kafka_offset, \
     dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms, cert_not_after, attempts, \
     kafka_partition, status, body_truncated, tls_insecure, site, url, final_url, outcome, \
     failure_kind, failure_phase, failure_message, config_version, probe_host, assertions, metrics";
 
-const COPY_TYPES: &[Type] = &[
+pub const COPY_TYPES: &[Type] = &[
     Type::UUID,
     Type::TIMESTAMPTZ,
     Type::TIMESTAMPTZ,
@@ -220,7 +220,8 @@ impl CheckRow {
     }
 
     /// The column values in [`COLUMNS`] order.
-    fn values(&self) -> [&(dyn ToSql + Sync); 28] {
+    /// The row's values in [`COLUMNS`] order, typed as [`COPY_TYPES`].
+    pub fn values(&self) -> [&(dyn ToSql + Sync); 28] {
         [
             &self.id,
             &self.scheduled_at,
