@@ -165,7 +165,7 @@ pub enum HookError {
     #[error("hook workers could not evaluate {path}:\n{errors}")]
     Evaluate {
         path: PathBuf,
-        #[source]
+        // In the message, not a #[source]: printed once by error chains.
         errors: ConfigErrors,
     },
     #[error("hook worker could not set up its Lua state: {message}")]
@@ -174,7 +174,7 @@ pub enum HookError {
         "hook workers disagree about the sites in {path} (did a script change while starting?)"
     )]
     Inconsistent { path: PathBuf },
-    #[error("cannot start hook worker thread: {0}")]
+    #[error("cannot start hook worker thread")]
     Spawn(#[source] std::io::Error),
     #[error("hook worker {worker} stopped while starting")]
     WorkerLost { worker: usize },

@@ -32,13 +32,14 @@
 //! - [`settings`]: Kafka and PostgreSQL connection settings from the environment.
 //! - [`consume`]: the Kafka consumer group loop: batches, positions kept in PostgreSQL.
 //! - [`store`]: PostgreSQL: TLS connect, migrations, the batch writer, retention.
-//! - [`result`]: the wire schema shared by both halves.
+//! - [`result`]: the wire schema shared by both halves; [`error`]: error-chain formatting.
 
 pub mod assertions;
 pub mod check;
 pub mod commands;
 pub mod config;
 pub mod consume;
+pub mod error;
 pub mod hooks;
 pub mod monitor;
 pub mod probe;

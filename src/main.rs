@@ -11,11 +11,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sitewatch::commands::{self, ExitCode as CheckExit};
 use sitewatch::consume::{self, ConsumeOptions};
+use sitewatch::error::ErrorChain;
 use sitewatch::monitor::{self, ProduceOptions};
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::schedule::{self, Limits, Shard};
 use sitewatch::settings::{self, DatabaseSettings};
-use sitewatch::store::{self, ErrorChain};
+use sitewatch::store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check::Checker;
 use crate::config::{self, Config, Site};
+use crate::error::ErrorChain;
 use crate::probe::{Prober, DEFAULT_USER_AGENT};
 use crate::publish::{Publisher, TopicSpec};
 use crate::result::CheckResult;
@@ -204,7 +205,8 @@ fn load_again(
     if config.version == running {
         return Ok(None);
     }
-    let checker = Checker::for_config(&config, prober).map_err(|error| error.to_string())?;
+    let checker =
+        Checker::for_config(&config, prober).map_err(|error| ErrorChain(&error).to_string())?;
     Ok(Some((config, checker)))
 }
 

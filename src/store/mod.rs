@@ -20,7 +20,6 @@ mod prune;
 mod write;
 
 use std::error::Error as _;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use tokio_postgres::{Client, Config};
 
 use crate::settings::DatabaseSettings;
 
+pub use crate::error::ErrorChain;
 pub use migrate::{migrate, AppliedMigration, MigrateReport, Migration, MIGRATIONS};
 pub use prune::{prune, PRUNE_BATCH_ROWS};
 pub use write::{
@@ -181,22 +181,6 @@ fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
     error
         .source()
         .is_some_and(|source| source.downcast_ref::<native_tls::Error>().is_some())
-}
-
-/// Formats an error and all its sources on one line (`a: b: c`), for logs: the driver's own
-/// `Display` says only "db error" and keeps the server's message in the source.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
-    }
 }
 
 /// Connects to PostgreSQL and spawns the connection task. TLS uses the system roots plus the CA
