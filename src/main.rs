@@ -212,6 +212,13 @@ impl KafkaArgs {
         settings.extra = self.kafka_opts.clone();
         Ok(settings)
     }
+
+    /// Kafka and PostgreSQL settings together, for the commands that need both.
+    fn settings_with_database(
+        &self,
+    ) -> Result<(settings::KafkaSettings, DatabaseSettings), settings::SettingsError> {
+        Ok((self.settings()?, DatabaseSettings::from_env()?))
+    }
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -331,9 +338,9 @@ fn main() -> ExitCode {
             kafka,
             metrics_addr,
         } => {
-            let (kafka, db) = match (kafka.settings(), DatabaseSettings::from_env()) {
-                (Ok(kafka), Ok(db)) => (kafka, db),
-                (Err(error), _) | (_, Err(error)) => return fail(&error),
+            let (kafka, db) = match kafka.settings_with_database() {
+                Ok(settings) => settings,
+                Err(error) => return fail(&error),
             };
             runtime().block_on(async {
                 if let Err(error) = serve_metrics(metrics_addr) {
@@ -351,9 +358,9 @@ fn main() -> ExitCode {
             kafka,
             metrics_addr,
         } => {
-            let (kafka, db) = match (kafka.settings(), DatabaseSettings::from_env()) {
-                (Ok(kafka), Ok(db)) => (kafka, db),
-                (Err(error), _) | (_, Err(error)) => return fail(&error),
+            let (kafka, db) = match kafka.settings_with_database() {
+                Ok(settings) => settings,
+                Err(error) => return fail(&error),
             };
             runtime().block_on(async {
                 if let Err(error) = serve_metrics(metrics_addr) {

@@ -76,14 +76,8 @@ async fn scheduled_delivery(ssl: bool) {
         dir.path(),
     );
     tokio::time::sleep(Duration::from_secs(8)).await;
-    sitewatch.signal("TERM");
-    let status = sitewatch.wait(Duration::from_secs(30));
+    sitewatch.terminate(Duration::from_secs(30));
     let ran = started.elapsed();
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        sitewatch.log_text()
-    );
 
     let results = producer::read_results(
         producer::kafka_client(ssl),
@@ -163,14 +157,8 @@ async fn sigterm_publishes_every_finished_check_and_exits_zero() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sitewatch.signal("TERM");
     let signalled = std::time::Instant::now();
-    let status = sitewatch.wait(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        sitewatch.log_text()
-    );
+    sitewatch.terminate(Duration::from_secs(30));
     assert!(
         signalled.elapsed() < Duration::from_secs(20),
         "shutdown took {:?}",
@@ -274,10 +262,8 @@ async fn reload_adds_removes_and_changes_sites_and_survives_a_broken_file() {
         .count();
     wait_for("/keep-v3", before + 3).await;
 
-    sitewatch.signal("TERM");
-    let status = sitewatch.wait(Duration::from_secs(30));
+    sitewatch.terminate(Duration::from_secs(30));
     let log = sitewatch.log_text();
-    assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(
         log.contains("reload failed"),
         "the broken file must be reported; log:\n{log}"

@@ -51,13 +51,7 @@ async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
     stack_command("kafka-start");
     tokio::time::sleep(Duration::from_secs(10)).await;
 
-    sitewatch.signal("TERM");
-    let status = sitewatch.wait(Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        sitewatch.log_text()
-    );
+    sitewatch.terminate(Duration::from_secs(60));
     assert!(
         probed_during_outage >= 30,
         "probing must go on during the outage ({probed_during_outage} probes)"

@@ -67,13 +67,7 @@ async fn run_stores_checks_of_local_sites_within_seconds() {
     }
     let first_rows = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    sitewatch.signal("TERM");
-    let status = sitewatch.wait(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        sitewatch.log_text()
-    );
+    sitewatch.terminate(Duration::from_secs(30));
     assert!(
         first_rows < Duration::from_secs(30),
         "first rows after {first_rows:?}"

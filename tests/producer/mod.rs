@@ -158,6 +158,17 @@ impl Sitewatch {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// SIGTERM, then asserts a clean exit (status 0) within `limit`, showing the log if not.
+    pub fn terminate(&mut self, limit: Duration) {
+        self.signal("TERM");
+        let status = self.wait(limit);
+        assert!(
+            status.success(),
+            "exit {status:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Waits for exit up to `limit`; panics with the log when it does not exit.
     pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = std::time::Instant::now();
