@@ -4,7 +4,7 @@
 -- .luarc.json: { "runtime.version": "Lua 5.4", "workspace.library": ["scripts/sitewatch.d.lua"] }
 -- The language itself is described in docs/config.md.
 
----A duration: integer parts with units ms, s, m, h, e.g. "800ms", "30s", "1m30s", "2h".
+---A duration: integer parts with units ms, s, m, h, d, e.g. "800ms", "30s", "1m30s", "2h".
 ---@alias sitewatch.Duration string
 
 ---A size: an integer with a unit B, KB (1000), KiB (1024), MB, MiB, GB, GiB, e.g. "512KB";

@@ -194,7 +194,7 @@ fn cert_days(days: u32, response: &Response, now: DateTime<Utc>) -> AssertionRes
             "no TLS certificate".into(),
         ),
         Some(cert) => {
-            let left = (cert.not_after - now).num_seconds() as f64 / 86_400.0;
+            let left = cert.days_left(now);
             assertion(
                 "cert_days",
                 left >= f64::from(days),

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::join_all;
 use uuid::Uuid;
 
 use crate::assertions;
 use crate::config::{Config, Site};
 use crate::hooks::{HookError, HookInput, HookLimits, HookPool};
-use crate::probe::{Attempt, Prober};
+use crate::probe::{Attempt, Prober, DEFAULT_USER_AGENT};
 use crate::result::{
     AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION,
 };
@@ -20,6 +21,38 @@ use crate::result::{
 /// Pause between a failed attempt and its retry: long enough for a blip to pass, short enough to
 /// keep the check well inside its interval.
 pub const RETRY_DELAY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("no site named {0:?} in the configuration")]
+    UnknownSite(String),
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+    #[error(transparent)]
+    Hooks(#[from] HookError),
+}
+
+/// `sitewatch check`: probes the selected sites (all when `only` is empty) once, concurrently,
+/// and returns their results in configuration order.
+pub async fn check_once(config: &Config, only: &[String]) -> Result<Vec<CheckResult>, CheckError> {
+    if let Some(name) = only
+        .iter()
+        .find(|name| !config.sites.iter().any(|s| &s.name == *name))
+    {
+        return Err(CheckError::UnknownSite(name.clone()));
+    }
+    let prober = Arc::new(Prober::new(DEFAULT_USER_AGENT)?);
+    let checker = Checker::for_config(config, prober)?;
+    let selected = config
+        .sites
+        .iter()
+        .filter(|site| only.is_empty() || only.contains(&site.name));
+    Ok(join_all(selected.map(|site| {
+        let checker = checker.clone();
+        async move { checker.check(site, Uuid::now_v7(), Utc::now()).await }
+    }))
+    .await)
+}
 
 /// Everything needed to check sites of one configuration version. Cheap to clone.
 #[derive(Clone)]

@@ -20,31 +20,43 @@
 //!    store → PostgreSQL (results + consumer offsets in ONE transaction)
 //! ```
 //!
-//! - [`config`]: the Lua sandbox and the `site{}`/`defaults{}` language, validated into [`config::Site`]s.
+//! Producing (never imports `store` or `consume`):
+//! - [`config`]: the `site{}`/`defaults{}` language, validated into [`config::Site`]s.
+//! - `lua` (private): the sandbox shared by config and hooks; all `unsafe` code.
+//! - [`hooks`]: Lua hook workers with instruction, time and memory budgets; the verdict contract.
 //! - [`probe`]: one HTTP probe with per-phase timings, body cap and certificate facts.
 //! - [`assertions`]: built-in expectations, pure functions.
-//! - [`hooks`]: Lua hook workers with instruction, time and memory budgets.
-//! - [`check`]: probe + assertions + hooks with retries → `CheckResult`.
-//! - [`commands`]: `validate` and `check`.
+//! - [`check`]: probe + assertions + hooks with retries → `CheckResult`; `check_once`.
 //! - [`schedule`]: drift-free per-site ticks, caps, missed ticks, reload, shards.
 //! - [`publish`]: the idempotent Kafka producer with backpressure.
-//! - [`monitor`]: `produce`: scheduler + publisher, reload and shutdown.
-//! - [`settings`]: Kafka and PostgreSQL connection settings from the environment.
-//! - [`consume`]: the Kafka consumer group loop: batches, positions kept in PostgreSQL.
+//! - [`produce`]: the `produce` role: scheduler + publisher, reload and shutdown.
+//!
+//! Storing (never imports `probe`, `check` or `schedule`):
+//! - [`consume`]: the Kafka consumer group loop: batcher, Kafka side, PostgreSQL sink.
 //! - [`store`]: PostgreSQL: TLS connect, migrations, the batch writer, retention.
-//! - [`result`]: the wire schema shared by both halves; [`error`]: error-chain formatting.
+//!
+//! Shared and glue:
+//! - [`result`]: the wire schema and its encoding, the one contract between the halves.
+//! - [`settings`]: Kafka and PostgreSQL connection settings; [`duration`]: the one duration
+//!   grammar; [`metrics`]: every metric name; [`error`]: error-chain formatting.
+//! - [`run`]: both roles in one process.
+//!
+//! The binary (`src/bin/sitewatch/`) only parses arguments, prints and maps errors to exit codes.
 
 pub mod assertions;
 pub mod check;
-pub mod commands;
 pub mod config;
 pub mod consume;
+pub mod duration;
 pub mod error;
 pub mod hooks;
-pub mod monitor;
+pub(crate) mod lua;
+pub mod metrics;
 pub mod probe;
+pub mod produce;
 pub mod publish;
 pub mod result;
+pub mod run;
 pub mod schedule;
 pub mod settings;
 pub mod store;

@@ -29,6 +29,7 @@ use rdkafka::{ClientContext, Message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::metrics as names;
 use crate::result::{CheckResult, SCHEMA_HEADER, SCHEMA_VERSION};
 use crate::settings::KafkaSettings;
 
@@ -122,11 +123,12 @@ impl ProducerContext for Context {
         match result {
             Ok(_) => {
                 self.deliveries.delivered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("sitewatch_kafka_delivered_total").increment(1);
+                metrics::counter!(names::KAFKA_DELIVERED).increment(1);
             }
             Err((error, message)) => {
                 self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("sitewatch_kafka_delivery_errors_total").increment(1);
+                metrics::counter!(names::KAFKA_DROPPED).increment(1);
+                metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
                 tracing::error!(
                     result_id = %id,
                     site = ?message.key().map(String::from_utf8_lossy),
@@ -157,21 +159,15 @@ impl Publisher {
         topic: TopicSpec,
     ) -> Result<Publisher, PublishError> {
         let deliveries = Arc::new(Deliveries::default());
-        let mut config = settings.client_config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "zstd")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "0")
-            .set(
-                "queue.buffering.max.messages",
-                DEFAULT_QUEUE_MESSAGES.to_string(),
-            );
-        // Operators' --kafka-opt values win over these defaults.
-        for (key, value) in &settings.extra {
-            config.set(key, value);
-        }
+        let queue_messages = DEFAULT_QUEUE_MESSAGES.to_string();
+        let config = settings.client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "zstd"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "0"),
+            ("queue.buffering.max.messages", &queue_messages),
+        ]);
         let producer: ThreadedProducer<Context> = config
             .create_with_context(Context {
                 deliveries: Arc::clone(&deliveries),
@@ -220,7 +216,7 @@ impl Publisher {
     /// Queues one result for delivery. Waits while the local queue is full (backpressure);
     /// returns an error only when Kafka rejects the message outright.
     pub async fn publish(&self, result: &CheckResult) -> Result<(), PublishError> {
-        let payload = serde_json::to_vec(result).map_err(|source| PublishError::Encode {
+        let payload = result.encode().map_err(|source| PublishError::Encode {
             id: result.id,
             source,
         })?;
@@ -241,7 +237,8 @@ impl Publisher {
                     if self.abandon.is_cancelled() =>
                 {
                     self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("sitewatch_kafka_delivery_errors_total").increment(1);
+                    metrics::counter!(names::KAFKA_DROPPED).increment(1);
+                    metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
                     tracing::error!(result_id = %result.id, site = %result.site, "Kafka queue still full at shutdown: result dropped");
                     return Err(PublishError::Abandoned { id: result.id });
                 }
@@ -255,7 +252,8 @@ impl Publisher {
                 }
                 Err((source, _)) => {
                     self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("sitewatch_kafka_delivery_errors_total").increment(1);
+                    metrics::counter!(names::KAFKA_DROPPED).increment(1);
+                    metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
                     return Err(PublishError::Send {
                         id: result.id,
                         source,
@@ -263,8 +261,7 @@ impl Publisher {
                 }
             }
         }
-        metrics::gauge!("sitewatch_kafka_queue_depth")
-            .set(f64::from(self.producer.in_flight_count()));
+        metrics::gauge!(names::KAFKA_QUEUE_DEPTH).set(f64::from(self.producer.in_flight_count()));
         Ok(())
     }
 
@@ -308,7 +305,7 @@ impl Publisher {
 /// Creates the topic unless it exists.
 pub async fn ensure_topic(settings: &KafkaSettings, spec: TopicSpec) -> Result<(), PublishError> {
     let admin: AdminClient<DefaultClientContext> = settings
-        .client_config()
+        .client_config(&[])
         .create()
         .map_err(PublishError::Create)?;
     let topic = NewTopic::new(

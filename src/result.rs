@@ -193,3 +193,135 @@ pub struct CheckResult {
     /// Host name of the machine that ran the probe.
     pub probe_host: String,
 }
+
+impl CheckResult {
+    /// The Kafka payload: JSON, as documented in `docs/result-schema.md`.
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Decodes one message into a result, or gives the reason it goes to `dead_letters`: not JSON,
+    /// not a [`CheckResult`], or a schema version (header or field) other than [`SCHEMA_VERSION`].
+    pub fn decode(
+        payload: Option<&[u8]>,
+        schema_header: Option<&[u8]>,
+    ) -> Result<CheckResult, String> {
+        if let Some(value) = schema_header {
+            let version = String::from_utf8_lossy(value);
+            if version.trim() != SCHEMA_VERSION.to_string() {
+                return Err(format!(
+                    "{SCHEMA_HEADER} header {version:?} is not supported (this consumer reads {SCHEMA_VERSION})"
+                ));
+            }
+        }
+        let payload = match payload {
+            Some(payload) if !payload.is_empty() => payload,
+            _ => return Err("empty message: no payload".into()),
+        };
+        let schema_error = |version: &dyn std::fmt::Display| {
+            format!(
+                "schema version {version} is not supported (this consumer reads {SCHEMA_VERSION})"
+            )
+        };
+        match serde_json::from_slice::<CheckResult>(payload) {
+            Ok(result) if result.schema == SCHEMA_VERSION => Ok(result),
+            Ok(result) => Err(schema_error(&result.schema)),
+            // Slow path, bad messages only: say precisely what is wrong.
+            Err(shape) => match serde_json::from_slice::<serde_json::Value>(payload) {
+                Err(syntax) => Err(format!("invalid JSON: {syntax}")),
+                Ok(value) => match value.get("schema") {
+                    Some(version) if *version != serde_json::json!(SCHEMA_VERSION) => {
+                        Err(schema_error(version))
+                    }
+                    _ => Err(format!("not a check result: {shape}")),
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(schema: u32) -> CheckResult {
+        CheckResult {
+            schema,
+            id: Uuid::now_v7(),
+            site: "example".into(),
+            url: "https://example.com/".into(),
+            final_url: None,
+            scheduled_at: Utc::now(),
+            started_at: Utc::now(),
+            outcome: Outcome::Up,
+            status: Some(200),
+            timings: Timings {
+                total_ms: 12.0,
+                ..Timings::default()
+            },
+            failure: None,
+            assertions: Vec::new(),
+            metrics: BTreeMap::new(),
+            body_bytes: 10,
+            body_truncated: false,
+            cert_not_after: None,
+            tls_insecure: false,
+            config_version: "v".into(),
+            attempts: 1,
+            probe_host: "h".into(),
+        }
+    }
+
+    #[test]
+    fn decode_accepts_current_schema_and_explains_rejections() {
+        let good = serde_json::to_vec(&sample(1)).unwrap();
+        let future = serde_json::to_vec(&sample(2)).unwrap();
+        let future_shape = br#"{"schema": 2, "id": "x", "checks": []}"#.to_vec();
+        let wrong_shape = br#"{"hello": "world"}"#.to_vec();
+        let garbage = vec![0xff, 0x00, 0x13, 0x37];
+        type Case<'a> = (
+            &'a str,
+            Option<&'a [u8]>,
+            Option<&'a [u8]>,
+            Result<(), &'a str>,
+        );
+        let cases: [Case<'_>; 9] = [
+            ("current, no header", Some(&good), None, Ok(())),
+            ("current, header 1", Some(&good), Some(b"1"), Ok(())),
+            (
+                "header 2",
+                Some(&good),
+                Some(b"2"),
+                Err("schema-version header \"2\" is not supported"),
+            ),
+            (
+                "schema 2 field",
+                Some(&future),
+                None,
+                Err("schema version 2 is not supported"),
+            ),
+            (
+                "schema 2, new shape",
+                Some(&future_shape),
+                None,
+                Err("schema version 2 is not supported"),
+            ),
+            (
+                "wrong shape",
+                Some(&wrong_shape),
+                None,
+                Err("not a check result"),
+            ),
+            ("random bytes", Some(&garbage), None, Err("invalid JSON")),
+            ("no payload", None, None, Err("empty message")),
+            ("empty payload", Some(b""), None, Err("empty message")),
+        ];
+        for (name, payload, header, expected) in cases {
+            match (CheckResult::decode(payload, header), expected) {
+                (Ok(_), Ok(())) => {}
+                (Err(reason), Err(want)) => assert!(reason.contains(want), "{name}: {reason}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::Site;
+use crate::metrics as names;
 
 /// Checks running at once across all sites: enough for thousands of sites at short intervals
 /// (1,000 probes/s × up to a few seconds each), small enough to bound sockets and memory.
@@ -267,6 +270,11 @@ impl<J: Job> Scheduler<J> {
             let task = self.start(Arc::new(site), in_flight);
             self.sites.insert(name, task);
         }
+        // A host's semaphore is held by the loops of its sites; one the map alone holds has no
+        // sites left (stopped loops let go of theirs as they exit, by the next apply at worst).
+        self.per_host
+            .lock()
+            .retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
         (added, changed, removed.len())
     }
 
@@ -278,7 +286,7 @@ impl<J: Job> Scheduler<J> {
             site.url.port_or_known_default().unwrap_or_default()
         );
         let host = {
-            let mut map = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.per_host.lock();
             Arc::clone(
                 map.entry(host_key)
                     .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_per_host))),
@@ -396,8 +404,7 @@ impl<J: Job> SiteLoop<J> {
 
     fn missed(&self, scheduled_at: DateTime<Utc>, why: &'static str) {
         self.stats.missed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("sitewatch_missed_ticks_total", "site" => self.site.name.clone())
-            .increment(1);
+        metrics::counter!(names::MISSED_TICKS, "site" => self.site.name.clone()).increment(1);
         tracing::warn!(site = %self.site.name, %scheduled_at, why, "missed tick");
     }
 }

@@ -32,19 +32,54 @@ pub enum SettingsError {
     },
 }
 
-/// Loads `KEY=VALUE` lines into the process environment without overriding variables that are
-/// already set (the real environment wins over the file). `#` starts a comment line.
-pub fn load_env_file(path: &Path) -> Result<(), SettingsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::EnvFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    for (key, value) in parse_env_file(path, &text)? {
-        if std::env::var_os(&key).is_none() {
-            std::env::set_var(key, value);
-        }
+/// Where settings are read from, in order: values given on the command line, the process
+/// environment, then an env file (`--env-file`). Nothing is written back into the process
+/// environment, so `env()` in sites.lua sees only the real environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Command-line values by variable name; they win over everything.
+    flags: Vec<(&'static str, String)>,
+    /// `KEY=VALUE` pairs of the env file; the real environment wins over them.
+    file: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The process environment alone.
+    pub fn environment() -> Self {
+        Sources::default()
     }
-    Ok(())
+
+    /// Adds the pairs of an env file (see [`parse_env_file`]).
+    pub fn with_env_file(mut self, path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::EnvFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.file = parse_env_file(path, &text)?;
+        Ok(self)
+    }
+
+    /// A command-line value for variable `name` (ignored when `None`).
+    pub fn flag(mut self, name: &'static str, value: Option<&String>) -> Self {
+        if let Some(value) = value {
+            self.flags.push((name, value.clone()));
+        }
+        self
+    }
+
+    /// The value of `name`, with empty treated as unset at every level.
+    pub fn var(&self, name: &str) -> Option<String> {
+        let nonempty = |v: &String| !v.trim().is_empty();
+        let from_flags = self.flags.iter().rev().find(|(k, _)| *k == name);
+        from_flags
+            .map(|(_, v)| v.clone())
+            .filter(nonempty)
+            .or_else(|| std::env::var(name).ok().filter(nonempty))
+            .or_else(|| {
+                let from_file = self.file.iter().rev().find(|(k, _)| k == name);
+                from_file.map(|(_, v)| v.clone()).filter(nonempty)
+            })
+    }
 }
 
 /// Parses env-file text: blank lines and `#` comments skipped, optional `export `, optional
@@ -72,11 +107,6 @@ pub fn parse_env_file(path: &Path, text: &str) -> Result<Vec<(String, String)>, 
         pairs.push((key.trim().to_owned(), value.to_owned()));
     }
     Ok(pairs)
-}
-
-/// An environment variable, with empty treated as unset.
-pub fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// How sitewatch talks to Kafka.
@@ -111,8 +141,14 @@ pub struct SslFiles {
 }
 
 impl KafkaSettings {
-    /// Reads the `SITEWATCH_KAFKA_*` variables.
+    /// Reads the `SITEWATCH_KAFKA_*` variables from the process environment.
     pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_sources(&Sources::environment())
+    }
+
+    /// Reads the `SITEWATCH_KAFKA_*` variables.
+    pub fn from_sources(sources: &Sources) -> Result<Self, SettingsError> {
+        let var = |name: &str| sources.var(name);
         let brokers = var("SITEWATCH_KAFKA_BROKERS").ok_or(SettingsError::Missing {
             name: "SITEWATCH_KAFKA_BROKERS",
         })?;
@@ -154,8 +190,10 @@ impl KafkaSettings {
         })
     }
 
-    /// The librdkafka properties common to producers, consumers and admin clients.
-    pub fn client_config(&self) -> ClientConfig {
+    /// The librdkafka properties of one client: the connection (brokers, TLS, SASL), then the
+    /// role's own choices (`role`, e.g. idempotence for the producer), then the operator's
+    /// `--kafka-opt` overrides, which therefore always win. The one place overrides are applied.
+    pub fn client_config(&self, role: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         let set_ssl = |config: &mut ClientConfig, files: &SslFiles| {
@@ -191,6 +229,9 @@ impl KafkaSettings {
                 set_ssl(&mut config, ssl);
             }
         }
+        for (key, value) in role {
+            config.set(*key, *value);
+        }
         for (key, value) in &self.extra {
             config.set(key, value);
         }
@@ -208,8 +249,14 @@ pub struct DatabaseSettings {
 }
 
 impl DatabaseSettings {
-    /// Reads `SITEWATCH_DATABASE_URL` (or `DATABASE_URL`) and `SITEWATCH_PG_CA`.
+    /// Reads the database variables from the process environment.
     pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_sources(&Sources::environment())
+    }
+
+    /// Reads `SITEWATCH_DATABASE_URL` (or `DATABASE_URL`) and `SITEWATCH_PG_CA`.
+    pub fn from_sources(sources: &Sources) -> Result<Self, SettingsError> {
+        let var = |name: &str| sources.var(name);
         let url = var("SITEWATCH_DATABASE_URL")
             .or_else(|| var("DATABASE_URL"))
             .ok_or(SettingsError::Missing {
@@ -244,6 +291,42 @@ mod tests {
     }
 
     #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        use std::io::Write;
+        writeln!(
+            file,
+            "SITEWATCH_TEST_ONLY_FILE=file\nSITEWATCH_TEST_ONLY_FLAG=file\nPATH=file"
+        )
+        .unwrap();
+        let flag = "flag".to_string();
+        let empty = String::new();
+        let sources = Sources::environment()
+            .with_env_file(file.path())
+            .unwrap()
+            .flag("SITEWATCH_TEST_ONLY_FLAG", Some(&flag))
+            .flag("SITEWATCH_TEST_ONLY_EMPTY", Some(&empty));
+        assert_eq!(
+            sources.var("SITEWATCH_TEST_ONLY_FILE").as_deref(),
+            Some("file")
+        );
+        assert_eq!(
+            sources.var("SITEWATCH_TEST_ONLY_FLAG").as_deref(),
+            Some("flag")
+        );
+        assert_ne!(
+            sources.var("PATH").as_deref(),
+            Some("file"),
+            "the environment wins"
+        );
+        assert_eq!(
+            sources.var("SITEWATCH_TEST_ONLY_EMPTY"),
+            None,
+            "empty is unset"
+        );
+    }
+
+    #[test]
     fn kafka_client_config_for_ssl() {
         let settings = KafkaSettings {
             brokers: "127.0.0.1:1".into(),
@@ -256,11 +339,16 @@ mod tests {
             }),
             extra: vec![("linger.ms".into(), "5".into())],
         };
-        let config = settings.client_config();
+        let config = settings.client_config(&[("linger.ms", "1"), ("acks", "all")]);
         assert_eq!(config.get("security.protocol"), Some("ssl"));
         assert_eq!(config.get("ssl.ca.location"), Some("ca.pem"));
         assert_eq!(config.get("ssl.certificate.location"), Some("service.cert"));
         assert_eq!(config.get("ssl.key.location"), Some("service.key"));
-        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(
+            config.get("linger.ms"),
+            Some("5"),
+            "--kafka-opt wins over the role"
+        );
+        assert_eq!(config.get("acks"), Some("all"), "the role's choice stays");
     }
 }

@@ -108,7 +108,7 @@ fn bad_durations() {
         (r#""abc""#, "expected a number"),
         (r#""-1s""#, "must not be negative"),
         (r#""0s""#, "greater than zero"),
-        (r#""5d""#, "unknown unit"),
+        (r#""5w""#, "unknown unit"),
     ];
     for (value, reason) in cases {
         let text =

@@ -42,8 +42,16 @@ pub fn env_file() -> PathBuf {
 
 /// Loads dev/.env into this process (variables already set win), like the binary does.
 pub fn load_stack_env() -> Result<(KafkaSettings, DatabaseSettings)> {
-    sitewatch::settings::load_env_file(&env_file())
-        .with_context(|| format!("reading {} (run dev/stack up)", env_file().display()))?;
+    let path = env_file();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run dev/stack up)", path.display()))?;
+    // The bench's child processes (the real binary) inherit these, so they go into the
+    // environment here rather than through settings::Sources.
+    for (key, value) in sitewatch::settings::parse_env_file(&path, &text)? {
+        if std::env::var_os(&key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
     Ok((KafkaSettings::from_env()?, DatabaseSettings::from_env()?))
 }
 
@@ -471,7 +479,7 @@ pub fn round2(x: f64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 
 fn admin(kafka: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>> {
-    Ok(kafka.client_config().create()?)
+    Ok(kafka.client_config(&[]).create()?)
 }
 
 pub async fn create_topic(kafka: &KafkaSettings, topic: &str, partitions: i32) -> Result<()> {
@@ -502,7 +510,7 @@ pub fn read_topic(
     topic: &str,
     mut each: impl FnMut(i32, i64, &[u8]),
 ) -> Result<u64> {
-    let mut config = kafka.client_config();
+    let mut config = kafka.client_config(&[]);
     config
         .set("group.id", format!("sitewatch-bench-reader-{}", run_tag()))
         .set("enable.auto.commit", "false")

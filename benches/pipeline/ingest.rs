@@ -226,7 +226,7 @@ fn publish(
     rows: u64,
     base: DateTime<Utc>,
 ) -> Result<(f64, f64)> {
-    let mut config = kafka.client_config();
+    let mut config = kafka.client_config(&[]);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")

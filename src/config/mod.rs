@@ -16,10 +16,8 @@
 
 pub(crate) mod error;
 pub(crate) mod eval;
-mod json;
 mod parse;
 pub(crate) mod raw;
-pub(crate) mod sandbox;
 mod types;
 mod validate;
 
@@ -49,11 +47,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             },
         ))
     })?;
-    let scripts_dir = match path.parent() {
+    load_str(path, &text, &scripts_dir(path))
+}
+
+/// The `scripts/` directory beside `sites.lua` at `config_path`: where `script(name)` loads
+/// from, and what a file watcher must watch besides the file itself.
+pub fn scripts_dir(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.join(SCRIPTS_DIR),
         _ => PathBuf::from(SCRIPTS_DIR),
-    };
-    load_str(path, &text, &scripts_dir)
+    }
 }
 
 /// Evaluates and validates `text` as if read from `path_label` (used in messages and to resolve
@@ -65,7 +68,8 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
         scripts_dir: scripts_dir.to_path_buf(),
         scripts: Default::default(),
     });
-    let evaluation = match sandbox::Sandbox::new(sandbox::LOAD_MEMORY_LIMIT) {
+    let evaluation = match crate::lua::sandbox::Sandbox::new(crate::lua::sandbox::LOAD_MEMORY_LIMIT)
+    {
         Ok(sandbox) => eval::evaluate(&sandbox, &source),
         Err(e) => {
             return Err(ConfigErrors::from(ConfigError::new(

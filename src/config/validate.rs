@@ -824,6 +824,53 @@ mod tests {
     use super::*;
     use crate::config::raw::FnRef;
 
+    /// The `---@field` names of one `---@class` in the LuaLS definitions.
+    fn luals_fields(class: &str) -> Vec<String> {
+        let text = include_str!("../../scripts/sitewatch.d.lua");
+        let header = format!("---@class {class}");
+        let mut lines = text
+            .lines()
+            .skip_while(|line| line.split(':').next().map(str::trim_end) != Some(header.as_str()));
+        assert!(lines.next().is_some(), "no {header} in sitewatch.d.lua");
+        let mut fields: Vec<String> = lines
+            .map_while(|line| line.strip_prefix("---@field "))
+            .filter_map(|field| field.split_whitespace().next())
+            .map(|name| name.trim_end_matches('?').to_string())
+            .collect();
+        fields.sort();
+        fields
+    }
+
+    fn sorted(keys: &[&str]) -> Vec<String> {
+        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn accepted_keys_match_the_luals_definitions() {
+        let mut site = luals_fields("sitewatch.Settings");
+        site.extend(luals_fields("sitewatch.Site"));
+        site.sort();
+        assert_eq!(sorted(SITE_KEYS), site, "site{{}} keys vs sitewatch.d.lua");
+        assert_eq!(
+            sorted(DEFAULTS_KEYS),
+            luals_fields("sitewatch.Settings"),
+            "defaults{{}}"
+        );
+        assert_eq!(
+            sorted(EXPECT_KEYS),
+            luals_fields("sitewatch.Expect"),
+            "expect"
+        );
+        assert_eq!(
+            sorted(REQUEST_KEYS),
+            luals_fields("sitewatch.Request"),
+            "request"
+        );
+        assert_eq!(sorted(TLS_KEYS), luals_fields("sitewatch.Tls"), "tls");
+    }
+
     fn s(text: &str) -> Raw {
         Raw::Str(text.as_bytes().to_vec())
     }

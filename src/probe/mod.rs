@@ -86,6 +86,23 @@ pub struct CertInfo {
     pub issuer: String,
 }
 
+/// Seconds in a day, for certificate days-left.
+const SECONDS_PER_DAY: f64 = 86_400.0;
+
+impl CertInfo {
+    /// Days until the certificate expires at `now`, with the fraction (negative once expired).
+    /// `expect.cert_days` compares this value; hooks see its floor (whole days) as
+    /// `r.cert.days_left`, so 0.5 days left is 0 and half a day past expiry is -1.
+    pub fn days_left(&self, now: DateTime<Utc>) -> f64 {
+        (self.not_after - now).num_seconds() as f64 / SECONDS_PER_DAY
+    }
+
+    /// [`CertInfo::days_left`] rounded down: what hooks see as `r.cert.days_left`.
+    pub fn whole_days_left(&self, now: DateTime<Utc>) -> i64 {
+        self.days_left(now).floor() as i64
+    }
+}
+
 /// A response that arrived (any status).
 #[derive(Debug, Clone)]
 pub struct Response {

@@ -4,8 +4,8 @@
 //! Building an OpenSSL context loads the system trust store, which costs milliseconds; doing it
 //! per probe would cap throughput far below thousands of probes per second.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use native_tls::{Certificate, Identity};
@@ -48,9 +48,9 @@ impl Connectors {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TlsOptions, Result<TlsConnector, String>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TlsOptions, Result<TlsConnector, String>>> {
         // The map holds no invariant a panicking holder could break.
-        self.custom.lock().unwrap_or_else(|e| e.into_inner())
+        self.custom.lock()
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod migrate;
 mod prune;
+mod row;
 mod write;
 
 use std::error::Error as _;
@@ -31,9 +32,10 @@ use crate::settings::DatabaseSettings;
 pub use crate::error::ErrorChain;
 pub use migrate::{migrate, AppliedMigration, MigrateReport, Migration, MIGRATIONS};
 pub use prune::{prune, PRUNE_BATCH_ROWS};
+pub use row::{CheckRow, JsonbText, RowError, COLUMNS, COPY_TYPES, MAX_SITE_BYTES};
 pub use write::{
-    load_offsets, write_batch, CheckRow, DeadLetter, OffsetAdvance, PendingRow, RowError,
-    WriteBatch, WriteOutcome, WritePath, WriteStats, COLUMNS, COPY_TYPES,
+    load_offsets, write_batch, DeadLetter, OffsetAdvance, PendingRow, WriteBatch, WriteOutcome,
+    WritePath, WriteStats,
 };
 
 /// Applied when the URL sets no `connect_timeout`: a consumer retrying a dead server must not

@@ -19,7 +19,7 @@ use mlua::{
 };
 
 use super::json::{DecodeError, Tape};
-use super::types::Location;
+use crate::config::Location;
 
 /// Instructions `sites.lua` (with its scripts) may run while being evaluated. Generous: a
 /// 10,000-site loop needs a few million.
@@ -419,7 +419,7 @@ fn regex_table(lua: &Lua) -> mlua::Result<Table> {
                             format!(
                                 "regex.match: invalid regex {:?}: {}",
                                 &*pattern,
-                                super::error::one_line(&e.to_string())
+                                crate::config::error::one_line(&e.to_string())
                             ),
                         )
                     })?;

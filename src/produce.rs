@@ -6,7 +6,9 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::check::Checker;
 use crate::config::{self, Config, Site};
 use crate::error::ErrorChain;
+use crate::metrics as names;
 use crate::probe::{Prober, DEFAULT_USER_AGENT};
 use crate::publish::{Publisher, TopicSpec};
 use crate::result::CheckResult;
@@ -25,7 +28,7 @@ use crate::settings::KafkaSettings;
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-pub enum MonitorError {
+pub enum ProduceError {
     #[error("{path}: invalid configuration:\n{errors}")]
     Config {
         path: PathBuf,
@@ -68,11 +71,7 @@ impl Job for PublishJob {
     ) -> impl Future<Output = ()> + Send + 'static {
         // Taken when the tick fires: a reload landing while this check waits for a permit
         // must not pair this site definition with another configuration's hooks.
-        let checker = self
-            .checker
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let checker = self.checker.read().clone();
         async move {
             let result = checker.check(&site, tick.id, tick.scheduled_at).await;
             record_metrics(&result);
@@ -84,14 +83,13 @@ impl Job for PublishJob {
 }
 
 fn record_metrics(result: &CheckResult) {
-    metrics::counter!("sitewatch_probes_total", "site" => result.site.clone(), "outcome" => result.outcome.as_str())
+    metrics::counter!(names::PROBES, "site" => result.site.clone(), "outcome" => result.outcome.as_str())
         .increment(1);
-    metrics::histogram!("sitewatch_probe_duration_seconds")
-        .record(result.timings.total_ms / 1000.0);
+    metrics::histogram!(names::PROBE_DURATION).record(result.timings.total_ms / 1000.0);
     let lag = (result.started_at - result.scheduled_at)
         .num_microseconds()
         .unwrap_or_default();
-    metrics::histogram!("sitewatch_schedule_lag_seconds").record(lag as f64 / 1e6);
+    metrics::histogram!(names::SCHEDULE_LAG).record(lag as f64 / 1e6);
 }
 
 /// `sitewatch produce`: runs until `shutdown` is cancelled. `reload` receives SIGHUP.
@@ -100,7 +98,7 @@ pub async fn produce(
     options: ProduceOptions,
     mut reload: mpsc::Receiver<()>,
     shutdown: CancellationToken,
-) -> Result<(), MonitorError> {
+) -> Result<(), ProduceError> {
     let config = load(&options.config_path)?;
     let prober = Arc::new(Prober::new(DEFAULT_USER_AGENT)?);
     let publisher = Arc::new(Publisher::connect(kafka, options.topic).await?);
@@ -142,28 +140,26 @@ pub async fn produce(
         match loaded {
             Ok(Ok(None)) => tracing::debug!(trigger = why, "configuration unchanged"),
             Ok(Ok(Some((config, checker)))) => {
-                *job.checker.write().unwrap_or_else(|e| e.into_inner()) = checker;
+                *job.checker.write() = checker;
                 let Config {
                     sites,
                     version: new_version,
                     ..
                 } = config;
                 let (added, changed, removed) = scheduler.apply(in_shard(sites, options.shard));
-                metrics::counter!("sitewatch_config_reloads_total", "result" => "ok").increment(1);
+                metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(trigger = why, version = %new_version, added, changed, removed, "configuration reloaded");
                 version = new_version;
             }
             Ok(Err(error)) => {
-                metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
-                    .increment(1);
+                metrics::counter!(names::CONFIG_RELOADS, "result" => "failed").increment(1);
                 tracing::error!(
                     trigger = why,
                     "reload failed, keeping the running configuration:\n{error}"
                 );
             }
             Err(join) => {
-                metrics::counter!("sitewatch_config_reloads_total", "result" => "failed")
-                    .increment(1);
+                metrics::counter!(names::CONFIG_RELOADS, "result" => "failed").increment(1);
                 tracing::error!(trigger = why, %join, "reload failed, keeping the running configuration");
             }
         }
@@ -190,7 +186,7 @@ pub async fn produce(
         "producer stopped"
     );
     if fatal.is_cancelled() {
-        return Err(MonitorError::KafkaFatal);
+        return Err(ProduceError::KafkaFatal);
     }
     Ok(())
 }
@@ -210,8 +206,8 @@ fn load_again(
     Ok(Some((config, checker)))
 }
 
-fn load(path: &Path) -> Result<Config, MonitorError> {
-    config::load(path).map_err(|errors| MonitorError::Config {
+fn load(path: &Path) -> Result<Config, ProduceError> {
+    config::load(path).map_err(|errors| ProduceError::Config {
         path: path.to_owned(),
         errors,
     })
@@ -230,10 +226,7 @@ fn in_shard(sites: Vec<Site>, shard: Shard) -> Vec<Site> {
 fn sources_stamp(config_path: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut stamp = vec![(config_path.to_owned(), modified(config_path))];
-    let scripts = config_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("scripts");
+    let scripts = config::scripts_dir(config_path);
     if let Ok(entries) = std::fs::read_dir(&scripts) {
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();

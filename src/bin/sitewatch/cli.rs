@@ -1,0 +1,276 @@
+//! The command line: clap types, the flags shared by several commands flattened in, and how
+//! flags become the library's options and settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sitewatch::consume::{self, ConsumeOptions};
+use sitewatch::produce::ProduceOptions;
+use sitewatch::publish::{self, TopicSpec};
+use sitewatch::schedule::{self, Limits, Shard};
+use sitewatch::settings::{DatabaseSettings, KafkaSettings, SettingsError, Sources};
+
+#[derive(Parser)]
+#[command(
+    name = "sitewatch",
+    version,
+    about = "Website-availability monitor: sites.lua in, Kafka and PostgreSQL out"
+)]
+pub struct Cli {
+    /// Read KEY=VALUE settings from this file (variables already set in the environment win).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check sites.lua and report every error (exit 0 valid, 2 invalid).
+    Validate(ConfigArg),
+    /// Probe sites once and print the results (exit 0 none down, 1 some down, 2 invalid config).
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this site (repeatable).
+        #[arg(long = "site", value_name = "NAME")]
+        sites: Vec<String>,
+        /// One CheckResult JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe sites on schedule and publish every result to Kafka.
+    Produce {
+        #[command(flatten)]
+        produce: ProduceArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Store results from Kafka into PostgreSQL, exactly once.
+    Consume {
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Producer and consumer in one process: the small-deployment mode.
+    Run {
+        #[command(flatten)]
+        produce: ProduceArgs,
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Apply pending database migrations (SITEWATCH_DATABASE_URL).
+    Migrate,
+    /// Delete stored results older than a duration, in batches (e.g. --older-than 30d).
+    Prune {
+        /// Age of the oldest results kept, at least 1h: e.g. 30d, 36h (units ms, s, m, h, d).
+        #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
+        older_than: Duration,
+    },
+}
+
+/// Consumer flags (`consume`, `run`).
+#[derive(Args)]
+pub struct ConsumeArgs {
+    /// Do not apply pending migrations at startup.
+    #[arg(long)]
+    no_migrate: bool,
+    /// Messages per transaction at most.
+    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_ROWS)]
+    batch_rows: usize,
+    /// Milliseconds a batch may wait to fill before it is written.
+    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_WAIT.as_millis() as u64)]
+    batch_wait_ms: u64,
+}
+
+impl ConsumeArgs {
+    pub fn options(&self) -> ConsumeOptions {
+        ConsumeOptions {
+            max_batch_rows: self.batch_rows,
+            max_batch_wait: Duration::from_millis(self.batch_wait_ms),
+            migrate: !self.no_migrate,
+        }
+    }
+}
+
+/// Kafka connection flags; each overrides the environment variable of the same meaning.
+#[derive(Args, Default)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, host:port[,host:port] (SITEWATCH_KAFKA_BROKERS).
+    #[arg(long, value_name = "LIST")]
+    kafka_brokers: Option<String>,
+    /// Topic (SITEWATCH_KAFKA_TOPIC, default sitewatch.checks).
+    #[arg(long, value_name = "NAME")]
+    kafka_topic: Option<String>,
+    /// plaintext | ssl | sasl_ssl (SITEWATCH_KAFKA_SECURITY_PROTOCOL).
+    #[arg(long, value_name = "PROTOCOL")]
+    kafka_security_protocol: Option<String>,
+    /// CA certificate, PEM (SITEWATCH_KAFKA_SSL_CA).
+    #[arg(long, value_name = "PATH")]
+    kafka_ssl_ca: Option<String>,
+    /// Client certificate, PEM (SITEWATCH_KAFKA_SSL_CERT).
+    #[arg(long, value_name = "PATH")]
+    kafka_ssl_cert: Option<String>,
+    /// Client key, PEM (SITEWATCH_KAFKA_SSL_KEY).
+    #[arg(long, value_name = "PATH")]
+    kafka_ssl_key: Option<String>,
+    /// SASL mechanism, e.g. SCRAM-SHA-256 (SITEWATCH_KAFKA_SASL_MECHANISM).
+    #[arg(long, value_name = "NAME")]
+    kafka_sasl_mechanism: Option<String>,
+    /// SASL user (SITEWATCH_KAFKA_SASL_USERNAME).
+    #[arg(long, value_name = "USER")]
+    kafka_sasl_username: Option<String>,
+    /// SASL password (SITEWATCH_KAFKA_SASL_PASSWORD; prefer the variable over the flag).
+    #[arg(long, value_name = "PASSWORD")]
+    kafka_sasl_password: Option<String>,
+    /// Consumer group (SITEWATCH_KAFKA_GROUP, default sitewatch).
+    #[arg(long, value_name = "NAME")]
+    kafka_group: Option<String>,
+    /// Any other librdkafka property, key=value (repeatable).
+    #[arg(long = "kafka-opt", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_opts: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// Where settings come from: these flags, then the environment, then the env file.
+    pub fn sources(&self, env_file: Option<&PathBuf>) -> Result<Sources, SettingsError> {
+        let mut sources = Sources::environment();
+        if let Some(path) = env_file {
+            sources = sources.with_env_file(path)?;
+        }
+        Ok(sources
+            .flag("SITEWATCH_KAFKA_BROKERS", self.kafka_brokers.as_ref())
+            .flag("SITEWATCH_KAFKA_TOPIC", self.kafka_topic.as_ref())
+            .flag(
+                "SITEWATCH_KAFKA_SECURITY_PROTOCOL",
+                self.kafka_security_protocol.as_ref(),
+            )
+            .flag("SITEWATCH_KAFKA_SSL_CA", self.kafka_ssl_ca.as_ref())
+            .flag("SITEWATCH_KAFKA_SSL_CERT", self.kafka_ssl_cert.as_ref())
+            .flag("SITEWATCH_KAFKA_SSL_KEY", self.kafka_ssl_key.as_ref())
+            .flag(
+                "SITEWATCH_KAFKA_SASL_MECHANISM",
+                self.kafka_sasl_mechanism.as_ref(),
+            )
+            .flag(
+                "SITEWATCH_KAFKA_SASL_USERNAME",
+                self.kafka_sasl_username.as_ref(),
+            )
+            .flag(
+                "SITEWATCH_KAFKA_SASL_PASSWORD",
+                self.kafka_sasl_password.as_ref(),
+            )
+            .flag("SITEWATCH_KAFKA_GROUP", self.kafka_group.as_ref()))
+    }
+
+    /// Kafka settings, with `--kafka-opt` overrides.
+    pub fn settings(&self, env_file: Option<&PathBuf>) -> Result<KafkaSettings, SettingsError> {
+        let mut settings = KafkaSettings::from_sources(&self.sources(env_file)?)?;
+        settings.extra = self.kafka_opts.clone();
+        Ok(settings)
+    }
+
+    /// Kafka and PostgreSQL settings together, for the commands that need both.
+    pub fn settings_with_database(
+        &self,
+        env_file: Option<&PathBuf>,
+    ) -> Result<(KafkaSettings, DatabaseSettings), SettingsError> {
+        let sources = self.sources(env_file)?;
+        let mut kafka = KafkaSettings::from_sources(&sources)?;
+        kafka.extra = self.kafka_opts.clone();
+        Ok((kafka, DatabaseSettings::from_sources(&sources)?))
+    }
+}
+
+/// PostgreSQL settings alone (`migrate`, `prune`): the environment, then the env file.
+pub fn database_settings(env_file: Option<&PathBuf>) -> Result<DatabaseSettings, SettingsError> {
+    KafkaArgs::default()
+        .sources(env_file)
+        .and_then(|sources| DatabaseSettings::from_sources(&sources))
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// Producer flags (`produce`, `run`).
+#[derive(Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Probe only shard i of n (stable hash of the site name), e.g. 0/3.
+    #[arg(long, default_value = "0/1", value_name = "I/N")]
+    shard: Shard,
+    /// Checks running at once, all sites together.
+    #[arg(long, default_value_t = schedule::DEFAULT_MAX_CONCURRENCY)]
+    max_concurrency: usize,
+    /// Checks running at once against one host:port.
+    #[arg(long, default_value_t = schedule::DEFAULT_MAX_PER_HOST)]
+    max_per_host: usize,
+    /// Partitions of the topic when sitewatch creates it.
+    #[arg(long, default_value_t = TopicSpec::default().partitions)]
+    topic_partitions: i32,
+    /// Replication factor of the topic when sitewatch creates it.
+    #[arg(long, default_value_t = TopicSpec::default().replication)]
+    topic_replication: i32,
+    /// Seconds shutdown waits for queued results to reach Kafka.
+    #[arg(long, default_value_t = publish::DEFAULT_FLUSH_TIMEOUT.as_secs())]
+    flush_timeout_secs: u64,
+    /// Do not reload when sites.lua or scripts/ change (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
+}
+
+impl ProduceArgs {
+    pub fn options(&self) -> ProduceOptions {
+        ProduceOptions {
+            config_path: self.config.config.clone(),
+            shard: self.shard,
+            limits: Limits {
+                max_concurrency: self.max_concurrency,
+                max_per_host: self.max_per_host,
+            },
+            topic: TopicSpec {
+                partitions: self.topic_partitions,
+                replication: self.topic_replication,
+            },
+            flush_timeout: Duration::from_secs(self.flush_timeout_secs),
+            watch: !self.no_watch,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ConfigArg {
+    /// The sites file.
+    #[arg(long, default_value = "sites.lua", value_name = "PATH")]
+    pub config: PathBuf,
+}

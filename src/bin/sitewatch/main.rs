@@ -1,0 +1,95 @@
+//! The `sitewatch` binary: parse arguments, set up logging and signals, start the runtime,
+//! dispatch to the library, exit with a code from [`exit::Exit`].
+
+mod cli;
+mod commands;
+mod exit;
+mod signals;
+mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sitewatch::{consume, produce, run};
+
+use cli::{Cli, Command};
+use exit::{fail, finish, Exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing(cli.log_format);
+    let env_file = cli.env_file.as_ref();
+    let exit = match cli.command {
+        Command::Validate(config) => commands::validate(&config.config),
+        Command::Check {
+            config,
+            sites,
+            json,
+        } => block_on(commands::check(&config.config, &sites, json)),
+        Command::Produce {
+            produce,
+            kafka,
+            metrics_addr,
+        } => match kafka.settings(env_file) {
+            Err(error) => fail(&error),
+            Ok(kafka) => serve(metrics_addr, async move {
+                let options = produce.options();
+                finish(
+                    produce::produce(&kafka, options, signals::reload(), signals::shutdown()).await,
+                )
+            }),
+        },
+        Command::Consume {
+            consume,
+            kafka,
+            metrics_addr,
+        } => match kafka.settings_with_database(env_file) {
+            Err(error) => fail(&error),
+            Ok((kafka, db)) => serve(metrics_addr, async move {
+                finish(consume::run(&kafka, &db, consume.options(), signals::shutdown()).await)
+            }),
+        },
+        Command::Run {
+            produce,
+            consume,
+            kafka,
+            metrics_addr,
+        } => match kafka.settings_with_database(env_file) {
+            Err(error) => fail(&error),
+            Ok((kafka, db)) => serve(metrics_addr, async move {
+                let (produce, consume) = (produce.options(), consume.options());
+                let (reload, shutdown) = (signals::reload(), signals::shutdown());
+                finish(run::run(&kafka, &db, produce, consume, reload, shutdown).await)
+            }),
+        },
+        Command::Migrate => block_on(commands::migrate(env_file)),
+        Command::Prune { older_than } => block_on(commands::prune(env_file, older_than)),
+    };
+    exit.into()
+}
+
+/// Runs `work` on a fresh multi-threaded runtime.
+fn block_on(work: impl Future<Output = Exit>) -> Exit {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(work),
+        Err(error) => {
+            eprintln!("sitewatch: cannot start the async runtime: {error}");
+            Exit::Failure
+        }
+    }
+}
+
+/// [`block_on`] for the long-running roles: the metrics endpoint first, then `work`.
+fn serve(metrics_addr: Option<SocketAddr>, work: impl Future<Output = Exit>) -> Exit {
+    block_on(async move {
+        match telemetry::serve_metrics(metrics_addr) {
+            Ok(()) => work.await,
+            Err(error) => fail(&error),
+        }
+    })
+}

@@ -1,0 +1,364 @@
+//! The batcher: which Kafka messages enter the batch being filled, and when it is due.
+//!
+//! Pure bookkeeping, tested without Kafka or PostgreSQL. It knows, per owned partition, the
+//! offset stored in PostgreSQL and the next offset to accept; messages of partitions not yet
+//! seeked to their stored offset, and messages below it, are skipped. A rebalance drops the
+//! uncommitted messages of the partitions it touches: their next owner reads them again.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::result::CheckResult;
+use crate::store::{CheckRow, DeadLetter, OffsetAdvance, PendingRow, WriteBatch};
+
+/// What the rebalance callback hands to the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Assignment {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Where this consumer is in one owned, positioned partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartitionState {
+    /// `consumer_offsets.next_offset` as this consumer last read or wrote it (`None`: no row).
+    stored: Option<i64>,
+    /// The next offset to accept: one past the last message batched.
+    next: Option<i64>,
+}
+
+/// The batch being filled and the per-partition bookkeeping that decides what enters it.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    /// Owned partitions already seeked to their stored offsets.
+    positioned: HashMap<i32, PartitionState>,
+    /// Owned partitions not yet seeked: their messages are skipped until they are.
+    unpositioned: BTreeSet<i32>,
+    /// When to try positioning again after a failure.
+    positioning_retry: Option<Instant>,
+    rows: Vec<PendingRow>,
+    dead_letters: Vec<DeadLetter>,
+    /// Arrival of the batch's first message; the batch is due `max_batch_wait` later.
+    opened_at: Option<Instant>,
+}
+
+impl Batcher {
+    pub(crate) fn new() -> Self {
+        Batcher {
+            positioned: HashMap::new(),
+            unpositioned: BTreeSet::new(),
+            positioning_retry: None,
+            rows: Vec::new(),
+            dead_letters: Vec::new(),
+            opened_at: None,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len() + self.dead_letters.len()
+    }
+
+    pub(crate) fn deadline(&self, max_wait: Duration) -> Option<Instant> {
+        self.opened_at.map(|at| at + max_wait)
+    }
+
+    /// Full, or its first message has waited long enough.
+    pub(crate) fn is_due(&self, max_rows: usize, max_wait: Duration, now: Instant) -> bool {
+        self.len() >= max_rows
+            || self
+                .deadline(max_wait)
+                .is_some_and(|deadline| deadline <= now)
+    }
+
+    pub(crate) fn positioning_at(&self) -> Option<Instant> {
+        if self.unpositioned.is_empty() {
+            None
+        } else {
+            Some(self.positioning_retry.unwrap_or_else(Instant::now))
+        }
+    }
+
+    pub(crate) fn positioning_due(&self, now: Instant) -> bool {
+        !self.unpositioned.is_empty() && self.positioning_retry.map_or(true, |at| at <= now)
+    }
+
+    pub(crate) fn apply(&mut self, events: Vec<Assignment>) {
+        for event in events {
+            let (Assignment::Assigned(partitions) | Assignment::Revoked(partitions)) = &event;
+            // Whatever is batched for these partitions was never committed: the next owner
+            // (or this consumer, after its seek) reads it again from the stored offset.
+            self.drop_partitions(partitions);
+            for partition in partitions {
+                self.positioned.remove(partition);
+                match event {
+                    Assignment::Assigned(_) => self.unpositioned.insert(*partition),
+                    Assignment::Revoked(_) => self.unpositioned.remove(partition),
+                };
+            }
+            self.positioning_retry = None;
+        }
+    }
+
+    fn drop_partitions(&mut self, partitions: &[i32]) {
+        let before = self.len();
+        let partitions: HashSet<i32> = partitions.iter().copied().collect();
+        self.rows
+            .retain(|pending| !partitions.contains(&pending.row.kafka_partition));
+        self.dead_letters
+            .retain(|letter| !partitions.contains(&letter.partition));
+        if self.len() == 0 {
+            self.opened_at = None;
+        }
+        if before > self.len() {
+            tracing::info!(
+                dropped = before - self.len(),
+                ?partitions,
+                "dropped uncommitted messages of reassigned partitions"
+            );
+        }
+    }
+
+    /// The owned partitions still waiting to be seeked to their stored offsets.
+    pub(crate) fn unpositioned(&self) -> Vec<i32> {
+        self.unpositioned.iter().copied().collect()
+    }
+
+    /// Try positioning again at `at` (after a failure, or to pick up a seek librdkafka refused).
+    pub(crate) fn retry_positioning_at(&mut self, at: Instant) {
+        self.positioning_retry = Some(at);
+    }
+
+    /// Positions partitions at their stored offsets (after the consumer's seek succeeded).
+    pub(crate) fn positioned_at(&mut self, partition: i32, stored: Option<i64>) {
+        if self.unpositioned.remove(&partition) {
+            self.positioned.insert(
+                partition,
+                PartitionState {
+                    stored,
+                    next: stored,
+                },
+            );
+        }
+    }
+
+    /// Forgets every position (the database disagreed with this consumer): everything owned is
+    /// re-read from `consumer_offsets` and seeked again; the batch is dropped.
+    pub(crate) fn reposition_all(&mut self) {
+        self.unpositioned.extend(self.positioned.keys().copied());
+        self.positioned.clear();
+        self.rows.clear();
+        self.dead_letters.clear();
+        self.opened_at = None;
+        self.positioning_retry = None;
+    }
+
+    /// Adds one message read at `partition`/`offset` to the batch, or skips it: not positioned
+    /// yet, or already stored. A message that cannot be decoded or stored becomes a dead letter.
+    pub(crate) fn add(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        schema_header: Option<&[u8]>,
+    ) {
+        let Some(state) = self.positioned.get_mut(&partition) else {
+            tracing::trace!(partition, offset, "partition not positioned yet: skipped");
+            return;
+        };
+        if let Some(next) = state.next {
+            if offset < next {
+                tracing::trace!(
+                    partition,
+                    offset,
+                    next,
+                    "already stored or batched: skipped"
+                );
+                return;
+            }
+            if offset > next {
+                // Retention removed messages, or a compacted topic: nothing to read there.
+                tracing::debug!(partition, offset, next, "offset gap");
+            }
+        }
+        state.next = Some(offset + 1);
+        if self.opened_at.is_none() {
+            self.opened_at = Some(Instant::now());
+        }
+        let decoded = CheckResult::decode(payload, schema_header).and_then(|result| {
+            CheckRow::from_result(&result, partition, offset)
+                .map_err(|error| format!("cannot be stored: {error}"))
+        });
+        match decoded {
+            Ok(row) => self.rows.push(PendingRow {
+                row,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.unwrap_or_default().to_vec(),
+            }),
+            Err(reason) => {
+                tracing::warn!(partition, offset, %reason, "message quarantined in dead_letters");
+                self.dead_letters.push(DeadLetter {
+                    partition,
+                    offset,
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.map(<[u8]>::to_vec),
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Moves the batch out for writing, with the offset advance of every partition it covers.
+    pub(crate) fn take(&mut self) -> WriteBatch {
+        let mut offsets: Vec<OffsetAdvance> = self
+            .positioned
+            .iter()
+            .filter(|(_, state)| state.next != state.stored)
+            .filter_map(|(partition, state)| {
+                state.next.map(|next| OffsetAdvance {
+                    partition: *partition,
+                    expected: state.stored,
+                    next,
+                })
+            })
+            .collect();
+        offsets.sort_by_key(|advance| advance.partition);
+        self.opened_at = None;
+        WriteBatch {
+            rows: std::mem::take(&mut self.rows),
+            dead_letters: std::mem::take(&mut self.dead_letters),
+            offsets,
+        }
+    }
+
+    /// Records that `offsets` are now stored.
+    pub(crate) fn committed(&mut self, offsets: &[OffsetAdvance]) {
+        for advance in offsets {
+            if let Some(state) = self.positioned.get_mut(&advance.partition) {
+                state.stored = Some(advance.next);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::tests::sample;
+
+    fn payload(schema: u32) -> Vec<u8> {
+        serde_json::to_vec(&sample(schema)).unwrap()
+    }
+
+    #[test]
+    fn batcher_skips_unpositioned_and_stale_messages() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0, 1])]);
+        // Not positioned yet: skipped (the seek re-reads it).
+        batcher.add(0, 5, None, Some(&payload(1)), None);
+        assert_eq!(batcher.len(), 0);
+        batcher.positioned_at(0, Some(10));
+        batcher.positioned_at(1, None);
+        batcher.add(0, 9, None, Some(&payload(1)), None); // already stored
+        batcher.add(0, 10, Some(b"k"), Some(&payload(1)), None);
+        batcher.add(0, 10, None, Some(&payload(1)), None); // delivered twice
+        batcher.add(0, 11, None, Some(b"junk"), None);
+        batcher.add(1, 0, None, Some(&payload(2)), None);
+        assert_eq!(batcher.len(), 3);
+        let batch = batcher.take();
+        assert_eq!(batch.rows.len(), 1);
+        assert_eq!(batch.rows[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(
+            batch
+                .dead_letters
+                .iter()
+                .map(|d| (d.partition, d.offset))
+                .collect::<Vec<_>>(),
+            vec![(0, 11), (1, 0)]
+        );
+        assert_eq!(
+            batch.offsets,
+            vec![
+                OffsetAdvance {
+                    partition: 0,
+                    expected: Some(10),
+                    next: 12
+                },
+                OffsetAdvance {
+                    partition: 1,
+                    expected: None,
+                    next: 1
+                },
+            ]
+        );
+        batcher.committed(&batch.offsets);
+        assert!(batcher.take().offsets.is_empty(), "nothing new to store");
+        batcher.add(1, 1, None, Some(&payload(1)), None);
+        assert_eq!(
+            batcher.take().offsets,
+            vec![OffsetAdvance {
+                partition: 1,
+                expected: Some(1),
+                next: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn revocation_drops_uncommitted_messages_of_that_partition_only() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0, 1])]);
+        batcher.positioned_at(0, Some(0));
+        batcher.positioned_at(1, Some(0));
+        batcher.add(0, 0, None, Some(&payload(1)), None);
+        batcher.add(1, 0, None, Some(&payload(1)), None);
+        batcher.add(1, 1, None, Some(b"junk"), None);
+        batcher.apply(vec![Assignment::Revoked(vec![1])]);
+        assert_eq!(batcher.len(), 1);
+        batcher.add(1, 2, None, Some(&payload(1)), None); // not ours any more
+        let batch = batcher.take();
+        assert_eq!(batch.rows.len(), 1);
+        assert_eq!(batch.offsets.len(), 1);
+        assert_eq!(batch.offsets[0].partition, 0);
+        // Reassigned: must be positioned again before anything is accepted.
+        batcher.apply(vec![Assignment::Assigned(vec![1])]);
+        assert!(batcher.positioning_due(Instant::now()));
+        batcher.add(1, 3, None, Some(&payload(1)), None);
+        assert_eq!(batcher.len(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_due_when_full_or_old_never_when_empty() {
+        let wait = Duration::from_millis(200);
+        let mut batcher = Batcher::new();
+        let now = Instant::now();
+        assert!(
+            !batcher.is_due(2, wait, now + wait * 10),
+            "an empty batch is never due"
+        );
+        batcher.apply(vec![Assignment::Assigned(vec![0])]);
+        batcher.positioned_at(0, None);
+        batcher.add(0, 0, None, Some(&payload(1)), None);
+        let opened = batcher.opened_at.unwrap();
+        assert!(!batcher.is_due(2, wait, opened));
+        assert!(batcher.is_due(2, wait, opened + wait));
+        batcher.add(0, 1, None, Some(&payload(1)), None);
+        assert!(batcher.is_due(2, wait, opened), "full");
+        batcher.take();
+        assert!(!batcher.is_due(2, wait, opened + wait * 10));
+    }
+
+    #[test]
+    fn reposition_all_forgets_the_batch_and_positions() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0])]);
+        batcher.positioned_at(0, Some(3));
+        batcher.add(0, 3, None, Some(&payload(1)), None);
+        batcher.reposition_all();
+        assert_eq!(batcher.len(), 0);
+        assert!(batcher.unpositioned.contains(&0));
+        assert!(batcher.take().offsets.is_empty());
+    }
+}

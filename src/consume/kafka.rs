@@ -1,0 +1,221 @@
+//! The Kafka side of the consumer: the `StreamConsumer` and its context (rebalance events, the
+//! lag gauge), seeking partitions to the offsets stored in PostgreSQL, and mirroring those
+//! offsets back to Kafka for lag tools.
+//!
+//! Rebalances run inside `recv()`; the context only records what changed and wakes the loop,
+//! which applies the events to the [`Batcher`] before it looks at the next message.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tokio::sync::Notify;
+
+use super::batcher::{Assignment, Batcher};
+use super::{ConsumeError, SEEK_TIMEOUT, STATISTICS_INTERVAL_MS};
+use crate::metrics as names;
+use crate::result::SCHEMA_HEADER;
+use crate::settings::KafkaSettings;
+use crate::store::OffsetAdvance;
+
+/// The consumer type the loop works with.
+pub(crate) type KafkaConsumer = StreamConsumer<KafkaContext>;
+
+pub(crate) fn create_consumer(kafka: &KafkaSettings) -> Result<KafkaConsumer, ConsumeError> {
+    let config: ClientConfig = kafka.client_config(&[
+        ("group.id", &kafka.group),
+        // Kafka's committed offsets are only for lag dashboards; PostgreSQL holds the position.
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        // A partition without a stored offset is read from its first message.
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "false"),
+        ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
+        ("client.id", "sitewatch-consumer"),
+    ]);
+    config
+        .create_with_context(KafkaContext::new(&kafka.topic))
+        .map_err(|source| ConsumeError::Consumer {
+            brokers: kafka.brokers.clone(),
+            group: kafka.group.clone(),
+            source: Box::new(source),
+        })
+}
+
+/// librdkafka callbacks. Rebalances run inside `recv()`; they only record what changed, and the
+/// loop applies it before the next message (drop revoked data, seek assigned partitions).
+pub(crate) struct KafkaContext {
+    topic: String,
+    events: Mutex<Vec<Assignment>>,
+    /// Wakes the loop when a rebalance happened while it was waiting.
+    pub(crate) wake: Notify,
+    /// Stored next offset of each owned partition, for the lag gauge.
+    stored: Mutex<HashMap<i32, i64>>,
+}
+
+impl KafkaContext {
+    fn new(topic: &str) -> Self {
+        KafkaContext {
+            topic: topic.to_owned(),
+            events: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            stored: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn take_events(&self) -> Vec<Assignment> {
+        std::mem::take(&mut *self.events.lock())
+    }
+
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect()
+    }
+
+    pub(crate) fn set_stored(&self, partition: i32, next_offset: Option<i64>) {
+        let mut stored = self.stored.lock();
+        match next_offset {
+            Some(offset) => stored.insert(partition, offset),
+            None => stored.remove(&partition),
+        };
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let stored = self.stored.lock();
+        for (partition, stats) in &topic.partitions {
+            if let Some(next) = stored.get(partition) {
+                if stats.hi_offset >= 0 {
+                    metrics::gauge!(
+                        names::CONSUMER_LAG,
+                        "topic" => self.topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set((stats.hi_offset - next).max(0) as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for KafkaContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(list) => Assignment::Assigned(self.partitions(list)),
+            Rebalance::Revoke(list) => {
+                let partitions = self.partitions(list);
+                for partition in &partitions {
+                    self.set_stored(*partition, None);
+                    // This consumer no longer reports the partition's lag.
+                    metrics::gauge!(
+                        names::CONSUMER_LAG,
+                        "topic" => self.topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(0.0);
+                }
+                Assignment::Revoked(partitions)
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "Kafka rebalance error");
+                return;
+            }
+        };
+        tracing::info!(?event, "partition assignment changed");
+        self.events.lock().push(event);
+        self.wake.notify_one();
+    }
+}
+
+/// Hands one message to the batcher with the parts it looks at.
+pub(crate) fn accept(batcher: &mut Batcher, topic: &str, message: &BorrowedMessage<'_>) {
+    if message.topic() != topic {
+        return;
+    }
+    let header = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|header| header.key == SCHEMA_HEADER)
+            .map(|header| header.value.unwrap_or_default())
+    });
+    batcher.add(
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.payload(),
+        header,
+    );
+}
+
+/// Seeks `partitions` to their `stored` offsets (the beginning when none is stored); the ones
+/// librdkafka accepted are positioned in the batcher, the others stay waiting for a retry.
+pub(crate) fn seek(
+    consumer: &KafkaConsumer,
+    topic: &str,
+    batcher: &mut Batcher,
+    partitions: &[i32],
+    stored: &HashMap<i32, i64>,
+) {
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        let offset = stored
+            .get(partition)
+            .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+        if let Err(error) = list.add_partition_offset(topic, *partition, offset) {
+            tracing::warn!(partition, %error, "cannot build the seek list");
+        }
+    }
+    let result = match consumer.seek_partitions(list, SEEK_TIMEOUT) {
+        Ok(result) => result,
+        Err(error) => return tracing::debug!(%error, "seek not possible yet"),
+    };
+    let mut positioned = Vec::new();
+    for element in result.elements() {
+        let partition = element.partition();
+        match element.error() {
+            Ok(()) => {
+                let next = stored.get(&partition).copied();
+                batcher.positioned_at(partition, next);
+                consumer.context().set_stored(partition, next);
+                positioned.push(format!(
+                    "{partition}@{}",
+                    next.map_or("start".into(), |n| n.to_string())
+                ));
+            }
+            // Usually "erroneous state": the fetcher has not started yet.
+            Err(error) => tracing::debug!(partition, %error, "seek not possible yet"),
+        }
+    }
+    if !positioned.is_empty() {
+        tracing::info!(partitions = %positioned.join(" "), "partitions positioned at their stored offsets");
+    }
+}
+
+/// Mirrors the stored offsets to Kafka, only so that lag tools see the group's progress.
+pub(crate) fn commit_to_kafka(consumer: &KafkaConsumer, topic: &str, offsets: &[OffsetAdvance]) {
+    let mut list = TopicPartitionList::new();
+    for advance in offsets {
+        if list
+            .add_partition_offset(topic, advance.partition, Offset::Offset(advance.next))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+        tracing::debug!(%error, "offset commit to Kafka (for lag visibility) failed");
+    }
+}

@@ -1,0 +1,240 @@
+//! The consumer: check results from Kafka into PostgreSQL, exactly once.
+//!
+//! ```text
+//! Kafka topic ──StreamConsumer (group, no auto-commit)──► decode ──► batch: rows | dead letters
+//!     ▲                                                                │ max_batch_rows rows or
+//!     │ seek every assigned partition to consumer_offsets              │ max_batch_wait after its
+//!     │                                                                ▼ first message
+//!     └────────────── store::write_batch: rows + dead letters + next offsets, ONE transaction
+//! ```
+//!
+//! PostgreSQL, not Kafka, holds the consumer's position: `consumer_offsets` is advanced in the
+//! transaction that stores the rows it covers, and every partition assigned to this consumer is
+//! first seeked to the offset stored there. Messages read before that seek, or older than the
+//! stored offset, are skipped. The offset update is conditional on the value this consumer read,
+//! so a consumer that lost its partitions without noticing cannot store a batch twice. When
+//! PostgreSQL is away the batch in hand is kept, no more is read, and the same batch is retried
+//! with capped exponential backoff. `docs/storage.md` makes the whole argument.
+//!
+//! Layout: [`batcher`] (pure: what enters the batch, when it is due), [`kafka`] (the consumer,
+//! rebalance events, seeks), [`sink`] (PostgreSQL with one retry/backoff rule); this file holds
+//! the options and the loop that ties them together.
+
+mod batcher;
+mod kafka;
+mod sink;
+
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{DatabaseSettings, KafkaSettings};
+use crate::store::{self, StoreError};
+use batcher::Batcher;
+use kafka::KafkaConsumer;
+use sink::Sink;
+
+/// Rows per transaction when the topic has a backlog: 5k is where binary COPY stops getting
+/// faster on the reference machine (docs/storage.md), and a batch stays a few MB.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 5000;
+/// How long the first message of a batch waits for company: bounds storage latency when the
+/// topic is quiet.
+pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
+/// How long a seek may wait for librdkafka to acknowledge it (a local operation).
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// librdkafka statistics period; the lag gauge is refreshed at this rate.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// How the consumer batches. The CLI passes these through; [`Default`] is the library's choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumeOptions {
+    /// Messages (rows and dead letters) per transaction at most.
+    pub max_batch_rows: usize,
+    /// Age of a batch's first message after which the batch is written even if not full.
+    pub max_batch_wait: Duration,
+    /// Apply pending migrations before consuming (`--no-migrate` turns it off when a deploy
+    /// step migrates instead).
+    pub migrate: bool,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        ConsumeOptions {
+            max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+            max_batch_wait: DEFAULT_MAX_BATCH_WAIT,
+            migrate: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("cannot prepare PostgreSQL for consuming")]
+    Startup {
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("cannot create the Kafka consumer (brokers {brokers}, group {group})")]
+    Consumer {
+        brokers: String,
+        group: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("cannot subscribe to Kafka topic {topic}")]
+    Subscribe {
+        topic: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("fatal Kafka consumer error on topic {topic}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("PostgreSQL refused the consumer's work with an error retrying cannot fix (topic {topic}, group {group})")]
+    Store {
+        topic: String,
+        group: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+}
+
+/// Consumes `kafka.topic` in group `kafka.group` into PostgreSQL until `shutdown` is cancelled;
+/// then the batch in hand is committed or rolled back as a whole and `Ok` is returned.
+///
+/// Fails at startup when PostgreSQL cannot be reached or migrated, and later only on errors
+/// that retrying cannot fix (authentication, missing schema, fatal Kafka errors). Transient
+/// PostgreSQL failures are retried forever, without reading further.
+#[tracing::instrument(skip_all, fields(topic = %kafka.topic, group = %kafka.group))]
+pub async fn run(
+    kafka: &KafkaSettings,
+    db: &DatabaseSettings,
+    options: ConsumeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let mut client = store::connect(db)
+        .await
+        .map_err(|source| ConsumeError::Startup {
+            source: Box::new(source),
+        })?;
+    if options.migrate {
+        let report = store::migrate(&mut client)
+            .await
+            .map_err(|source| ConsumeError::Startup {
+                source: Box::new(source),
+            })?;
+        tracing::info!(
+            applied = report.applied.len(),
+            already_applied = report.already_applied,
+            "schema up to date"
+        );
+    }
+    let consumer = kafka::create_consumer(kafka)?;
+    consumer
+        .subscribe(&[&kafka.topic])
+        .map_err(|source| ConsumeError::Subscribe {
+            topic: kafka.topic.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::info!(
+        max_batch_rows = options.max_batch_rows,
+        max_batch_wait_ms = options.max_batch_wait.as_millis() as u64,
+        "consuming"
+    );
+    let mut sink = Sink::new(db, client, &kafka.group, &kafka.topic);
+    let mut batcher = Batcher::new();
+    let result = consume(
+        &consumer,
+        &kafka.topic,
+        &mut sink,
+        &mut batcher,
+        &options,
+        &shutdown,
+    )
+    .await;
+    consumer.unsubscribe();
+    tracing::info!("consumer stopped");
+    result
+}
+
+/// The consume loop: position, batch, flush; returns when `shutdown` is cancelled.
+async fn consume(
+    consumer: &KafkaConsumer,
+    topic: &str,
+    sink: &mut Sink<'_>,
+    batcher: &mut Batcher,
+    options: &ConsumeOptions,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    let max_rows = options.max_batch_rows.max(1);
+    loop {
+        batcher.apply(consumer.context().take_events());
+        let now = Instant::now();
+        if batcher.positioning_due(now) {
+            sink.position(consumer, batcher).await?;
+        }
+        if batcher.is_due(max_rows, options.max_batch_wait, now) {
+            sink.flush(consumer, batcher, shutdown).await?;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            continue;
+        }
+        let wake_at = [
+            batcher.deadline(options.max_batch_wait),
+            batcher.positioning_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = consumer.context().wake.notified() => {}
+            _ = sleep_until(wake_at), if wake_at.is_some() => {}
+            message = consumer.recv() => {
+                // A rebalance runs inside recv(): apply it before looking at the message.
+                batcher.apply(consumer.context().take_events());
+                match message {
+                    Ok(message) => kafka::accept(batcher, topic, &message),
+                    Err(error) => on_kafka_error(topic, error)?,
+                }
+            }
+        }
+    }
+    if batcher.len() > 0 {
+        tracing::info!(
+            messages = batcher.len(),
+            "shutting down: writing the batch in hand"
+        );
+        sink.flush(consumer, batcher, shutdown).await?;
+    }
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn on_kafka_error(topic: &str, error: KafkaError) -> Result<(), ConsumeError> {
+    let fatal = matches!(error, KafkaError::MessageConsumptionFatal(_))
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal);
+    if fatal {
+        return Err(ConsumeError::Kafka {
+            topic: topic.to_owned(),
+            source: Box::new(error),
+        });
+    }
+    // Broker down, topic not created yet, …: librdkafka retries by itself.
+    tracing::warn!(%error, "Kafka consumer error (librdkafka retries)");
+    Ok(())
+}

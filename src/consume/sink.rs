@@ -1,0 +1,238 @@
+//! The PostgreSQL side of the consumer: one client, reconnected on demand, and the two things
+//! the loop asks of it — read the stored offsets of newly assigned partitions, and write a batch.
+//!
+//! Both go through [`Sink::settle`]: a deadline, then transient failures drop the connection
+//! and back off exponentially, while errors retrying cannot fix stop the consumer.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use rdkafka::consumer::Consumer;
+
+use super::batcher::Batcher;
+use super::kafka::{self, KafkaConsumer};
+use super::ConsumeError;
+use crate::error::ErrorChain;
+use crate::metrics as names;
+use crate::settings::DatabaseSettings;
+use crate::store::{self, StoreError, WriteOutcome};
+
+/// First delay before retrying PostgreSQL; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between PostgreSQL retries: an outage is noticed to be over within this.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A write that takes longer is treated as a dead connection (dropped, reconnected, retried).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Delay before seeking again a partition librdkafka was not yet ready to seek (fetcher not
+/// started right after the assignment).
+const SEEK_RETRY: Duration = Duration::from_millis(100);
+
+/// Capped exponential backoff for PostgreSQL retries.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+}
+
+/// The PostgreSQL side of the loop.
+pub(crate) struct Sink<'a> {
+    settings: &'a DatabaseSettings,
+    /// `None` after a failure: the next use reconnects.
+    client: Option<Client>,
+    group: &'a str,
+    topic: &'a str,
+    backoff: Backoff,
+}
+
+impl<'a> Sink<'a> {
+    pub(crate) fn new(
+        settings: &'a DatabaseSettings,
+        client: Client,
+        group: &'a str,
+        topic: &'a str,
+    ) -> Self {
+        Sink {
+            settings,
+            client: Some(client),
+            group,
+            topic,
+            backoff: Backoff::default(),
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+        let client = match self.client.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => store::connect(self.settings).await?,
+        };
+        Ok(self.client.insert(client))
+    }
+
+    /// Judges one attempt (run under [`WRITE_TIMEOUT`]): `Ok(Ok(v))` done, backoff reset;
+    /// `Ok(Err(delay))` a transient failure, logged as `what`, connection dropped: retry after
+    /// `delay`; `Err` a failure retrying cannot fix.
+    fn settle<T>(
+        &mut self,
+        what: &str,
+        outcome: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
+    ) -> Result<Result<T, Duration>, ConsumeError> {
+        let error = match outcome {
+            Ok(Ok(value)) => {
+                self.backoff.reset();
+                return Ok(Ok(value));
+            }
+            Ok(Err(error)) if !error.is_transient() => {
+                return Err(ConsumeError::Store {
+                    topic: self.topic.to_owned(),
+                    group: self.group.to_owned(),
+                    source: Box::new(error),
+                })
+            }
+            Ok(Err(error)) => ErrorChain(&error).to_string(),
+            Err(_) => format!("no answer within {WRITE_TIMEOUT:?}"),
+        };
+        // Whatever state the connection is in, the retry starts from a fresh one.
+        self.client = None;
+        let delay = self.backoff.next_delay();
+        tracing::warn!(%error, retry_in = ?delay, "{what}");
+        Ok(Err(delay))
+    }
+
+    /// Seeks the partitions waiting for it to their stored offsets. A PostgreSQL failure leaves
+    /// them waiting (their messages skipped) and schedules a retry with backoff.
+    pub(crate) async fn position(
+        &mut self,
+        consumer: &KafkaConsumer,
+        batcher: &mut Batcher,
+    ) -> Result<(), ConsumeError> {
+        let partitions = batcher.unpositioned();
+        let (group, topic) = (self.group, self.topic);
+        let load = async {
+            let client = self.client().await?;
+            store::load_offsets(client, group, topic, &partitions).await
+        };
+        let loaded = tokio::time::timeout(WRITE_TIMEOUT, load).await;
+        match self.settle("cannot read consumer_offsets; partitions wait", loaded)? {
+            Ok(stored) => {
+                kafka::seek(consumer, self.topic, batcher, &partitions, &stored);
+                batcher.retry_positioning_at(Instant::now() + SEEK_RETRY);
+            }
+            Err(delay) => batcher.retry_positioning_at(Instant::now() + delay),
+        }
+        Ok(())
+    }
+
+    /// Writes the batch in hand: retried on transient failures until it commits (or shutdown
+    /// abandons it uncommitted), never partially.
+    #[tracing::instrument(skip_all, fields(messages = batcher.len()))]
+    pub(crate) async fn flush(
+        &mut self,
+        consumer: &KafkaConsumer,
+        batcher: &mut Batcher,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let batch = batcher.take();
+        if batch.offsets.is_empty() {
+            return Ok(());
+        }
+        let messages = batch.rows.len() + batch.dead_letters.len();
+        loop {
+            let started = Instant::now();
+            let (group, topic) = (self.group, self.topic);
+            let write = async {
+                let client = self.client().await?;
+                store::write_batch(client, group, topic, &batch).await
+            };
+            let written = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+            let what = "cannot store the batch; keeping it and retrying (not reading further)";
+            let delay = match self.settle(what, written)? {
+                Ok(WriteOutcome::Committed(stats)) => {
+                    metrics::counter!(names::CONSUMER_ROWS_WRITTEN).increment(stats.rows_written);
+                    metrics::counter!(names::CONSUMER_BATCHES, "path" => stats.path.as_str())
+                        .increment(1);
+                    metrics::histogram!(names::CONSUMER_BATCH_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!(names::CONSUMER_DEAD_LETTERS).increment(stats.dead_letters);
+                    metrics::counter!(names::CONSUMER_DUPLICATES).increment(stats.duplicates);
+                    tracing::debug!(
+                        rows = stats.rows_written,
+                        duplicates = stats.duplicates,
+                        dead_letters = stats.dead_letters,
+                        path = stats.path.as_str(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "batch committed"
+                    );
+                    batcher.committed(&batch.offsets);
+                    for advance in &batch.offsets {
+                        consumer
+                            .context()
+                            .set_stored(advance.partition, Some(advance.next));
+                    }
+                    kafka::commit_to_kafka(consumer, self.topic, &batch.offsets);
+                    return Ok(());
+                }
+                Ok(WriteOutcome::Fenced { partitions }) => {
+                    metrics::counter!(names::CONSUMER_FENCED_BATCHES).increment(1);
+                    tracing::warn!(
+                        ?partitions,
+                        messages,
+                        "stored offsets moved under this consumer (another member of the group \
+                         wrote them): batch dropped, re-reading positions"
+                    );
+                    batcher.reposition_all();
+                    return Ok(());
+                }
+                Err(delay) => delay,
+            };
+            metrics::counter!(names::CONSUMER_WRITE_RETRIES).increment(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    tracing::warn!(
+                        messages,
+                        "shutting down with the batch uncommitted: it is read again at the next start"
+                    );
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert_eq!(delays[0], BACKOFF_FIRST);
+        assert_eq!(delays[1], BACKOFF_FIRST * 2);
+        assert_eq!(*delays.last().unwrap(), BACKOFF_MAX);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), BACKOFF_FIRST);
+    }
+}

@@ -1,0 +1,153 @@
+//! Durations as operators write them, everywhere: `sites.lua` intervals and timeouts, SLO
+//! windows, `prune --older-than`, `report --since`. One grammar: one or more `<integer><unit>`
+//! parts (`ms`, `s`, `m`, `h`, `d`), summed; `m` is always minutes.
+
+use std::time::Duration;
+
+/// Units a duration may use, longest name first so `ms` is not read as `m`.
+const DURATION_UNITS: &[(&str, u64)] = &[
+    ("ms", 1),
+    ("s", 1_000),
+    ("m", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
+const DURATION_HINT: &str = "use ms, s, m, h or d, e.g. \"30s\" or \"1m30s\"";
+
+/// Parses `"800ms"`, `"30s"`, `"1m30s"`, `"2h"`, `"30d"`: one or more `<integer><unit>` parts, summed.
+/// Rejects a missing unit, fractions, negatives and zero.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    if text.is_empty() {
+        return Err(format!("empty; {DURATION_HINT}"));
+    }
+    if text.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    let mut rest = text;
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("expected a number at {rest:?}; {DURATION_HINT}"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "too large".to_string())?;
+        rest = &rest[digits..];
+        if rest.starts_with('.') {
+            return Err("fractions are not supported (write \"1500ms\", not \"1.5s\")".into());
+        }
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        if unit_len == 0 {
+            return Err(format!("missing unit after {number}; {DURATION_HINT}"));
+        }
+        let unit = &rest[..unit_len];
+        let Some(&(_, factor)) = DURATION_UNITS.iter().find(|(name, _)| *name == unit) else {
+            return Err(format!("unknown unit {unit:?}; {DURATION_HINT}"));
+        };
+        total_ms = number
+            .checked_mul(factor)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(|| "too large".to_string())?;
+        rest = &rest[unit_len..];
+    }
+    if total_ms == 0 {
+        return Err("must be greater than zero".into());
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+/// Formats a duration the way it would be written: `1m30s`, `800ms`, `2h`.
+pub fn format(duration: Duration) -> String {
+    let mut ms = duration.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (name, factor) in DURATION_UNITS.iter().rev() {
+        let factor = u128::from(*factor);
+        if ms >= factor {
+            out.push_str(&format!("{}{name}", ms / factor));
+            ms %= factor;
+        }
+    }
+    out
+}
+
+/// The shortest age `prune` accepts: retention is about days, and a sub-hour value is almost
+/// always a typo (`6m` for six months).
+pub const MIN_RETENTION: Duration = Duration::from_secs(3_600);
+
+/// Parses a retention age (`prune --older-than`): a duration of at least [`MIN_RETENTION`].
+pub fn parse_retention(text: &str) -> Result<Duration, String> {
+    let age = parse(text)?;
+    if age < MIN_RETENTION {
+        return Err(format!(
+            "{text:?} is less than an hour; retention is given in hours or days, e.g. \"30d\""
+        ));
+    }
+    Ok(age)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("800ms", 800),
+            ("30s", 30_000),
+            ("1m", 60_000),
+            ("1m30s", 90_000),
+            ("2h", 7_200_000),
+            ("30d", 2_592_000_000),
+            ("1h2m3s4ms", 3_723_004),
+            ("0s5ms", 5),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(parse(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+        let bad = [
+            ("10", "missing unit"),
+            ("abc", "expected a number"),
+            ("-1s", "negative"),
+            ("0s", "greater than zero"),
+            ("0ms", "greater than zero"),
+            ("", "empty"),
+            ("1.5s", "fractions"),
+            ("10x", "unknown unit \"x\""),
+            ("10 s", "missing unit"),
+            ("5w", "unknown unit \"w\""),
+            ("99999999999999999999s", "too large"),
+            ("9999999999999999h", "too large"),
+        ];
+        for (text, want) in bad {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn formats_durations() {
+        let cases = [
+            (800, "800ms"),
+            (30_000, "30s"),
+            (90_000, "1m30s"),
+            (7_200_000, "2h"),
+            (1_500, "1s500ms"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(format(Duration::from_millis(ms)), want);
+        }
+    }
+
+    #[test]
+    fn retention_is_at_least_an_hour() {
+        assert_eq!(parse_retention("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_retention("1h"), Ok(Duration::from_secs(3_600)));
+        for bad in ["6m", "59m59s", "0d", "", "-1d", "30"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Every Prometheus metric sitewatch emits: its name as a documented constant, and
+//! [`describe`], which registers help texts and zero values at startup so a counter is present
+//! on `/metrics` (as 0) before its first event — alert rules then see 0, not "no data".
+//!
+//! `docs/metrics.md`-level documentation lives in the README's metrics table; a name used
+//! anywhere else in `src/` is one of these constants.
+
+/// Checks finished, by `site` and `outcome` (counter).
+pub const PROBES: &str = "sitewatch_probes_total";
+/// Duration of one check, all attempts (histogram, seconds).
+pub const PROBE_DURATION: &str = "sitewatch_probe_duration_seconds";
+/// Start of a check minus its scheduled time (histogram, seconds).
+pub const SCHEDULE_LAG: &str = "sitewatch_schedule_lag_seconds";
+/// Ticks skipped because the site's previous check was still running, by `site` (counter).
+pub const MISSED_TICKS: &str = "sitewatch_missed_ticks_total";
+/// Reloads of sites.lua, by `result` = ok | failed (counter).
+pub const CONFIG_RELOADS: &str = "sitewatch_config_reloads_total";
+/// Results Kafka acknowledged (counter).
+pub const KAFKA_DELIVERED: &str = "sitewatch_kafka_delivered_total";
+/// Results Kafka refused or that timed out (counter).
+pub const KAFKA_DELIVERY_ERRORS: &str = "sitewatch_kafka_delivery_errors_total";
+/// Results given up on (shutdown with a full queue, fatal producer error) (counter).
+pub const KAFKA_DROPPED: &str = "sitewatch_kafka_dropped_total";
+/// Results waiting in the producer's local queue (gauge).
+pub const KAFKA_QUEUE_DEPTH: &str = "sitewatch_kafka_queue_depth";
+/// Messages between the stored offset and the partition's end, by `topic`, `partition` (gauge).
+pub const CONSUMER_LAG: &str = "sitewatch_consumer_lag";
+/// Rows stored by the consumer (counter).
+pub const CONSUMER_ROWS_WRITTEN: &str = "sitewatch_consumer_rows_written_total";
+/// Batches committed, by write `path` (counter).
+pub const CONSUMER_BATCHES: &str = "sitewatch_consumer_batches_total";
+/// Time to write one batch (histogram, seconds).
+pub const CONSUMER_BATCH_SECONDS: &str = "sitewatch_consumer_batch_seconds";
+/// Messages quarantined in dead_letters (counter).
+pub const CONSUMER_DEAD_LETTERS: &str = "sitewatch_consumer_dead_letters_total";
+/// Duplicate ids absorbed by the fallback path (counter).
+pub const CONSUMER_DUPLICATES: &str = "sitewatch_consumer_duplicates_total";
+/// Batches dropped because another group member moved the stored offsets (counter).
+pub const CONSUMER_FENCED_BATCHES: &str = "sitewatch_consumer_fenced_batches_total";
+/// Batch writes retried after a transient PostgreSQL failure (counter).
+pub const CONSUMER_WRITE_RETRIES: &str = "sitewatch_consumer_write_retries_total";
+
+/// Unlabelled counters, present from startup.
+const COUNTERS: &[(&str, &str)] = &[
+    (KAFKA_DELIVERED, "Results Kafka acknowledged."),
+    (
+        KAFKA_DELIVERY_ERRORS,
+        "Results Kafka refused or that timed out.",
+    ),
+    (KAFKA_DROPPED, "Results given up on without reaching Kafka."),
+    (CONSUMER_ROWS_WRITTEN, "Rows stored in PostgreSQL."),
+    (
+        CONSUMER_DEAD_LETTERS,
+        "Messages quarantined in dead_letters.",
+    ),
+    (CONSUMER_DUPLICATES, "Duplicate result ids absorbed."),
+    (
+        CONSUMER_FENCED_BATCHES,
+        "Batches dropped: another group member owned the partition.",
+    ),
+    (
+        CONSUMER_WRITE_RETRIES,
+        "Batch writes retried after a transient PostgreSQL failure.",
+    ),
+];
+
+/// Registers every help text and the zero value of every unlabelled counter; call once, after
+/// the recorder is installed.
+pub fn describe() {
+    for (name, help) in COUNTERS {
+        metrics::describe_counter!(*name, *help);
+        metrics::counter!(*name).absolute(0);
+    }
+    metrics::describe_counter!(PROBES, "Checks finished, by site and outcome.");
+    metrics::describe_counter!(
+        MISSED_TICKS,
+        "Ticks skipped: the site's previous check was still running."
+    );
+    metrics::describe_counter!(CONFIG_RELOADS, "Reloads of sites.lua, by result.");
+    metrics::describe_counter!(CONSUMER_BATCHES, "Batches committed, by write path.");
+    metrics::describe_histogram!(
+        PROBE_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of one check, all attempts."
+    );
+    metrics::describe_histogram!(
+        SCHEDULE_LAG,
+        metrics::Unit::Seconds,
+        "Check start minus its scheduled time."
+    );
+    metrics::describe_histogram!(
+        CONSUMER_BATCH_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to write one batch."
+    );
+    metrics::describe_gauge!(
+        KAFKA_QUEUE_DEPTH,
+        "Results waiting in the producer's local queue."
+    );
+    metrics::describe_gauge!(
+        CONSUMER_LAG,
+        "Messages between the stored offset and the partition end."
+    );
+    for result in ["ok", "failed"] {
+        metrics::counter!(CONFIG_RELOADS, "result" => result).absolute(0);
+    }
+}
