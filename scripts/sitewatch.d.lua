@@ -43,6 +43,20 @@
 ---@field client_key? string PEM (PKCS#8) key of client_cert.
 ---@field insecure? boolean Skip certificate and host name verification; results are flagged tls_insecure.
 
+---A service-level objective, judged by `sitewatch report` and the status page.
+---@class sitewatch.Slo
+---@field target number Percent of checks (outside maintenance) that must be up or degraded, above 0 and at most 100, e.g. 99.9.
+---@field window? sitewatch.Duration Period the target is judged over (default "30d").
+---@field latency? sitewatch.LatencyObjective
+
+---A latency objective: one percentile of the total time and its bound.
+---@class sitewatch.LatencyObjective
+---@field p50? sitewatch.Duration
+---@field p90? sitewatch.Duration
+---@field p95? sitewatch.Duration
+---@field p99? sitewatch.Duration
+---@field ["p99.9"]? sitewatch.Duration
+
 ---A hook: gets the read-only response table and returns a verdict.
 ---@alias sitewatch.Hook fun(r: sitewatch.Response): (boolean|"degraded"|sitewatch.Verdict|nil), string?
 
@@ -57,6 +71,7 @@
 ---@field max_redirects? integer Redirects followed (0-100, default 10).
 ---@field body_cap? sitewatch.Size Body bytes read at most (default "1MiB"; raised past expect.max_body).
 ---@field hooks? sitewatch.Hook[] Lua assertions, run in order after the built-in ones.
+---@field slo? sitewatch.Slo Service-level objective; a site's slo replaces the default one whole.
 
 ---@class sitewatch.Site: sitewatch.Settings
 ---@field name string Unique name: the Kafka key and the label everywhere (at most 128 bytes).

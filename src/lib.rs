@@ -50,6 +50,7 @@ pub mod consume;
 pub mod duration;
 pub mod error;
 pub mod hooks;
+pub mod insight;
 pub(crate) mod lua;
 pub mod metrics;
 pub mod probe;

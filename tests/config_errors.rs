@@ -650,3 +650,70 @@ fn shipped_lua_files_parse() {
         }
     }
 }
+
+#[test]
+fn slo_is_validated_with_file_and_line() {
+    let site = |slo: &str| {
+        format!("\n\nsite {{ name = \"a\", url = \"https://a.example/\", slo = {slo} }}")
+    };
+    let cases: [(&str, &[&str]); 10] = [
+        ("99.9", &["slo must be a table"]),
+        (
+            "{ window = \"30d\" }",
+            &["missing required key \"slo.target\""],
+        ),
+        ("{ target = 0 }", &["slo.target = 0 is out of range"]),
+        (
+            "{ target = 100.5 }",
+            &["slo.target = 100.5 is out of range"],
+        ),
+        ("{ target = \"99.9\" }", &["slo.target must be a number"]),
+        (
+            "{ target = 99, window = \"30\" }",
+            &["slo.window", "missing unit"],
+        ),
+        (
+            "{ target = 99, windw = \"30d\" }",
+            &["unknown key \"windw\" in slo "],
+        ),
+        (
+            "{ target = 99, latency = { p98 = \"1s\" } }",
+            &["unknown key \"p98\" in slo.latency"],
+        ),
+        (
+            "{ target = 99, latency = { p99 = 800 } }",
+            &["slo.latency.p99", "needs a unit"],
+        ),
+        ("{ target = 99, latency = {} }", &["slo.latency.p99"]),
+    ];
+    for (slo, needles) in cases {
+        assert_error(&site(slo), 3, needles);
+    }
+    let config = load(&site(
+        "{ target = 99.95, window = \"7d\", latency = { p95 = \"250ms\" } }",
+    ))
+    .unwrap();
+    let slo = config.sites[0].slo.as_ref().unwrap();
+    assert_eq!(slo.target_pct, 99.95);
+    assert_eq!(slo.window, std::time::Duration::from_secs(7 * 86_400));
+    let latency = slo.latency.as_ref().unwrap();
+    assert_eq!((latency.name.as_str(), latency.quantile), ("p95", 0.95));
+    assert_eq!(latency.max, std::time::Duration::from_millis(250));
+}
+
+#[test]
+fn a_site_slo_replaces_the_default_one_whole() {
+    let config = load(
+        "defaults { slo = { target = 99, latency = { p99 = \"1s\" } } }\n\
+         site { name = \"a\", url = \"https://a.example/\" }\n\
+         site { name = \"b\", url = \"https://b.example/\", slo = { target = 99.9 } }",
+    )
+    .unwrap();
+    let a = config.sites[0].slo.as_ref().unwrap();
+    assert_eq!(a.target_pct, 99.0);
+    assert!(a.latency.is_some());
+    let b = config.sites[1].slo.as_ref().unwrap();
+    assert_eq!(b.target_pct, 99.9);
+    assert!(b.latency.is_none(), "not inherited key by key");
+    assert_eq!(b.window, std::time::Duration::from_secs(30 * 86_400));
+}

@@ -111,6 +111,15 @@ impl Raw {
         }
     }
 
+    /// A number, integer or float.
+    pub(crate) fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Raw::Int(i) => Some(i as f64),
+            Raw::Num(n) => Some(n),
+            _ => None,
+        }
+    }
+
     /// An integer, also from a float with an integral value (`2^3` is the float 8.0 in Lua).
     pub(crate) fn as_int(&self) -> Option<i64> {
         match *self {

@@ -141,8 +141,34 @@ pub struct Site {
     /// Hook labels in call order (`script:<name>` or `inline:<n>`); the functions themselves
     /// live in the hook runtime's Lua states, addressed by (site name, index).
     pub hooks: Vec<String>,
+    /// The service-level objective `report` and the status page judge this site by.
+    pub slo: Option<Slo>,
     pub location: Location,
 }
+
+/// A site's service-level objective: `slo = { target = 99.9, window = "30d" }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slo {
+    /// Percentage of checks (outside maintenance) that must be up or degraded, in (0, 100].
+    pub target_pct: f64,
+    /// The rolling period the target is judged over (the default period of `report`).
+    pub window: Duration,
+    /// Optional latency objective: a percentile of the total time must stay at or below a bound.
+    pub latency: Option<LatencyObjective>,
+}
+
+/// `latency = { p99 = "800ms" }`: the p99 (or p50, p90, p95, p99.9) of the total time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyObjective {
+    /// The key as written (`p99`), for reports.
+    pub name: String,
+    /// The quantile in (0, 1), e.g. 0.99.
+    pub quantile: f64,
+    pub max: Duration,
+}
+
+/// SLO window when `slo` sets none.
+pub const DEFAULT_SLO_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
 /// The sources a configuration was evaluated from; hook workers re-evaluate them to get their
 /// own Lua functions.
@@ -184,6 +210,7 @@ impl Site {
             max_redirects: DEFAULT_MAX_REDIRECTS,
             body_cap: DEFAULT_BODY_CAP,
             hooks: Vec::new(),
+            slo: None,
             location: Location {
                 file: "<code>".into(),
                 line: 0,

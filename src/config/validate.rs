@@ -19,8 +19,9 @@ use super::eval::{Declaration, Evaluation};
 use super::parse::{format_duration, parse_duration, parse_size, status_class, status_code};
 use super::raw::{Raw, RawKey, RawTable};
 use super::types::{
-    Expect, HeaderExpectation, JsonExpectation, Location, Request, Site, StatusMatcher, TlsOptions,
-    DEFAULT_BODY_CAP, DEFAULT_INTERVAL, DEFAULT_MAX_REDIRECTS, DEFAULT_TIMEOUT,
+    Expect, HeaderExpectation, JsonExpectation, LatencyObjective, Location, Request, Site, Slo,
+    StatusMatcher, TlsOptions, DEFAULT_BODY_CAP, DEFAULT_INTERVAL, DEFAULT_MAX_REDIRECTS,
+    DEFAULT_SLO_WINDOW, DEFAULT_TIMEOUT,
 };
 
 /// Most retries a site may ask for; each one can take a whole timeout.
@@ -42,6 +43,7 @@ const SITE_KEYS: &[&str] = &[
     "max_redirects",
     "body_cap",
     "hooks",
+    "slo",
 ];
 /// `defaults{}` takes every site key except the site's identity.
 const DEFAULTS_KEYS: &[&str] = &[
@@ -54,6 +56,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "max_redirects",
     "body_cap",
     "hooks",
+    "slo",
 ];
 const EXPECT_KEYS: &[&str] = &[
     "status",
@@ -68,6 +71,15 @@ const EXPECT_KEYS: &[&str] = &[
 ];
 const REQUEST_KEYS: &[&str] = &["method", "headers", "body"];
 const TLS_KEYS: &[&str] = &["ca", "client_cert", "client_key", "insecure"];
+const SLO_KEYS: &[&str] = &["target", "window", "latency"];
+/// Percentiles a latency objective may name, with their quantile.
+const LATENCY_KEYS: &[(&str, f64)] = &[
+    ("p50", 0.5),
+    ("p90", 0.9),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+];
 
 /// Validates every declaration. Returns the sites that are valid and every error found.
 pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Vec<Site>, Vec<ConfigError>) {
@@ -204,8 +216,108 @@ impl<'a> Layers<'a> {
     }
 }
 
+/// `slo = { target = 99.9, window = "30d", latency = { p99 = "800ms" } }`; every problem is
+/// reported, and any problem drops the objective.
+fn slo(raw: &Raw, origin: Origin, rep: &mut Reporter<'_>) -> Option<Slo> {
+    let Raw::Table(table) = raw else {
+        rep.push_if(origin, wrong_type("slo", "a table", raw));
+        return None;
+    };
+    if origin != Origin::Defaults {
+        check_keys(table, SLO_KEYS, "slo", rep);
+    }
+    let mut ok = true;
+    let mut report = |kind: Kind| {
+        ok = false;
+        rep.push_if(origin, kind);
+    };
+    let target = match table.get("target") {
+        None => {
+            report(Kind::Missing { key: "slo.target" });
+            None
+        }
+        Some(raw @ (Raw::Int(_) | Raw::Num(_))) => match raw.as_f64() {
+            Some(t) if t > 0.0 && t <= 100.0 => Some(t),
+            _ => {
+                report(Kind::Number {
+                    key: "slo.target".into(),
+                    value: raw.show(),
+                    reason: "must be a percentage above 0 and at most 100, e.g. 99.9".into(),
+                });
+                None
+            }
+        },
+        Some(other) => {
+            report(wrong_type("slo.target", "a number", other));
+            None
+        }
+    };
+    let window = match table.get("window") {
+        None => Some(DEFAULT_SLO_WINDOW),
+        Some(raw) => duration("slo.window", raw).map_err(&mut report).ok(),
+    };
+    let latency = match table.get("latency") {
+        None => None,
+        Some(Raw::Table(latency)) => latency_objective(latency, &mut report),
+        Some(other) => {
+            report(wrong_type("slo.latency", "a table", other));
+            None
+        }
+    };
+    let (Some(target_pct), Some(window), true) = (target, window, ok) else {
+        return None;
+    };
+    Some(Slo {
+        target_pct,
+        window,
+        latency,
+    })
+}
+
+/// `latency = { p99 = "800ms" }`: exactly one percentile key.
+fn latency_objective(table: &RawTable, report: &mut impl FnMut(Kind)) -> Option<LatencyObjective> {
+    let allowed: Vec<&str> = LATENCY_KEYS.iter().map(|(name, _)| *name).collect();
+    let mut found = None;
+    for (key, raw) in &table.entries {
+        let known = match key {
+            RawKey::Name(name) => LATENCY_KEYS.iter().find(|(k, _)| k == name),
+            _ => None,
+        };
+        let Some((name, quantile)) = known else {
+            report(Kind::UnknownKey {
+                table: "slo.latency",
+                key: key.to_string(),
+                allowed: allowed.join(", "),
+            });
+            continue;
+        };
+        if found.is_some() {
+            report(Kind::Number {
+                key: "slo.latency".into(),
+                value: name.to_string(),
+                reason: "give one percentile".into(),
+            });
+            continue;
+        }
+        if let Ok(max) = duration(&format!("slo.latency.{name}"), raw).map_err(&mut *report) {
+            found = Some(LatencyObjective {
+                name: name.to_string(),
+                quantile: *quantile,
+                max,
+            });
+        }
+    }
+    if table.entries.is_empty() {
+        report(Kind::Missing {
+            key: "slo.latency.p99 (or p50, p90, p95, p99.9)",
+        });
+    }
+    found
+}
+
 /// Everything a site and `defaults{}` share, parsed and merged.
 struct Settings {
+    slo: Option<Slo>,
     interval: Duration,
     timeout: Duration,
     expect: Expect,
@@ -256,6 +368,7 @@ fn site(
         max_redirects: settings.max_redirects,
         body_cap: settings.body_cap,
         hooks: settings.hooks,
+        slo: settings.slo,
         location: decl.location.clone(),
     })
 }
@@ -315,6 +428,10 @@ fn settings(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> Sett
     let hooks = layers
         .field("hooks", rep, hook_labels)
         .map_or_else(Vec::new, |(h, _)| h);
+    // A site's `slo` replaces the default one whole.
+    let slo = layers
+        .get("slo")
+        .and_then(|(raw, origin)| slo(raw, origin, rep));
 
     Settings {
         interval,
@@ -326,6 +443,7 @@ fn settings(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> Sett
         max_redirects,
         body_cap,
         hooks,
+        slo,
     }
 }
 
