@@ -207,6 +207,7 @@ impl Checker {
             config_version: self.config_version.to_string(),
             attempts,
             probe_host: self.probe_host.to_string(),
+            maintenance: None,
         }
     }
 }

@@ -40,6 +40,7 @@
 //! - [`settings`]: Kafka and PostgreSQL connection settings; [`duration`]: the one duration
 //!   grammar; [`metrics`]: every metric name; [`error`]: error-chain formatting.
 //! - [`run`]: both roles in one process.
+//! - [`report`]: uptime, error budget, percentiles and downtime per site, from the rollups.
 //!
 //! The binary (`src/bin/sitewatch/`) only parses arguments, prints and maps errors to exit codes.
 
@@ -56,6 +57,7 @@ pub mod metrics;
 pub mod probe;
 pub mod produce;
 pub mod publish;
+pub mod report;
 pub mod result;
 pub mod run;
 pub mod schedule;

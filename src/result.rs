@@ -192,6 +192,10 @@ pub struct CheckResult {
     pub attempts: u32,
     /// Host name of the machine that ran the probe.
     pub probe_host: String,
+    /// Name of the maintenance window the check was probed in (absent: none). Rollups count
+    /// such checks apart and SLOs leave them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<String>,
 }
 
 impl CheckResult {
@@ -269,6 +273,7 @@ pub(crate) mod tests {
             config_version: "v".into(),
             attempts: 1,
             probe_host: "h".into(),
+            maintenance: None,
         }
     }
 

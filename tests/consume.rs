@@ -7,6 +7,7 @@
 //! (`CARGO_BIN_EXE_sitewatch consume`) so that kill -9 is real. Waits are generous and bounded;
 //! no timing is asserted.
 
+mod insight;
 mod stack;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -233,29 +234,50 @@ impl Rng {
     }
 }
 
+/// When the results of this test process start: three days ago, so their `scheduled_at` (10 s
+/// apart, in publishing order) span hours and days of rollups.
+fn base() -> chrono::DateTime<Utc> {
+    static BASE: std::sync::OnceLock<chrono::DateTime<Utc>> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| Utc::now() - chrono::Duration::days(3))
+}
+
+/// Result `n` of a varied stream: 50 sites; down, degraded and maintenance mixed in; timings
+/// that differ per result; a phase missing now and then.
 fn check_result(n: usize) -> CheckResult {
-    let now = Utc::now();
+    let scheduled_at = base() + chrono::Duration::seconds(n as i64 * 10);
     let down = n % 7 == 0;
+    let degraded = !down && n % 11 == 0;
+    let total_ms = 5.0 + ((n * 7919) % 2000) as f64 / 4.0;
     CheckResult {
         schema: SCHEMA_VERSION,
         id: Uuid::now_v7(),
         site: format!("site-{}", n % 50),
         url: format!("https://site-{}.example/health", n % 50),
         final_url: Some(format!("https://site-{}.example/health", n % 50)),
-        scheduled_at: now,
-        started_at: now,
-        outcome: if down { Outcome::Down } else { Outcome::Up },
+        scheduled_at,
+        started_at: scheduled_at,
+        outcome: if down {
+            Outcome::Down
+        } else if degraded {
+            Outcome::Degraded
+        } else {
+            Outcome::Up
+        },
         status: Some(if down { 503 } else { 200 }),
         timings: Timings {
             dns_ms: Some(1.2),
             connect_ms: Some(3.4),
             tls_ms: Some(12.0),
-            ttfb_ms: Some(40.5),
+            ttfb_ms: (n % 5 != 0).then_some(total_ms * 0.6),
             transfer_ms: Some(2.25),
-            total_ms: 59.35,
+            total_ms,
         },
-        failure: down.then(|| Failure {
-            kind: FailureKind::Timeout,
+        failure: (down || degraded).then(|| Failure {
+            kind: if n % 2 == 0 {
+                FailureKind::Timeout
+            } else {
+                FailureKind::Assertion
+            },
             phase: Some(Phase::Ttfb),
             message: "no response within 5s".into(),
         }),
@@ -270,11 +292,12 @@ fn check_result(n: usize) -> CheckResult {
         metrics: BTreeMap::from([("items".to_string(), n as f64)]),
         body_bytes: 512,
         body_truncated: false,
-        cert_not_after: Some(now + chrono::Duration::days(60)),
+        cert_not_after: Some(scheduled_at + chrono::Duration::days(60)),
         tls_insecure: false,
         config_version: "0123456789abcdef".into(),
         attempts: 1,
         probe_host: "probe-test".into(),
+        maintenance: (n % 13 == 0).then(|| "weekly".to_string()),
     }
 }
 
@@ -450,6 +473,40 @@ async fn exactly_once_across_repeated_kill_9() {
     assert!(consumer.terminate().success(), "{}", consumer.log_tail());
     assert_exactly_once(&mut db, &ids).await;
     assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    // Rollups and states went in with the rows, so the kills neither lost nor doubled them.
+    insight::assert_insight_matches_raw(db.client().await).await;
+    // A rebuild from the raw rows reproduces the live rollups.
+    let live_hourly = insight::rollups(db.client().await, "rollup_hourly").await;
+    let live_daily = insight::rollups(db.client().await, "rollup_daily").await;
+    let from = base().to_rfc3339();
+    let to = (base() + chrono::Duration::days(4)).to_rfc3339();
+    let rebuild = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args([
+            "rollup",
+            "rebuild",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--env-file",
+        ])
+        .arg(stack::env_file())
+        .env("SITEWATCH_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        rebuild.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuild.stderr)
+    );
+    insight::assert_same_rollups(
+        &live_hourly,
+        &insight::rollups(db.client().await, "rollup_hourly").await,
+    );
+    insight::assert_same_rollups(
+        &live_daily,
+        &insight::rollups(db.client().await, "rollup_daily").await,
+    );
     stack::drop_database(&url).await;
 }
 
@@ -514,6 +571,40 @@ async fn no_loss_no_duplicates_across_a_postgresql_restart() {
     assert!(consumer.terminate().success(), "{}", consumer.log_tail());
     assert_exactly_once(&mut db, &ids).await;
     assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    // Rollups and states went in with the rows, so the kills neither lost nor doubled them.
+    insight::assert_insight_matches_raw(db.client().await).await;
+    // A rebuild from the raw rows reproduces the live rollups.
+    let live_hourly = insight::rollups(db.client().await, "rollup_hourly").await;
+    let live_daily = insight::rollups(db.client().await, "rollup_daily").await;
+    let from = base().to_rfc3339();
+    let to = (base() + chrono::Duration::days(4)).to_rfc3339();
+    let rebuild = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args([
+            "rollup",
+            "rebuild",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--env-file",
+        ])
+        .arg(stack::env_file())
+        .env("SITEWATCH_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        rebuild.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuild.stderr)
+    );
+    insight::assert_same_rollups(
+        &live_hourly,
+        &insight::rollups(db.client().await, "rollup_hourly").await,
+    );
+    insight::assert_same_rollups(
+        &live_daily,
+        &insight::rollups(db.client().await, "rollup_daily").await,
+    );
     stack::drop_database(&url).await;
 }
 
@@ -633,6 +724,40 @@ async fn two_consumers_split_partitions_and_the_survivor_takes_over() {
     assert!(b.terminate().success(), "{}", b.log_tail());
     assert_exactly_once(&mut db, &ids).await;
     assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    // Rollups and states went in with the rows, so the kills neither lost nor doubled them.
+    insight::assert_insight_matches_raw(db.client().await).await;
+    // A rebuild from the raw rows reproduces the live rollups.
+    let live_hourly = insight::rollups(db.client().await, "rollup_hourly").await;
+    let live_daily = insight::rollups(db.client().await, "rollup_daily").await;
+    let from = base().to_rfc3339();
+    let to = (base() + chrono::Duration::days(4)).to_rfc3339();
+    let rebuild = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args([
+            "rollup",
+            "rebuild",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--env-file",
+        ])
+        .arg(stack::env_file())
+        .env("SITEWATCH_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        rebuild.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuild.stderr)
+    );
+    insight::assert_same_rollups(
+        &live_hourly,
+        &insight::rollups(db.client().await, "rollup_hourly").await,
+    );
+    insight::assert_same_rollups(
+        &live_daily,
+        &insight::rollups(db.client().await, "rollup_daily").await,
+    );
     stack::drop_database(&url).await;
 }
 
@@ -791,5 +916,7 @@ async fn a_duplicate_id_is_stored_once() {
         db.scalar("SELECT count(*) FROM dead_letters").await,
         Some(0)
     );
+    // The duplicates were absorbed by the fallback path: counted once in rollups and states.
+    insight::assert_insight_matches_raw(db.client().await).await;
     stack::drop_database(&url).await;
 }

@@ -57,6 +57,7 @@ fn result(site: &str, age: Age) -> CheckResult {
         config_version: "test".into(),
         attempts: 1,
         probe_host: "test".into(),
+        maintenance: None,
     }
 }
 
@@ -462,28 +463,51 @@ async fn a_batch_from_a_consumer_whose_offsets_moved_is_fenced_and_writes_nothin
 }
 
 #[tokio::test]
-async fn prune_deletes_old_results_in_batches_and_keeps_recent_ones() {
+async fn prune_drops_whole_old_days_and_keeps_rollups() {
     let _stack = StackLock::shared();
     let (url, mut client) = migrated().await;
-    let old = store::PRUNE_BATCH_ROWS as usize * 2 + 5;
-    let rows: Vec<PendingRow> = (0..old)
-        .map(|i| pending(&result("old", Age::days(40)), 0, i as i64))
-        .chain((0..10).map(|i| pending(&result("new", Age::days(1)), 0, (old + i) as i64)))
-        .collect();
+    let ages = [(40, 7), (35, 5), (1, 10)];
+    let mut offset = 0;
+    let mut rows = Vec::new();
+    for (days, n) in ages {
+        for _ in 0..n {
+            rows.push(pending(
+                &result(&format!("d{days}"), Age::days(days)),
+                0,
+                offset,
+            ));
+            offset += 1;
+        }
+    }
     let batch = WriteBatch {
         rows,
         dead_letters: Vec::new(),
         offsets: vec![OffsetAdvance {
             partition: 0,
             expected: None,
-            next: old as i64 + 10,
+            next: offset,
         }],
     };
     store::write_batch(&mut client, "g", "t", &batch)
         .await
         .unwrap();
-    let deleted = store::prune(&client, Age::days(30)).await.unwrap();
-    assert_eq!(deleted, old as u64);
+    let partitions = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'check_results'::regclass";
+    let before = count(&client, partitions).await;
+    let retention = |results: i64, hourly: Option<i64>| store::Retention {
+        results: Age::days(results),
+        hourly_rollups: hourly.map(Age::days),
+        daily_rollups: None,
+    };
+    let report = store::prune(&client, retention(30, Some(36)))
+        .await
+        .unwrap();
+    assert_eq!(report.days_dropped.len(), 2, "{report:?}");
+    assert_eq!(report.rows_dropped, 12);
+    assert_eq!(
+        count(&client, partitions).await,
+        before - 2,
+        "dropped, not emptied"
+    );
     assert_eq!(
         count(&client, "SELECT count(*) FROM check_results").await,
         10
@@ -491,12 +515,23 @@ async fn prune_deletes_old_results_in_batches_and_keeps_recent_ones() {
     assert_eq!(
         count(
             &client,
-            "SELECT count(*) FROM check_results WHERE site = 'new'"
+            "SELECT count(*) FROM check_results WHERE site = 'd1'"
         )
         .await,
         10
     );
-    assert_eq!(store::prune(&client, Age::days(30)).await.unwrap(), 0);
-    assert!(store::prune(&client, Age::days(-1)).await.is_err());
+    // Rollups outlive the raw rows: daily all kept, hourly only the 40-day-old hour deleted.
+    assert!(report.hourly_rollups_deleted >= 1, "{report:?}");
+    assert_eq!(
+        count(&client, "SELECT sum(checks)::bigint FROM rollup_daily").await,
+        22
+    );
+    assert_eq!(
+        count(&client, "SELECT sum(checks)::bigint FROM rollup_hourly").await,
+        15
+    );
+    let again = store::prune(&client, retention(30, None)).await.unwrap();
+    assert_eq!(again, store::PruneReport::default());
+    assert!(store::prune(&client, retention(-1, None)).await.is_err());
     stack::drop_database(&url).await;
 }

@@ -215,6 +215,7 @@ pub fn sample_result(i: u64, base: DateTime<Utc>) -> CheckResult {
         config_version: "3f9c2a7be41d08c5".into(),
         attempts: if outcome == Outcome::Down { 2 } else { 1 },
         probe_host: "probe-eu-west-1a".into(),
+        maintenance: None,
     }
 }
 

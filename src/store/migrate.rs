@@ -29,11 +29,18 @@ impl Migration {
 }
 
 /// Every migration this build knows, in version order. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "insight",
+        sql: include_str!("../../migrations/0002_insight.sql"),
+    },
+];
 
 /// Key of the advisory lock that serialises migration runs across processes ("sitewatc" in
 /// ASCII). Any 64-bit value works as long as nothing else in the database uses it.

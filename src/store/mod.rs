@@ -10,13 +10,16 @@
 //! - [`migrate`]: embedded, checksummed migrations from `migrations/`.
 //! - [`write_batch`] / [`load_offsets`]: the consumer's write path (binary COPY, with an
 //!   `ON CONFLICT` fallback) and the stored Kafka positions it seeks to.
-//! - [`prune`]: retention, deleting old results in small batches.
+//! - [`prune`]: retention: drops day partitions of results, deletes old rollup buckets.
+//! - [`insight`]: rollups, site state and state changes, written with the rows.
 //!
 //! The store never imports probe or config: it knows only [`crate::result::CheckResult`].
 //! `docs/storage.md` describes the schema and the exactly-once argument.
 
+pub(crate) mod insight;
 mod migrate;
 mod prune;
+mod rebuild;
 mod row;
 mod write;
 
@@ -30,8 +33,10 @@ use tokio_postgres::{Client, Config};
 use crate::settings::DatabaseSettings;
 
 pub use crate::error::ErrorChain;
+pub use insight::{from_row as rollup_from_row, RollupTable, ROLLUP_COLUMNS};
 pub use migrate::{migrate, AppliedMigration, MigrateReport, Migration, MIGRATIONS};
-pub use prune::{prune, PRUNE_BATCH_ROWS};
+pub use prune::{prune, PruneReport, Retention, DEFAULT_HOURLY_ROLLUP_RETENTION};
+pub use rebuild::{rebuild_rollups, RebuildReport, MAX_REBUILD_DAYS};
 pub use row::{CheckRow, JsonbText, RowError, COLUMNS, COPY_TYPES, MAX_SITE_BYTES};
 pub use write::{
     load_offsets, write_batch, DeadLetter, OffsetAdvance, PendingRow, WriteBatch, WriteOutcome,
@@ -108,6 +113,8 @@ pub enum StoreError {
     },
     #[error("refusing to prune with a negative age ({older_than})")]
     Retention { older_than: String },
+    #[error("cannot rebuild rollups: {reason}")]
+    Rebuild { reason: String },
     #[error("PostgreSQL: {context}")]
     Query {
         context: &'static str,
@@ -135,7 +142,8 @@ impl StoreError {
             | StoreError::TlsSetup { .. }
             | StoreError::Certificate { .. }
             | StoreError::ChecksumMismatch { .. }
-            | StoreError::Retention { .. } => false,
+            | StoreError::Retention { .. }
+            | StoreError::Rebuild { .. } => false,
         }
     }
 

@@ -1,50 +1,166 @@
-//! Retention: deletes check results older than a cut-off, a bounded batch per statement.
+//! Retention: drops whole day partitions of `check_results`, and deletes old rollup buckets.
 //!
-//! Each batch is its own short transaction, so pruning months of data never holds locks or a
-//! snapshot for long, never blocks the consumer's COPY, and can be interrupted at any point
-//! without losing work. The batches are found through the BRIN index on `scheduled_at`.
-//! `docs/storage.md` has the whole retention plan (and when to switch to partitions).
+//! Raw rows expire by `DROP TABLE` of a day partition (`check_results_pYYYYMMDD`, created by the
+//! consumer): no bulk DELETE, no dead tuples, no vacuum debt, and it takes milliseconds whatever
+//! the day held. A day is dropped once all of it is older than the cut-off, so up to one more
+//! day than asked for is kept. Rollups are small (one row per site and hour or day) and keep
+//! their own, longer retention: hourly buckets for [`DEFAULT_HOURLY_ROLLUP_RETENTION`], daily
+//! buckets for as long as the operator wants (by default forever).
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use tokio_postgres::Client;
 
 use super::StoreError;
 
-/// Rows deleted per statement: big enough to amortise the scan, small enough that one batch
-/// finishes in well under a second and its WAL stays small.
-pub const PRUNE_BATCH_ROWS: i64 = 10_000;
+/// How long hourly rollups are kept unless told otherwise: long enough for a 90-day chart at
+/// hour resolution; reports over longer periods read the daily rollups.
+pub const DEFAULT_HOURLY_ROLLUP_RETENTION: Duration = Duration::days(90);
 
-/// Deletes every `check_results` row with `scheduled_at` older than `now - older_than`, in
-/// batches of [`PRUNE_BATCH_ROWS`]; returns how many rows were deleted.
+/// Prefix of the day partitions of `check_results`; the suffix is the UTC day, `YYYYMMDD`.
+const PARTITION_PREFIX: &str = "check_results_p";
+
+/// What to remove: everything older than each age (`None`: keep forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub results: Duration,
+    pub hourly_rollups: Option<Duration>,
+    pub daily_rollups: Option<Duration>,
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Day partitions dropped, oldest first (their UTC days).
+    pub days_dropped: Vec<NaiveDate>,
+    /// Rows those partitions held.
+    pub rows_dropped: u64,
+    pub hourly_rollups_deleted: u64,
+    pub daily_rollups_deleted: u64,
+}
+
+/// Applies `retention` as of now.
 #[tracing::instrument(skip(client))]
-pub async fn prune(client: &Client, older_than: Duration) -> Result<u64, StoreError> {
-    if older_than < Duration::zero() {
-        return Err(StoreError::Retention {
-            older_than: older_than.to_string(),
-        });
-    }
-    let cutoff = Utc::now()
-        .checked_sub_signed(older_than)
-        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
-    let statement = client
-        .prepare(
-            "DELETE FROM check_results WHERE ctid = ANY(ARRAY(\
-                 SELECT ctid FROM check_results WHERE scheduled_at < $1 LIMIT $2))",
-        )
-        .await
-        .map_err(StoreError::query("preparing the prune statement"))?;
-    let mut total = 0;
-    loop {
-        let deleted = client
-            .execute(&statement, &[&cutoff, &PRUNE_BATCH_ROWS])
-            .await
-            .map_err(StoreError::query("deleting old check results"))?;
-        total += deleted;
-        tracing::debug!(deleted, total, "pruned a batch");
-        if deleted < PRUNE_BATCH_ROWS as u64 {
-            break;
+pub async fn prune(client: &Client, retention: Retention) -> Result<PruneReport, StoreError> {
+    for age in [
+        Some(retention.results),
+        retention.hourly_rollups,
+        retention.daily_rollups,
+    ] {
+        if age.is_some_and(|age| age < Duration::zero()) {
+            return Err(StoreError::Retention {
+                older_than: format!("{age:?}"),
+            });
         }
     }
-    tracing::info!(total, %cutoff, "pruned check results");
-    Ok(total)
+    let now = Utc::now();
+    let cutoff = |age: Duration| {
+        now.checked_sub_signed(age)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    };
+    let mut report = drop_partitions(client, cutoff(retention.results)).await?;
+    for (age, table, deleted) in [
+        (
+            retention.hourly_rollups,
+            "rollup_hourly",
+            &mut report.hourly_rollups_deleted,
+        ),
+        (
+            retention.daily_rollups,
+            "rollup_daily",
+            &mut report.daily_rollups_deleted,
+        ),
+    ] {
+        if let Some(age) = age {
+            *deleted = client
+                .execute(
+                    &format!("DELETE FROM {table} WHERE bucket < $1"),
+                    &[&cutoff(age)],
+                )
+                .await
+                .map_err(StoreError::query("deleting old rollups"))?;
+        }
+    }
+    tracing::info!(
+        days = report.days_dropped.len(),
+        rows = report.rows_dropped,
+        hourly_rollups = report.hourly_rollups_deleted,
+        daily_rollups = report.daily_rollups_deleted,
+        "pruned"
+    );
+    Ok(report)
+}
+
+/// Drops the day partitions that end at or before `cutoff`, each in its own transaction.
+async fn drop_partitions(
+    client: &Client,
+    cutoff: DateTime<Utc>,
+) -> Result<PruneReport, StoreError> {
+    let names: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'check_results'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(StoreError::query("listing check_results partitions"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut report = PruneReport::default();
+    for name in names {
+        let Some(day) = partition_day(&name) else {
+            continue;
+        };
+        let end = day
+            .succ_opt()
+            .unwrap_or(day)
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc());
+        if end.is_none_or(|end| end > cutoff) {
+            continue;
+        }
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+            .await
+            .map_err(StoreError::query("counting a partition's rows"))?
+            .get(0);
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+            .await
+            .map_err(StoreError::query("dropping a check_results partition"))?;
+        report.days_dropped.push(day);
+        report.rows_dropped += rows as u64;
+    }
+    Ok(report)
+}
+
+/// The UTC day of a partition named `check_results_pYYYYMMDD`; `None` for any other name.
+fn partition_day(name: &str) -> Option<NaiveDate> {
+    let digits = name.strip_prefix(PARTITION_PREFIX)?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    NaiveDate::parse_from_str(digits, "%Y%m%d").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names_give_their_day() {
+        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d);
+        let cases = [
+            ("check_results_p20261130", day(2026, 11, 30)),
+            ("check_results_p19700101", day(1970, 1, 1)),
+            ("check_results_p20261331", None),
+            ("check_results_p2026113", None),
+            ("check_results_p2026113x", None),
+            ("check_results_old", None),
+            ("other_p20261130", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(partition_day(name), want, "{name}");
+        }
+    }
 }

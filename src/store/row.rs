@@ -67,6 +67,7 @@ check_row! {
     probe_host: String => TEXT,
     assertions: JsonbText => JSONB,
     metrics: JsonbText => JSONB,
+    maintenance: Option<String> => TEXT,
 }
 
 /// Why a decoded result cannot become a row. The message goes to `dead_letters` with this reason.
@@ -114,6 +115,7 @@ impl CheckRow {
             ("final_url", result.final_url.as_deref()),
             ("config_version", Some(result.config_version.as_str())),
             ("probe_host", Some(result.probe_host.as_str())),
+            ("maintenance", result.maintenance.as_deref()),
             (
                 "failure.message",
                 result.failure.as_ref().map(|f| f.message.as_str()),
@@ -181,6 +183,7 @@ impl CheckRow {
             failure_message: result.failure.as_ref().map(|f| f.message.clone()),
             config_version: result.config_version.clone(),
             probe_host: result.probe_host.clone(),
+            maintenance: result.maintenance.clone(),
             assertions: json("assertions", serde_json::to_string(&result.assertions))?,
             metrics: json("metrics", serde_json::to_string(&result.metrics))?,
         })
@@ -282,6 +285,7 @@ mod tests {
             config_version: "abc".into(),
             attempts: 2,
             probe_host: "probe-1".into(),
+            maintenance: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! BEGIN
 //!   advance consumer_offsets   (conditional: fails the batch if another consumer moved them)
 //!   COPY check_results FROM STDIN (FORMAT binary)                        -- WritePath::Copy
-//!     └ duplicate id?  COPY into a temp table, INSERT … ON CONFLICT (id) DO NOTHING
+//!     └ duplicate id?  COPY into a temp table, INSERT … ON CONFLICT (id, scheduled_at) DO NOTHING
 //!     └ value PostgreSQL rejects?  row by row under savepoints, rejects become dead letters
 //!   INSERT dead_letters
 //! COMMIT
@@ -16,12 +16,16 @@
 //! rebalance it has not noticed yet) fail instead of storing rows twice, and the row locks it
 //! takes serialise competing consumers before they do any work.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
+use chrono::{DateTime, NaiveTime, Utc};
+use uuid::Uuid;
+
+use super::insight;
 use super::row::{CheckRow, COLUMNS, COPY_TYPES};
 use super::{sqlstate_is_bad_data, StoreError};
 
@@ -118,6 +122,7 @@ pub async fn write_batch(
     topic: &str,
     batch: &WriteBatch,
 ) -> Result<WriteOutcome, StoreError> {
+    ensure_partitions(client, &batch.rows).await?;
     let mut offsets = batch.offsets.clone();
     // One lock order for every consumer: two consumers never deadlock on consumer_offsets.
     offsets.sort_by_key(|advance| advance.partition);
@@ -137,11 +142,19 @@ pub async fn write_batch(
         let written = match path {
             WritePath::Copy => copy_rows(&tx, "check_results", &batch.rows)
                 .await
-                .map(|n| (n, Vec::new())),
+                .map(|_| (batch.rows.iter().map(|p| &p.row).collect(), Vec::new())),
             WritePath::OnConflict => insert_staged(&tx, &batch.rows)
                 .await
-                .map(|n| (n, Vec::new())),
+                .map(|inserted| (inserted, Vec::new())),
             WritePath::RowByRow => insert_one_by_one(&mut tx, &batch.rows).await,
+        };
+        // Only the rows this transaction inserted count in the rollups and site states: a
+        // duplicate absorbed by ON CONFLICT was counted when it was first stored.
+        let written = match written {
+            Ok((inserted, rejected)) => insight::write(&tx, &inserted)
+                .await
+                .map(|()| (inserted.len() as u64, rejected)),
+            Err(error) => Err(error),
         };
         let (rows_written, rejected) = match written {
             Ok(written) => written,
@@ -195,6 +208,34 @@ pub async fn write_batch(
             dead_letters,
         }));
     }
+}
+
+/// Days ahead of today whose `check_results` partition the consumer keeps created.
+const PARTITION_DAYS_AHEAD: i64 = 2;
+
+/// Creates the day partitions of `check_results` the rows need, and the next
+/// [`PARTITION_DAYS_AHEAD`] days, in their own short transaction: creating a partition locks
+/// the parent table, so it must never happen after the batch has written to it.
+pub(crate) async fn ensure_partitions(
+    client: &Client,
+    rows: &[PendingRow],
+) -> Result<(), StoreError> {
+    let today = Utc::now();
+    let mut days: Vec<DateTime<Utc>> = (0..=PARTITION_DAYS_AHEAD)
+        .map(|ahead| today + chrono::Duration::days(ahead))
+        .chain(rows.iter().map(|p| p.row.scheduled_at))
+        .map(|t| t.date_naive().and_time(NaiveTime::MIN).and_utc())
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    client
+        .execute(
+            "SELECT sitewatch_ensure_partitions(day, day) FROM unnest($1::timestamptz[]) day",
+            &[&days],
+        )
+        .await
+        .map_err(StoreError::query("creating check_results partitions"))?;
+    Ok(())
 }
 
 /// Conditionally advances each partition; returns the partitions whose stored offset was not the
@@ -253,47 +294,60 @@ async fn copy_rows(
     writer.finish().await
 }
 
-async fn insert_staged(
+/// COPY into the staging table, then insert what is not stored yet; returns the rows inserted.
+async fn insert_staged<'r>(
     tx: &Transaction<'_>,
-    rows: &[PendingRow],
-) -> Result<u64, tokio_postgres::Error> {
+    rows: &'r [PendingRow],
+) -> Result<Vec<&'r CheckRow>, tokio_postgres::Error> {
     tx.batch_execute(&format!(
         "CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (LIKE check_results) \
          ON COMMIT DELETE ROWS"
     ))
     .await?;
     copy_rows(tx, STAGING_TABLE, rows).await?;
-    tx.execute(
-        &format!(
-            "INSERT INTO check_results ({COLUMNS}) SELECT {COLUMNS} FROM {STAGING_TABLE} \
-             ON CONFLICT (id) DO NOTHING"
-        ),
-        &[],
-    )
-    .await
+    let mut inserted: HashSet<Uuid> = tx
+        .query(
+            &format!(
+                "INSERT INTO check_results ({COLUMNS}) SELECT {COLUMNS} FROM {STAGING_TABLE} \
+                 ON CONFLICT (id, scheduled_at) DO NOTHING RETURNING id"
+            ),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(rows
+        .iter()
+        .map(|pending| &pending.row)
+        // A duplicate within the batch: only its first copy was inserted.
+        .filter(|row| inserted.remove(&row.id))
+        .collect())
 }
 
 /// The last resort: each row under its own savepoint, so one bad value costs one row (quarantined
 /// with PostgreSQL's reason), not the batch.
-async fn insert_one_by_one(
+async fn insert_one_by_one<'r>(
     tx: &mut Transaction<'_>,
-    rows: &[PendingRow],
-) -> Result<(u64, Vec<DeadLetter>), tokio_postgres::Error> {
+    rows: &'r [PendingRow],
+) -> Result<(Vec<&'r CheckRow>, Vec<DeadLetter>), tokio_postgres::Error> {
     let placeholders: Vec<String> = (1..=COPY_TYPES.len()).map(|i| format!("${i}")).collect();
     let statement = tx
         .prepare(&format!(
-            "INSERT INTO check_results ({COLUMNS}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO check_results ({COLUMNS}) VALUES ({}) ON CONFLICT (id, scheduled_at) DO NOTHING",
             placeholders.join(", ")
         ))
         .await?;
-    let mut written = 0;
+    let mut written = Vec::new();
     let mut rejected = Vec::new();
     for pending in rows {
         let savepoint = tx.savepoint("sitewatch_row").await?;
         match savepoint.execute(&statement, &pending.row.values()).await {
             Ok(n) => {
                 savepoint.commit().await?;
-                written += n;
+                if n == 1 {
+                    written.push(&pending.row);
+                }
             }
             Err(error) if error.code().is_some_and(|c| sqlstate_is_bad_data(c.code())) => {
                 savepoint.rollback().await?;

@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sitewatch::consume::{self, ConsumeOptions};
 use sitewatch::produce::ProduceOptions;
 use sitewatch::publish::{self, TopicSpec};
+use sitewatch::report::{self, Span};
 use sitewatch::schedule::{self, Limits, Shard};
 use sitewatch::settings::{DatabaseSettings, KafkaSettings, SettingsError, Sources};
 
@@ -84,12 +86,76 @@ pub enum Command {
     },
     /// Apply pending database migrations (SITEWATCH_DATABASE_URL).
     Migrate,
-    /// Delete stored results older than a duration, in batches (e.g. --older-than 30d).
+    /// Drop stored results older than a duration by whole days (e.g. --older-than 30d), and old rollups.
     Prune {
         /// Age of the oldest results kept, at least 1h: e.g. 30d, 36h (units ms, s, m, h, d).
         #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
         older_than: Duration,
+        /// Age of the oldest hourly rollups kept (default 90d); reports over longer periods
+        /// read the daily rollups.
+        #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
+        rollups_older_than: Option<Duration>,
+        /// Age of the oldest daily rollups kept (default: kept forever).
+        #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
+        daily_rollups_older_than: Option<Duration>,
     },
+    /// Uptime, error budget, latency percentiles and downtime per site from the rollups
+    /// (exit 0 every SLO holds, 1 one is breached, 2 invalid config or unknown site).
+    Report(ReportArgs),
+    /// Maintain the rollups.
+    Rollup {
+        #[command(subcommand)]
+        command: RollupCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RollupCommand {
+    /// Recompute the rollups of whole UTC days from the raw rows, in one transaction
+    /// (idempotent; days whose raw rows were pruned are skipped and keep their rollups).
+    Rebuild {
+        /// Start: RFC 3339 or YYYY-MM-DD; widened to the start of its UTC day.
+        #[arg(long, value_name = "TIME", value_parser = report::parse_time)]
+        from: DateTime<Utc>,
+        /// End (excluded): RFC 3339 or YYYY-MM-DD; widened to the end of its UTC day.
+        #[arg(long, value_name = "TIME", value_parser = report::parse_time)]
+        to: DateTime<Utc>,
+    },
+}
+
+/// `report` flags. Without `--since` or `--from`/`--to` the period is the longest SLO window
+/// of the selected sites (30d when none has an SLO), up to now.
+#[derive(Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this site (repeatable).
+    #[arg(long = "site", value_name = "NAME")]
+    pub sites: Vec<String>,
+    /// The period up to now, e.g. 7d (units ms, s, m, h, d); widened to whole hours.
+    #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse,
+          conflicts_with_all = ["from", "to"])]
+    since: Option<Duration>,
+    /// Start of the period: RFC 3339 or YYYY-MM-DD (UTC midnight); rounded down to the hour.
+    #[arg(long, value_name = "TIME", value_parser = report::parse_time, requires = "to")]
+    from: Option<DateTime<Utc>>,
+    /// End of the period (excluded): RFC 3339 or YYYY-MM-DD; rounded up to the hour.
+    #[arg(long, value_name = "TIME", value_parser = report::parse_time, requires = "from")]
+    to: Option<DateTime<Utc>>,
+    /// One JSON object per site per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ReportArgs {
+    /// The period the flags ask for (clap has made sure they do not conflict).
+    pub fn span(&self) -> Span {
+        match (self.since, self.from, self.to) {
+            (Some(length), _, _) => Span::Since(length),
+            (None, Some(from), Some(to)) => Span::Between { from, to },
+            _ => Span::Default,
+        }
+    }
 }
 
 /// Consumer flags (`consume`, `run`).

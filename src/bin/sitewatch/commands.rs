@@ -4,8 +4,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::Utc;
 use sitewatch::check;
 use sitewatch::config::{self, Config, ConfigErrors};
+use sitewatch::report::{self, ReportError};
 use sitewatch::result::{CheckResult, Outcome};
 use sitewatch::settings::DatabaseSettings;
 use sitewatch::store;
@@ -131,24 +133,130 @@ pub async fn migrate(env_file: Option<&PathBuf>) -> Exit {
     }
 }
 
+/// The retention `prune` applies: each flag, or its default.
+pub fn retention(
+    results: Duration,
+    hourly_rollups: Option<Duration>,
+    daily_rollups: Option<Duration>,
+) -> store::Retention {
+    // parse_retention bounds ages far below chrono's range.
+    let age = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    store::Retention {
+        results: age(results),
+        hourly_rollups: Some(hourly_rollups.map_or(store::DEFAULT_HOURLY_ROLLUP_RETENTION, age)),
+        daily_rollups: daily_rollups.map(age),
+    }
+}
+
 /// `sitewatch prune --older-than AGE`.
-pub async fn prune(env_file: Option<&PathBuf>, older_than: Duration) -> Exit {
+pub async fn prune(env_file: Option<&PathBuf>, retention: store::Retention) -> Exit {
     let db = match database(env_file) {
         Ok(db) => db,
         Err(exit) => return exit,
     };
-    // parse_retention bounds the age far below chrono's range.
-    let age = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
     let pruned = async {
         let client = store::connect(&db).await?;
-        store::prune(&client, age).await
+        store::prune(&client, retention).await
     };
     match pruned.await {
-        Ok(rows) => {
+        Ok(report) => {
+            let days: Vec<String> = report.days_dropped.iter().map(|d| d.to_string()).collect();
             println!(
-                "deleted {rows} result(s) older than {}",
-                sitewatch::duration::format(older_than)
+                "dropped {} day partition(s) with {} result(s){}; deleted {} hourly and {} daily rollup(s)",
+                days.len(),
+                report.rows_dropped,
+                if days.is_empty() { String::new() } else { format!(" ({})", days.join(", ")) },
+                report.hourly_rollups_deleted,
+                report.daily_rollups_deleted
             );
+            Exit::Ok
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+/// `sitewatch report`: a table or one JSON object per site; exit 1 when any SLO is breached.
+pub async fn report(env_file: Option<&PathBuf>, args: &cli::ReportArgs) -> Exit {
+    let Ok(config) = load_or_report(&args.config.config) else {
+        return Exit::ConfigInvalid;
+    };
+    let now = Utc::now();
+    let selected = report::select(&config, &args.sites).and_then(|sites| {
+        args.span()
+            .period(&sites, now)
+            .map(|period| (sites, period))
+    });
+    let (sites, period) = match selected {
+        Ok(selected) => selected,
+        Err(error) => return fail(&error),
+    };
+    let db = match database(env_file) {
+        Ok(db) => db,
+        Err(exit) => return exit,
+    };
+    let client = match store::connect(&db).await {
+        Ok(client) => client,
+        Err(error) => return fail(&error),
+    };
+    let reports = match report::report(&client, &sites, &period, now).await {
+        Ok(reports) => reports,
+        Err(error) => return fail(&error),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for site in &reports {
+            let _ = writeln!(out, "{}", site.to_json());
+        }
+    } else {
+        let _ = write!(out, "{}", report::table(&reports, &period));
+    }
+    if reports.iter().any(report::SiteReport::breached) {
+        Exit::SiteDown
+    } else {
+        Exit::Ok
+    }
+}
+
+// Belongs in exit.rs with the other mappings.
+impl crate::exit::Status for ReportError {
+    fn exit(&self) -> Exit {
+        if self.is_invalid_request() {
+            Exit::ConfigInvalid
+        } else {
+            Exit::Failure
+        }
+    }
+}
+
+/// `sitewatch rollup rebuild --from T --to T`.
+pub async fn rebuild(
+    env_file: Option<&PathBuf>,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Exit {
+    let db = match database(env_file) {
+        Ok(db) => db,
+        Err(exit) => return exit,
+    };
+    let rebuilt = async {
+        let mut client = store::connect(&db).await?;
+        store::rebuild_rollups(&mut client, from, to).await
+    };
+    match rebuilt.await {
+        Ok(report) => {
+            println!(
+                "rebuilt the rollups of {} day(s) from {} result(s)",
+                report.days_rebuilt.len(),
+                report.rows
+            );
+            if !report.days_skipped.is_empty() {
+                let days: Vec<String> = report.days_skipped.iter().map(|d| d.to_string()).collect();
+                println!(
+                    "kept the rollups of {} day(s) without raw rows: {}",
+                    days.len(),
+                    days.join(", ")
+                );
+            }
             Exit::Ok
         }
         Err(error) => fail(&error),

@@ -64,8 +64,20 @@ fn main() -> ExitCode {
                 finish(run::run(&kafka, &db, produce, consume, reload, shutdown).await)
             }),
         },
+        Command::Rollup {
+            command: cli::RollupCommand::Rebuild { from, to },
+        } => block_on(commands::rebuild(env_file, from, to)),
         Command::Migrate => block_on(commands::migrate(env_file)),
-        Command::Prune { older_than } => block_on(commands::prune(env_file, older_than)),
+        Command::Prune {
+            older_than,
+            rollups_older_than,
+            daily_rollups_older_than,
+        } => {
+            let retention =
+                commands::retention(older_than, rollups_older_than, daily_rollups_older_than);
+            block_on(commands::prune(env_file, retention))
+        }
+        Command::Report(args) => block_on(commands::report(env_file, &args)),
     };
     exit.into()
 }

@@ -1,0 +1,930 @@
+//! `sitewatch report`: availability, error budget, latency and downtime of each site over a
+//! period, read from the rollups and the state-change log — never from `check_results`.
+//!
+//! ```text
+//!  --since | --from --to | longest SLO window
+//!        │ Period: from rounded down, to rounded up to the UTC hour
+//!        ▼
+//!  Period::split ─► whole UTC days ─► rollup_daily  ─┐ one query, rows streamed and merged
+//!               └─► edge hours    ─► rollup_hourly ─┴─► Summary per site (histograms added
+//!                                                        │ bucket by bucket in Rust)
+//!  state_changes: the last before from + those inside ─► downtime::walk
+//!                                                        ▼
+//!                   SiteReport (uptime, budget, quantiles, SLO verdict) ─► table | JSON lines
+//! ```
+//!
+//! The arithmetic is `crate::insight`'s; this module picks the buckets, reads them and judges
+//! the SLOs. Histograms are merged here, not with the SQL aggregate `sitewatch_hist_sum`: a
+//! PL/pgSQL call per row costs ~30 µs, adding the fetched arrays in Rust almost nothing.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use futures::TryStreamExt;
+use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+use crate::config::{Config, Site, Slo, DEFAULT_SLO_WINDOW};
+use crate::insight::downtime::{self, Downtime, Transition};
+use crate::insight::histogram::Histogram;
+use crate::insight::rollup::{bucket_start_us, Budget, Grain, PhaseSum, Phases, Summary};
+use crate::result::Outcome;
+
+/// The period when neither `--since` nor `--from`/`--to` is given and no selected site has an
+/// SLO: a month, the usual SLO window.
+pub const DEFAULT_PERIOD: Duration = DEFAULT_SLO_WINDOW;
+
+/// The percentiles every report shows, of total time and of time to first byte.
+pub const QUANTILES: [(&str, f64); 3] = [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)];
+
+/// What can stop a report. The first three are the caller's mistakes (`sitewatch report` exits
+/// 2 for them), the last is the database's.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no site named {0:?} in the configuration")]
+    UnknownSite(String),
+    #[error("the period {from} .. {to} is empty: --from must be before --to")]
+    EmptyPeriod { from: String, to: String },
+    #[error("a period of {length} ending {end} starts before the first representable time")]
+    OutOfRange { length: String, end: String },
+    #[error("PostgreSQL: {context}")]
+    Query {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl ReportError {
+    /// The request itself is wrong (unknown site, empty or impossible period), as opposed to a
+    /// failure of the database.
+    pub fn is_invalid_request(&self) -> bool {
+        !matches!(self, ReportError::Query { .. })
+    }
+
+    fn query(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| ReportError::Query { context, source }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Period
+
+/// The time a report covers, `[from, to)` in unix µs, on whole UTC hours: the finest rollup is
+/// an hour, so a period that cut an hour would count checks outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period {
+    pub from_us: i64,
+    pub to_us: i64,
+}
+
+/// Where a period's rollups come from: daily rows for the whole UTC days inside it, hourly rows
+/// for the hours before the first midnight and after the last. Empty ranges read nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// Bucket starts of `rollup_daily` rows to read (µs, half-open).
+    pub days: Range<i64>,
+    /// Bucket starts of `rollup_hourly` rows to read: the head and the tail of the period.
+    pub hours: [Range<i64>; 2],
+}
+
+impl Period {
+    /// `[from, to)` widened to whole UTC hours: `from` rounded down, `to` rounded up.
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Period, ReportError> {
+        let from_us = bucket_start_us(Grain::Hour, from.timestamp_micros());
+        let to_us = ceil_hour(to.timestamp_micros());
+        if from_us >= to_us {
+            return Err(ReportError::EmptyPeriod {
+                from: rfc3339(from),
+                to: rfc3339(to),
+            });
+        }
+        Ok(Period { from_us, to_us })
+    }
+
+    /// The `length` up to `now`, widened to whole hours like [`Period::new`].
+    pub fn ending(now: DateTime<Utc>, length: Duration) -> Result<Period, ReportError> {
+        let out_of_range = || ReportError::OutOfRange {
+            length: crate::duration::format(length),
+            end: rfc3339(now),
+        };
+        let from = chrono::Duration::from_std(length)
+            .ok()
+            .and_then(|length| now.checked_sub_signed(length))
+            .ok_or_else(out_of_range)?;
+        Period::new(from, now)
+    }
+
+    pub fn from(&self) -> DateTime<Utc> {
+        time(self.from_us)
+    }
+
+    pub fn to(&self) -> DateTime<Utc> {
+        time(self.to_us)
+    }
+
+    pub fn length(&self) -> Duration {
+        Duration::from_micros((self.to_us - self.from_us).unsigned_abs())
+    }
+
+    /// The length in minutes: the window the error budget's minutes are counted in.
+    pub fn minutes(&self) -> f64 {
+        (self.to_us - self.from_us) as f64 / 60e6
+    }
+
+    /// Which rollup rows cover the period exactly (see [`Split`]).
+    pub fn split(&self) -> Split {
+        let first_midnight = ceil_day(self.from_us);
+        let last_midnight = bucket_start_us(Grain::Day, self.to_us);
+        if first_midnight > last_midnight {
+            // Within one UTC day: hours only.
+            return Split {
+                days: 0..0,
+                hours: [self.from_us..self.to_us, 0..0],
+            };
+        }
+        Split {
+            days: first_midnight..last_midnight,
+            hours: [self.from_us..first_midnight, last_midnight..self.to_us],
+        }
+    }
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The longest SLO window of the selected sites, else [`DEFAULT_PERIOD`], up to now.
+    Default,
+    /// `--since 7d`: that long, up to now.
+    Since(Duration),
+    /// `--from T --to T`.
+    Between {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+}
+
+impl Span {
+    /// The period this span means for `sites` at `now`.
+    pub fn period(&self, sites: &[&Site], now: DateTime<Utc>) -> Result<Period, ReportError> {
+        match *self {
+            Span::Default => Period::ending(now, default_length(sites)),
+            Span::Since(length) => Period::ending(now, length),
+            Span::Between { from, to } => Period::new(from, to),
+        }
+    }
+}
+
+/// The longest SLO window among `sites`, or [`DEFAULT_PERIOD`] when none has an SLO.
+pub fn default_length(sites: &[&Site]) -> Duration {
+    sites
+        .iter()
+        .filter_map(|site| site.slo.as_ref().map(|slo| slo.window))
+        .max()
+        .unwrap_or(DEFAULT_PERIOD)
+}
+
+/// Parses `--from`/`--to`: an RFC 3339 timestamp (`2024-03-01T10:00:00Z`, any offset), or a
+/// date `2024-03-01`, meaning midnight UTC.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|midnight| midnight.and_utc())
+        .ok_or_else(|| {
+            format!("expected an RFC 3339 time (2024-03-01T10:00:00Z) or a date (2024-03-01), got {text:?}")
+        })
+}
+
+fn ceil_hour(t_us: i64) -> i64 {
+    ceil_to(Grain::Hour, t_us)
+}
+
+fn ceil_day(t_us: i64) -> i64 {
+    ceil_to(Grain::Day, t_us)
+}
+
+/// The first bucket start at or after `t_us` (saturating at the end of the `i64` range).
+fn ceil_to(grain: Grain, t_us: i64) -> i64 {
+    let start = bucket_start_us(grain, t_us);
+    if start == t_us {
+        start
+    } else {
+        start.saturating_add(grain.micros())
+    }
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdicts
+
+/// One site over one period: what was measured and how its SLO fared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteReport {
+    pub site: String,
+    pub period: Period,
+    /// Every rollup bucket of the period merged: counts, phase sums, histograms.
+    pub summary: Summary,
+    /// `None` for a site without an SLO: it is still reported, with nothing to breach.
+    pub slo: Option<SloStatus>,
+    pub downtime: Downtime,
+}
+
+/// A site's SLO judged over the period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloStatus {
+    pub target_pct: f64,
+    /// The SLO's own window, shown so a report over a different period says so.
+    pub window: Duration,
+    /// Spent by down checks; its minutes are minutes of the report period.
+    pub budget: Budget,
+    pub latency: Option<LatencyStatus>,
+}
+
+/// A latency objective (`latency = { p99 = "800ms" }`) judged over the period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyStatus {
+    /// As written in sites.lua: `p99`.
+    pub name: String,
+    pub quantile: f64,
+    pub max_ms: f64,
+    /// The quantile of the total time, from the merged histogram (±7.5 %); `None` without checks.
+    pub observed_ms: Option<f64>,
+}
+
+impl LatencyStatus {
+    /// The percentile is above its bound. No checks, no breach.
+    pub fn breached(&self) -> bool {
+        self.observed_ms.is_some_and(|ms| ms > self.max_ms)
+    }
+}
+
+impl SloStatus {
+    /// Judges `slo` by the `summary` of `period`.
+    pub fn judge(slo: &Slo, summary: &Summary, period: &Period) -> SloStatus {
+        SloStatus {
+            target_pct: slo.target_pct,
+            window: slo.window,
+            budget: summary.error_budget(slo.target_pct, period.minutes()),
+            latency: slo.latency.as_ref().map(|latency| LatencyStatus {
+                name: latency.name.clone(),
+                quantile: latency.quantile,
+                max_ms: latency.max.as_secs_f64() * 1e3,
+                observed_ms: summary.total_hist.quantile(latency.quantile),
+            }),
+        }
+    }
+
+    /// Down checks beyond the budget, or the latency percentile above its bound.
+    pub fn breached(&self) -> bool {
+        self.budget.breached() || self.latency.as_ref().is_some_and(LatencyStatus::breached)
+    }
+}
+
+impl SiteReport {
+    /// Builds the report of one site from its merged summary and downtime.
+    pub fn new(site: &Site, period: Period, summary: Summary, downtime: Downtime) -> SiteReport {
+        SiteReport {
+            site: site.name.clone(),
+            period,
+            slo: site
+                .slo
+                .as_ref()
+                .map(|slo| SloStatus::judge(slo, &summary, &period)),
+            summary,
+            downtime,
+        }
+    }
+
+    /// The site has an SLO and breached it.
+    pub fn breached(&self) -> bool {
+        self.slo.as_ref().is_some_and(SloStatus::breached)
+    }
+
+    /// The `--json` line: every number the table shows and more, `null` where not applicable
+    /// (no SLO, no checks, a phase that never happened).
+    pub fn to_json(&self) -> Value {
+        let s = &self.summary;
+        let slo = self.slo.as_ref();
+        let quantiles = |histogram: &Histogram, prefix: &str| {
+            QUANTILES
+                .iter()
+                .map(|(name, q)| (format!("{prefix}{name}_ms"), json!(histogram.quantile(*q))))
+                .collect::<Vec<_>>()
+        };
+        let p = &s.phases;
+        let mut object = json!({
+            "site": self.site,
+            "from": rfc3339(self.period.from()),
+            "to": rfc3339(self.period.to()),
+            "checks": s.checks,
+            "up": s.up,
+            "degraded": s.degraded,
+            "down": s.down,
+            "maintenance": s.maintenance,
+            "uptime_pct": s.uptime_pct(),
+            "slo_target_pct": slo.map(|slo| slo.target_pct),
+            "slo_window": slo.map(|slo| crate::duration::format(slo.window)),
+            "budget_left_pct": slo.map(|slo| slo.budget.left_pct),
+            "budget_left_min": slo.map(|slo| slo.budget.left_minutes),
+            "latency_objective": slo.and_then(|slo| slo.latency.as_ref()).map(|l| json!({
+                "name": l.name,
+                "quantile": l.quantile,
+                "max_ms": l.max_ms,
+                "observed_ms": l.observed_ms,
+                "breached": l.breached(),
+            })),
+            "breached": slo.map(SloStatus::breached),
+            "max_ms": (s.checks > 0).then_some(s.max_total_ms),
+            "mean_ms": {
+                "dns": p.dns.mean_ms(),
+                "connect": p.connect.mean_ms(),
+                "tls": p.tls.mean_ms(),
+                "ttfb": p.ttfb.mean_ms(),
+                "transfer": p.transfer.mean_ms(),
+                "total": p.total.mean_ms(),
+            },
+            "failures": s.failures,
+            "state_changes": self.downtime.changes,
+            "downtime_s": self.downtime.down_secs(),
+        });
+        if let Value::Object(map) = &mut object {
+            for (key, value) in quantiles(&s.total_hist, "")
+                .into_iter()
+                .chain(quantiles(&s.ttfb_hist, "ttfb_"))
+            {
+                map.insert(key, value);
+            }
+        }
+        object
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// The selected sites in configuration order: all when `only` is empty. Every name in `only`
+/// must exist.
+pub fn select<'c>(config: &'c Config, only: &[String]) -> Result<Vec<&'c Site>, ReportError> {
+    if let Some(name) = only
+        .iter()
+        .find(|name| !config.sites.iter().any(|site| &site.name == *name))
+    {
+        return Err(ReportError::UnknownSite(name.clone()));
+    }
+    Ok(config
+        .sites
+        .iter()
+        .filter(|site| only.is_empty() || only.contains(&site.name))
+        .collect())
+}
+
+/// Rollup rows of the selected sites: daily rows for the whole days ($2..$3), hourly rows for
+/// the edges ($4..$5 and $6..$7). Both tables are read by their BRIN index on bucket.
+const ROLLUPS_SQL: &str = "\
+    SELECT site, checks, up, degraded, down, maintenance, failures::text, \
+           dns_sum, dns_count, connect_sum, connect_count, tls_sum, tls_count, \
+           ttfb_sum, ttfb_count, transfer_sum, transfer_count, total_sum, total_count, \
+           max_total_ms, total_hist, ttfb_hist \
+      FROM rollup_daily \
+     WHERE site = ANY($1) AND bucket >= $2 AND bucket < $3 \
+    UNION ALL \
+    SELECT site, checks, up, degraded, down, maintenance, failures::text, \
+           dns_sum, dns_count, connect_sum, connect_count, tls_sum, tls_count, \
+           ttfb_sum, ttfb_count, transfer_sum, transfer_count, total_sum, total_count, \
+           max_total_ms, total_hist, ttfb_hist \
+      FROM rollup_hourly \
+     WHERE site = ANY($1) AND (bucket >= $4 AND bucket < $5 OR bucket >= $6 AND bucket < $7)";
+
+/// State changes of the selected sites: for each, the last one before the period ($2) — one
+/// probe of the (site, at DESC) index — then those inside it, in time order per site.
+const CHANGES_SQL: &str = "\
+    SELECT s.site, c.at, c.from_outcome, c.to_outcome \
+      FROM unnest($1::text[]) AS s(site) \
+     CROSS JOIN LATERAL ( \
+           SELECT at, from_outcome, to_outcome FROM state_changes \
+            WHERE site = s.site AND at < $2 ORDER BY at DESC LIMIT 1) AS c \
+    UNION ALL \
+    SELECT site, at, from_outcome, to_outcome FROM state_changes \
+     WHERE site = ANY($1) AND at >= $2 AND at < $3 \
+     ORDER BY 1, 2";
+
+/// Reports `sites` over `period`, in their order, as of `now` (a site down now counts as down
+/// until `now`, not until a `to` in the future).
+#[tracing::instrument(skip_all, fields(sites = sites.len(), from = %period.from(), to = %period.to()))]
+pub async fn report(
+    client: &Client,
+    sites: &[&Site],
+    period: &Period,
+    now: DateTime<Utc>,
+) -> Result<Vec<SiteReport>, ReportError> {
+    let started = Instant::now();
+    let names: Vec<&str> = sites.iter().map(|site| site.name.as_str()).collect();
+    let (summaries, transitions) = tokio::try_join!(
+        read_summaries(client, &names, period),
+        read_transitions(client, &names, period),
+    )?;
+    let reports: Vec<SiteReport> = sites
+        .iter()
+        .map(|site| {
+            let summary = summaries.get(&site.name).cloned().unwrap_or_default();
+            let walked = transitions
+                .get(&site.name)
+                .map(|t| downtime::walk(t, period.from_us, period.to_us, now.timestamp_micros()))
+                .unwrap_or_default();
+            SiteReport::new(site, *period, summary, walked)
+        })
+        .collect();
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "report read"
+    );
+    Ok(reports)
+}
+
+/// Streams the period's rollup rows and merges them per site, so no more than one row is held.
+async fn read_summaries(
+    client: &Client,
+    names: &[&str],
+    period: &Period,
+) -> Result<HashMap<String, Summary>, ReportError> {
+    let split = period.split();
+    let [head, tail] = &split.hours;
+    let bounds = [
+        split.days.start,
+        split.days.end,
+        head.start,
+        head.end,
+        tail.start,
+        tail.end,
+    ]
+    .map(time);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&names];
+    params.extend(bounds.iter().map(|b| b as &(dyn ToSql + Sync)));
+    let context = "reading rollup_daily and rollup_hourly";
+    let rows = client
+        .query_raw(ROLLUPS_SQL, params)
+        .await
+        .map_err(ReportError::query(context))?;
+    let mut rows = pin!(rows);
+    let mut summaries: HashMap<String, Summary> = HashMap::with_capacity(names.len());
+    let mut read = 0u64;
+    while let Some(row) = rows.try_next().await.map_err(ReportError::query(context))? {
+        let (site, summary) = rollup_row(&row).map_err(ReportError::query(context))?;
+        match summaries.get_mut(site) {
+            Some(total) => total.merge(&summary),
+            None => {
+                summaries.insert(site.to_owned(), summary);
+            }
+        }
+        read += 1;
+    }
+    tracing::debug!(rows = read, "rollups merged");
+    Ok(summaries)
+}
+
+/// One row of [`ROLLUPS_SQL`] as a [`Summary`]. An unreadable `failures` object (not a map of
+/// integers) counts as no failures rather than failing the whole report.
+fn rollup_row(row: &Row) -> Result<(&str, Summary), tokio_postgres::Error> {
+    let phase = |i: usize| -> Result<PhaseSum, tokio_postgres::Error> {
+        Ok(PhaseSum {
+            sum_ms: row.try_get(7 + 2 * i)?,
+            count: row.try_get(8 + 2 * i)?,
+        })
+    };
+    let histogram = |i: usize| -> Result<Histogram, tokio_postgres::Error> {
+        let counts: Vec<Option<i64>> = row.try_get(i)?;
+        Ok(Histogram::from_counts(
+            counts.into_iter().map(Option::unwrap_or_default).collect(),
+        ))
+    };
+    let failures: &str = row.try_get(6)?;
+    let summary = Summary {
+        checks: row.try_get(1)?,
+        up: row.try_get(2)?,
+        degraded: row.try_get(3)?,
+        down: row.try_get(4)?,
+        maintenance: row.try_get(5)?,
+        failures: serde_json::from_str(failures).unwrap_or_default(),
+        phases: Phases {
+            dns: phase(0)?,
+            connect: phase(1)?,
+            tls: phase(2)?,
+            ttfb: phase(3)?,
+            transfer: phase(4)?,
+            total: phase(5)?,
+        },
+        max_total_ms: row.try_get::<_, Option<f64>>(19)?.unwrap_or_default(),
+        total_hist: histogram(20)?,
+        ttfb_hist: histogram(21)?,
+    };
+    Ok((row.try_get(0)?, summary))
+}
+
+/// The state changes [`downtime::walk`] needs, per site, in time order.
+async fn read_transitions(
+    client: &Client,
+    names: &[&str],
+    period: &Period,
+) -> Result<HashMap<String, Vec<Transition>>, ReportError> {
+    let context = "reading state_changes";
+    let rows = client
+        .query(CHANGES_SQL, &[&names, &period.from(), &period.to()])
+        .await
+        .map_err(ReportError::query(context))?;
+    let mut transitions: HashMap<String, Vec<Transition>> = HashMap::new();
+    for row in &rows {
+        let at: DateTime<Utc> = row.get(1);
+        let from: Option<&str> = row.get(2);
+        let to: &str = row.get(3);
+        // The table's CHECK constraints admit only the three outcomes.
+        let Some(to) = outcome(to) else { continue };
+        transitions.entry(row.get(0)).or_default().push(Transition {
+            at_us: at.timestamp_micros(),
+            from: from.and_then(outcome),
+            to,
+        });
+    }
+    Ok(transitions)
+}
+
+fn outcome(text: &str) -> Option<Outcome> {
+    match text {
+        "up" => Some(Outcome::Up),
+        "degraded" => Some(Outcome::Degraded),
+        "down" => Some(Outcome::Down),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing
+
+/// The human-readable report: the period, then an availability table and a latency table with
+/// one row per site. A breached SLO reads `breached (…)` in the STATUS column.
+pub fn table(reports: &[SiteReport], period: &Period) -> String {
+    let mut text = format!(
+        "period {} .. {} ({}, whole UTC hours)\n\n",
+        rfc3339(period.from()),
+        rfc3339(period.to()),
+        crate::duration::format(period.length()),
+    );
+    let availability: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            let s = &r.summary;
+            let slo = r.slo.as_ref();
+            vec![
+                r.site.clone(),
+                s.checks.to_string(),
+                number(s.uptime_pct(), 3),
+                slo.map(|slo| format!("{}", slo.target_pct))
+                    .unwrap_or_else(|| "-".into()),
+                number(slo.map(|slo| slo.budget.left_pct), 1),
+                number(slo.map(|slo| slo.budget.left_minutes), 1),
+                seconds(r.downtime.down_secs()),
+                r.downtime.changes.to_string(),
+                status(slo),
+            ]
+        })
+        .collect();
+    text.push_str(&render(
+        &[
+            "SITE",
+            "CHECKS",
+            "UPTIME %",
+            "SLO %",
+            "BUDGET LEFT %",
+            "LEFT min",
+            "DOWNTIME",
+            "CHANGES",
+            "STATUS",
+        ],
+        &availability,
+    ));
+    text.push('\n');
+    let latency: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            let s = &r.summary;
+            let p = &s.phases;
+            let mut row = vec![r.site.clone()];
+            for histogram in [&s.total_hist, &s.ttfb_hist] {
+                row.extend(
+                    QUANTILES
+                        .iter()
+                        .map(|(_, q)| number(histogram.quantile(*q), 1)),
+                );
+            }
+            row.extend(
+                [&p.dns, &p.connect, &p.tls, &p.ttfb, &p.transfer]
+                    .iter()
+                    .map(|phase| number(phase.mean_ms(), 1)),
+            );
+            row
+        })
+        .collect();
+    text.push_str(&render(
+        &[
+            "SITE", "P50 ms", "P95 ms", "P99 ms", "TTFB P50", "TTFB P95", "TTFB P99", "MEAN dns",
+            "connect", "tls", "ttfb", "transfer",
+        ],
+        &latency,
+    ));
+    text
+}
+
+/// `ok`, `breached (budget, p99 912.3 ms > 800 ms)`, or `-` without an SLO.
+fn status(slo: Option<&SloStatus>) -> String {
+    let Some(slo) = slo else {
+        return "-".into();
+    };
+    let mut reasons = Vec::new();
+    if slo.budget.breached() {
+        reasons.push("budget".to_owned());
+    }
+    if let Some(latency) = slo.latency.as_ref().filter(|l| l.breached()) {
+        reasons.push(format!(
+            "{} {:.1} ms > {} ms",
+            latency.name,
+            latency.observed_ms.unwrap_or_default(),
+            latency.max_ms
+        ));
+    }
+    if reasons.is_empty() {
+        "ok".into()
+    } else {
+        format!("breached ({})", reasons.join(", "))
+    }
+}
+
+fn number(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
+}
+
+/// Whole seconds as a duration (`1h2m3s`).
+fn seconds(secs: f64) -> String {
+    crate::duration::format(Duration::from_secs(secs.round().max(0.0) as u64))
+}
+
+/// Columns padded to their widest cell: the first and the last left-aligned (names, status),
+/// the numbers between right-aligned.
+fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let last = header.len() - 1;
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate() {
+            let width = widths[i];
+            match i {
+                0 => out.push_str(&format!("{cell:<width$}")),
+                i if i == last => out.push_str(&format!("  {cell}")),
+                _ => out.push_str(&format!("  {cell:>width$}")),
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut text = line(&mut header.iter().copied());
+    for row in rows {
+        text.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::insight::rollup::{DAY_US, HOUR_US};
+
+    /// 2024-03-10 00:00:00 UTC.
+    const MIDNIGHT: i64 = 1_710_028_800 * 1_000_000;
+    const MIN: i64 = 60_000_000;
+
+    fn at(us: i64) -> DateTime<Utc> {
+        time(us)
+    }
+
+    #[test]
+    fn periods_round_to_whole_hours() {
+        // (from, to) → (from, to) of the period
+        let cases: &[(i64, i64, i64, i64)] = &[
+            (MIDNIGHT, MIDNIGHT + DAY_US, MIDNIGHT, MIDNIGHT + DAY_US),
+            (
+                MIDNIGHT + 10 * HOUR_US + 30 * MIN,
+                MIDNIGHT + 14 * HOUR_US + 10 * MIN,
+                MIDNIGHT + 10 * HOUR_US,
+                MIDNIGHT + 15 * HOUR_US,
+            ),
+            (
+                MIDNIGHT - 1,
+                MIDNIGHT + 1,
+                MIDNIGHT - HOUR_US,
+                MIDNIGHT + HOUR_US,
+            ),
+            // Inside one hour: the whole hour.
+            (
+                MIDNIGHT + MIN,
+                MIDNIGHT + 2 * MIN,
+                MIDNIGHT,
+                MIDNIGHT + HOUR_US,
+            ),
+            // Before 1970 too.
+            (-DAY_US - 1, -MIN, -DAY_US - HOUR_US, 0),
+        ];
+        for &(from, to, want_from, want_to) in cases {
+            let period = Period::new(at(from), at(to)).unwrap();
+            assert_eq!(
+                (period.from_us, period.to_us),
+                (want_from, want_to),
+                "{from}..{to}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_periods_are_refused() {
+        for (from, to) in [(MIDNIGHT, MIDNIGHT), (MIDNIGHT + DAY_US, MIDNIGHT)] {
+            assert!(matches!(
+                Period::new(at(from), at(to)),
+                Err(ReportError::EmptyPeriod { .. })
+            ));
+        }
+        let far = Duration::from_secs(u64::MAX / 2);
+        assert!(matches!(
+            Period::ending(at(MIDNIGHT), far),
+            Err(ReportError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn split_reads_whole_days_daily_and_edges_hourly() {
+        let h = HOUR_US;
+        let d = DAY_US;
+        let m = MIDNIGHT;
+        // (from, to) → (days, head hours, tail hours)
+        type Case = (i64, i64, Range<i64>, Range<i64>, Range<i64>);
+        let cases: Vec<Case> = vec![
+            // Whole days only.
+            (m, m + 3 * d, m..m + 3 * d, m..m, m + 3 * d..m + 3 * d),
+            // Hours on both sides.
+            (
+                m + 10 * h,
+                m + 3 * d + 15 * h,
+                m + d..m + 3 * d,
+                m + 10 * h..m + d,
+                m + 3 * d..m + 3 * d + 15 * h,
+            ),
+            // A head only.
+            (m - 2 * h, m + d, m..m + d, m - 2 * h..m, m + d..m + d),
+            // A tail only.
+            (m, m + d + h, m..m + d, m..m, m + d..m + d + h),
+            // Across one midnight, no whole day.
+            (m - 3 * h, m + 2 * h, m..m, m - 3 * h..m, m..m + 2 * h),
+            // Within one day: hours only.
+            (m + h, m + 5 * h, 0..0, m + h..m + 5 * h, 0..0),
+            // The last hour of a day: ends at a midnight, no whole day.
+            (
+                m + 23 * h,
+                m + d,
+                m + d..m + d,
+                m + 23 * h..m + d,
+                m + d..m + d,
+            ),
+            // Before 1970.
+            (-d - h, h, -d..0, -d - h..-d, 0..h),
+        ];
+        for (from, to, days, head, tail) in cases {
+            let period = Period {
+                from_us: from,
+                to_us: to,
+            };
+            let split = period.split();
+            assert_eq!(
+                split,
+                Split {
+                    days: days.clone(),
+                    hours: [head.clone(), tail.clone()],
+                },
+                "{from}..{to}"
+            );
+            // Exactly the period's hours, each once.
+            let covered: i64 = [days, head, tail]
+                .iter()
+                .map(|r| (r.end - r.start).max(0))
+                .sum();
+            assert_eq!(covered, to - from, "{from}..{to} covered once");
+        }
+    }
+
+    #[test]
+    fn parses_times() {
+        let cases: &[(&str, Option<i64>)] = &[
+            ("2024-03-10", Some(MIDNIGHT)),
+            ("2024-03-10T00:00:00Z", Some(MIDNIGHT)),
+            ("2024-03-10T01:30:00+01:00", Some(MIDNIGHT + 30 * MIN)),
+            ("2024-03-10T00:00:00.5Z", Some(MIDNIGHT + 500_000)),
+            ("2024-03-10 00:00:00", None),
+            ("10.03.2024", None),
+            ("2024-02-30", None),
+            ("", None),
+        ];
+        for &(text, want) in cases {
+            let got = parse_time(text).ok().map(|t| t.timestamp_micros());
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn default_length_is_the_longest_window() {
+        let site = |window_days: Option<u64>| {
+            let mut site = Site::with_defaults("s", url::Url::parse("http://s/").unwrap());
+            site.slo = window_days.map(|days| Slo {
+                target_pct: 99.0,
+                window: Duration::from_secs(days * 86_400),
+                latency: None,
+            });
+            site
+        };
+        let cases: &[(&[Option<u64>], u64)] = &[
+            (&[], 30),
+            (&[None], 30),
+            (&[Some(7)], 7),
+            (&[Some(7), None, Some(90), Some(28)], 90),
+        ];
+        for &(windows, want_days) in cases {
+            let sites: Vec<Site> = windows.iter().map(|w| site(*w)).collect();
+            let refs: Vec<&Site> = sites.iter().collect();
+            assert_eq!(
+                default_length(&refs),
+                Duration::from_secs(want_days * 86_400),
+                "{windows:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_names_every_breach() {
+        let budget = |left_pct| Budget {
+            allowed_failures_pct: 0.1,
+            used_pct: 100.0 - left_pct,
+            left_pct,
+            left_minutes: 0.0,
+        };
+        let latency = |observed| LatencyStatus {
+            name: "p99".into(),
+            quantile: 0.99,
+            max_ms: 800.0,
+            observed_ms: observed,
+        };
+        let slo = |left_pct, observed| SloStatus {
+            target_pct: 99.9,
+            window: DEFAULT_PERIOD,
+            budget: budget(left_pct),
+            latency: Some(latency(observed)),
+        };
+        let cases = [
+            (None, "-"),
+            (Some(slo(50.0, Some(700.0))), "ok"),
+            (Some(slo(50.0, None)), "ok"),
+            (Some(slo(0.0, Some(800.0))), "ok"),
+            (Some(slo(-1.0, Some(700.0))), "breached (budget)"),
+            (
+                Some(slo(50.0, Some(912.34))),
+                "breached (p99 912.3 ms > 800 ms)",
+            ),
+            (
+                Some(slo(-300.0, Some(900.0))),
+                "breached (budget, p99 900.0 ms > 800 ms)",
+            ),
+        ];
+        for (slo, want) in cases {
+            assert_eq!(status(slo.as_ref()), want);
+            assert_eq!(
+                slo.as_ref().is_some_and(SloStatus::breached),
+                want.starts_with("breached"),
+                "{want}"
+            );
+        }
+    }
+}
