@@ -2,6 +2,7 @@
 //! the batch write path (COPY, duplicate fallback, rejected rows, fencing) and retention. Each
 //! test works in its own fresh database.
 
+mod insight;
 mod stack;
 
 use std::collections::BTreeMap;
@@ -533,5 +534,80 @@ async fn prune_drops_whole_old_days_and_keeps_rollups() {
     let again = store::prune(&client, retention(30, None)).await.unwrap();
     assert_eq!(again, store::PruneReport::default());
     assert!(store::prune(&client, retention(-1, None)).await.is_err());
+    stack::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn migrating_a_database_of_the_first_schema_keeps_every_row() {
+    let _stack = StackLock::shared();
+    let url = stack::fresh_database().await;
+    let mut client = store::connect(&stack::database(&url)).await.unwrap();
+    // The first release's schema, recorded as applied the way its migrate recorded it.
+    let first = &MIGRATIONS[0];
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, \
+             checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(first.sql).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&first.version, &first.name, &first.checksum()],
+        )
+        .await
+        .unwrap();
+    // Rows over five days, through the first release's 28 columns.
+    let old_columns = store::COLUMNS.trim_end_matches(", maintenance");
+    let placeholders: Vec<String> = (1..=28).map(|i| format!("${i}")).collect();
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO check_results ({old_columns}) VALUES ({})",
+            placeholders.join(", ")
+        ))
+        .await
+        .unwrap();
+    for i in 0..500i64 {
+        let mut result = result(&format!("s{}", i % 7), Age::minutes(i * 14));
+        result.outcome = if i % 9 == 0 {
+            Outcome::Down
+        } else {
+            Outcome::Up
+        };
+        result.timings.total_ms = 3.0 + i as f64;
+        let row = CheckRow::from_result(&result, 0, i).unwrap();
+        client.execute(&insert, &row.values()[..28]).await.unwrap();
+    }
+    let fingerprint = format!(
+        "SELECT count(*)::text || ' ' || md5(string_agg(t::text, ',' ORDER BY t.id)) \
+         FROM (SELECT {old_columns} FROM check_results) t"
+    );
+    let before: String = client.query_one(&fingerprint, &[]).await.unwrap().get(0);
+
+    let report = store::migrate(&mut client).await.unwrap();
+    assert_eq!(report.applied.len(), MIGRATIONS.len() - 1, "{report:?}");
+    let after: String = client.query_one(&fingerprint, &[]).await.unwrap().get(0);
+    assert_eq!(after, before, "every row, every column, unchanged");
+    assert!(before.starts_with("500 "), "{before}");
+    let partitions = count(
+        &client,
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'check_results'::regclass",
+    )
+    .await;
+    assert!(
+        partitions >= 5,
+        "{partitions} partitions for five days of rows"
+    );
+
+    // Old rows get their rollups from a rebuild.
+    let from = Utc::now() - Age::days(6);
+    let rebuilt = store::rebuild_rollups(&mut client, from, Utc::now() + Age::days(1))
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.rows, 500);
+    insight::assert_rollups_match_raw(&client, "rollup_hourly", "hour").await;
+    insight::assert_rollups_match_raw(&client, "rollup_daily", "day").await;
     stack::drop_database(&url).await;
 }

@@ -26,6 +26,7 @@ mod sink;
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::time::Instant;
@@ -40,8 +41,8 @@ use sink::Sink;
 /// Rows per transaction when the topic has a backlog: 5k is where binary COPY stops getting
 /// faster on the reference machine (docs/storage.md), and a batch stays a few MB.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 5000;
-/// How long the first message of a batch waits for company: bounds storage latency when the
-/// topic is quiet.
+/// How long the first message of a batch may wait for company while more keep arriving; a
+/// batch is written at once when nothing more has arrived.
 pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
 /// How long a seek may wait for librdkafka to acknowledge it (a local operation).
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -179,7 +180,24 @@ async fn consume(
         if batcher.positioning_due(now) {
             sink.position(consumer, batcher).await?;
         }
-        if batcher.is_due(max_rows, options.max_batch_wait, now) {
+        // Nothing more has arrived (librdkafka's queue is drained): the batch need not wait
+        // for company. Under a backlog the queue is never empty and batches fill up; at a
+        // trickle every message is stored at once; in between, messages that arrive while a
+        // batch is written make the next one.
+        let drained = batcher.len() > 0 && {
+            match consumer.recv().now_or_never() {
+                Some(message) => {
+                    batcher.apply(consumer.context().take_events());
+                    match message {
+                        Ok(message) => kafka::accept(batcher, topic, &message),
+                        Err(error) => on_kafka_error(topic, error)?,
+                    }
+                    false
+                }
+                None => true,
+            }
+        };
+        if drained || batcher.is_due(max_rows, options.max_batch_wait, now) {
             sink.flush(consumer, batcher, shutdown).await?;
             if shutdown.is_cancelled() {
                 return Ok(());
