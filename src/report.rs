@@ -17,14 +17,14 @@
 //! the SLOs. Histograms are merged here, not with the SQL aggregate `sitewatch_hist_sum`: a
 //! PL/pgSQL call per row costs ~30 µs, adding the fetched arrays in Rust almost nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use futures::TryStreamExt;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
@@ -42,7 +42,7 @@ pub const DEFAULT_PERIOD: Duration = DEFAULT_SLO_WINDOW;
 pub const QUANTILES: [(&str, f64); 3] = [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)];
 
 /// What can stop a report. The first three are the caller's mistakes (`sitewatch report` exits
-/// 2 for them), the last is the database's.
+/// 2 for them), the others the database's.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("no site named {0:?} in the configuration")]
@@ -51,6 +51,10 @@ pub enum ReportError {
     EmptyPeriod { from: String, to: String },
     #[error("a period of {length} ending {end} starts before the first representable time")]
     OutOfRange { length: String, end: String },
+    #[error(
+        "a rollup row of {site} holds a histogram that is not a one-dimensional bigint[]: {value}"
+    )]
+    Histogram { site: String, value: String },
     #[error("PostgreSQL: {context}")]
     Query {
         context: &'static str,
@@ -61,9 +65,14 @@ pub enum ReportError {
 
 impl ReportError {
     /// The request itself is wrong (unknown site, empty or impossible period), as opposed to a
-    /// failure of the database.
+    /// failure of the database or its data.
     pub fn is_invalid_request(&self) -> bool {
-        !matches!(self, ReportError::Query { .. })
+        matches!(
+            self,
+            ReportError::UnknownSite(_)
+                | ReportError::EmptyPeriod { .. }
+                | ReportError::OutOfRange { .. }
+        )
     }
 
     fn query(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
@@ -93,17 +102,19 @@ pub struct Split {
 }
 
 impl Period {
-    /// `[from, to)` widened to whole UTC hours: `from` rounded down, `to` rounded up.
+    /// `[from, to)` widened to whole UTC hours: `from` rounded down, `to` rounded up. `from`
+    /// must be before `to`.
     pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Period, ReportError> {
-        let from_us = bucket_start_us(Grain::Hour, from.timestamp_micros());
-        let to_us = ceil_hour(to.timestamp_micros());
-        if from_us >= to_us {
+        if from >= to {
             return Err(ReportError::EmptyPeriod {
                 from: rfc3339(from),
                 to: rfc3339(to),
             });
         }
-        Ok(Period { from_us, to_us })
+        Ok(Period {
+            from_us: bucket_start_us(Grain::Hour, from.timestamp_micros()),
+            to_us: ceil_hour(to.timestamp_micros()),
+        })
     }
 
     /// The `length` up to `now`, widened to whole hours like [`Period::new`].
@@ -129,11 +140,6 @@ impl Period {
 
     pub fn length(&self) -> Duration {
         Duration::from_micros((self.to_us - self.from_us).unsigned_abs())
-    }
-
-    /// The length in minutes: the window the error budget's minutes are counted in.
-    pub fn minutes(&self) -> f64 {
-        (self.to_us - self.from_us) as f64 / 60e6
     }
 
     /// Which rollup rows cover the period exactly (see [`Split`]).
@@ -248,9 +254,9 @@ pub struct SiteReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SloStatus {
     pub target_pct: f64,
-    /// The SLO's own window, shown so a report over a different period says so.
+    /// The SLO's own window: the budget's minutes are minutes of it, whatever the period.
     pub window: Duration,
-    /// Spent by down checks; its minutes are minutes of the report period.
+    /// Spent by the period's down checks: the period's failure rate against the allowed one.
     pub budget: Budget,
     pub latency: Option<LatencyStatus>,
 }
@@ -274,12 +280,12 @@ impl LatencyStatus {
 }
 
 impl SloStatus {
-    /// Judges `slo` by the `summary` of `period`.
-    pub fn judge(slo: &Slo, summary: &Summary, period: &Period) -> SloStatus {
+    /// Judges `slo` by the `summary` of a period.
+    pub fn judge(slo: &Slo, summary: &Summary) -> SloStatus {
         SloStatus {
             target_pct: slo.target_pct,
             window: slo.window,
-            budget: summary.error_budget(slo.target_pct, period.minutes()),
+            budget: summary.error_budget(slo.target_pct, slo.window.as_secs_f64() / 60.0),
             latency: slo.latency.as_ref().map(|latency| LatencyStatus {
                 name: latency.name.clone(),
                 quantile: latency.quantile,
@@ -301,10 +307,7 @@ impl SiteReport {
         SiteReport {
             site: site.name.clone(),
             period,
-            slo: site
-                .slo
-                .as_ref()
-                .map(|slo| SloStatus::judge(slo, &summary, &period)),
+            slo: site.slo.as_ref().map(|slo| SloStatus::judge(slo, &summary)),
             summary,
             downtime,
         }
@@ -317,61 +320,109 @@ impl SiteReport {
 
     /// The `--json` line: every number the table shows and more, `null` where not applicable
     /// (no SLO, no checks, a phase that never happened).
-    pub fn to_json(&self) -> Value {
+    pub fn json_line(&self) -> String {
         let s = &self.summary;
         let slo = self.slo.as_ref();
-        let quantiles = |histogram: &Histogram, prefix: &str| {
-            QUANTILES
-                .iter()
-                .map(|(name, q)| (format!("{prefix}{name}_ms"), json!(histogram.quantile(*q))))
-                .collect::<Vec<_>>()
-        };
+        let quantiles = |histogram: &Histogram| QUANTILES.map(|(_, q)| histogram.quantile(q));
+        let [p50_ms, p95_ms, p99_ms] = quantiles(&s.total_hist);
+        let [ttfb_p50_ms, ttfb_p95_ms, ttfb_p99_ms] = quantiles(&s.ttfb_hist);
         let p = &s.phases;
-        let mut object = json!({
-            "site": self.site,
-            "from": rfc3339(self.period.from()),
-            "to": rfc3339(self.period.to()),
-            "checks": s.checks,
-            "up": s.up,
-            "degraded": s.degraded,
-            "down": s.down,
-            "maintenance": s.maintenance,
-            "uptime_pct": s.uptime_pct(),
-            "slo_target_pct": slo.map(|slo| slo.target_pct),
-            "slo_window": slo.map(|slo| crate::duration::format(slo.window)),
-            "budget_left_pct": slo.map(|slo| slo.budget.left_pct),
-            "budget_left_min": slo.map(|slo| slo.budget.left_minutes),
-            "latency_objective": slo.and_then(|slo| slo.latency.as_ref()).map(|l| json!({
-                "name": l.name,
-                "quantile": l.quantile,
-                "max_ms": l.max_ms,
-                "observed_ms": l.observed_ms,
-                "breached": l.breached(),
-            })),
-            "breached": slo.map(SloStatus::breached),
-            "max_ms": (s.checks > 0).then_some(s.max_total_ms),
-            "mean_ms": {
-                "dns": p.dns.mean_ms(),
-                "connect": p.connect.mean_ms(),
-                "tls": p.tls.mean_ms(),
-                "ttfb": p.ttfb.mean_ms(),
-                "transfer": p.transfer.mean_ms(),
-                "total": p.total.mean_ms(),
+        let line = JsonLine {
+            site: &self.site,
+            from: rfc3339(self.period.from()),
+            to: rfc3339(self.period.to()),
+            checks: s.checks,
+            up: s.up,
+            degraded: s.degraded,
+            down: s.down,
+            maintenance: s.maintenance,
+            uptime_pct: s.uptime_pct(),
+            slo_target_pct: slo.map(|slo| slo.target_pct),
+            slo_window: slo.map(|slo| crate::duration::format(slo.window)),
+            budget_left_pct: slo.map(|slo| slo.budget.left_pct),
+            budget_left_min: slo.map(|slo| slo.budget.left_minutes),
+            latency_objective: slo
+                .and_then(|slo| slo.latency.as_ref())
+                .map(|l| JsonLatency {
+                    name: &l.name,
+                    quantile: l.quantile,
+                    max_ms: l.max_ms,
+                    observed_ms: l.observed_ms,
+                    breached: l.breached(),
+                }),
+            breached: slo.map(SloStatus::breached),
+            p50_ms,
+            p95_ms,
+            p99_ms,
+            ttfb_p50_ms,
+            ttfb_p95_ms,
+            ttfb_p99_ms,
+            max_ms: (s.checks > 0).then_some(s.max_total_ms),
+            mean_ms: JsonMeans {
+                dns: p.dns.mean_ms(),
+                connect: p.connect.mean_ms(),
+                tls: p.tls.mean_ms(),
+                ttfb: p.ttfb.mean_ms(),
+                transfer: p.transfer.mean_ms(),
+                total: p.total.mean_ms(),
             },
-            "failures": s.failures,
-            "state_changes": self.downtime.changes,
-            "downtime_s": self.downtime.down_secs(),
-        });
-        if let Value::Object(map) = &mut object {
-            for (key, value) in quantiles(&s.total_hist, "")
-                .into_iter()
-                .chain(quantiles(&s.ttfb_hist, "ttfb_"))
-            {
-                map.insert(key, value);
-            }
-        }
-        object
+            failures: &s.failures,
+            state_changes: self.downtime.changes,
+            downtime_s: self.downtime.down_secs(),
+        };
+        // Strings, numbers, options and a map with string keys always serialize.
+        serde_json::to_string(&line).unwrap_or_default()
     }
+}
+
+/// One `--json` line, its keys in this order; `docs/storage.md` documents each.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    site: &'a str,
+    from: String,
+    to: String,
+    checks: i64,
+    up: i64,
+    degraded: i64,
+    down: i64,
+    maintenance: i64,
+    uptime_pct: Option<f64>,
+    slo_target_pct: Option<f64>,
+    slo_window: Option<String>,
+    budget_left_pct: Option<f64>,
+    budget_left_min: Option<f64>,
+    latency_objective: Option<JsonLatency<'a>>,
+    breached: Option<bool>,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    ttfb_p50_ms: Option<f64>,
+    ttfb_p95_ms: Option<f64>,
+    ttfb_p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+    mean_ms: JsonMeans,
+    failures: &'a BTreeMap<String, i64>,
+    state_changes: u64,
+    downtime_s: f64,
+}
+
+#[derive(Serialize)]
+struct JsonLatency<'a> {
+    name: &'a str,
+    quantile: f64,
+    max_ms: f64,
+    observed_ms: Option<f64>,
+    breached: bool,
+}
+
+#[derive(Serialize)]
+struct JsonMeans {
+    dns: Option<f64>,
+    connect: Option<f64>,
+    tls: Option<f64>,
+    ttfb: Option<f64>,
+    transfer: Option<f64>,
+    total: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,14 +450,14 @@ const ROLLUPS_SQL: &str = "\
     SELECT site, checks, up, degraded, down, maintenance, failures::text, \
            dns_sum, dns_count, connect_sum, connect_count, tls_sum, tls_count, \
            ttfb_sum, ttfb_count, transfer_sum, transfer_count, total_sum, total_count, \
-           max_total_ms, total_hist, ttfb_hist \
+           max_total_ms, total_hist::text, ttfb_hist::text \
       FROM rollup_daily \
      WHERE site = ANY($1) AND bucket >= $2 AND bucket < $3 \
     UNION ALL \
     SELECT site, checks, up, degraded, down, maintenance, failures::text, \
            dns_sum, dns_count, connect_sum, connect_count, tls_sum, tls_count, \
            ttfb_sum, ttfb_count, transfer_sum, transfer_count, total_sum, total_count, \
-           max_total_ms, total_hist, ttfb_hist \
+           max_total_ms, total_hist::text, ttfb_hist::text \
       FROM rollup_hourly \
      WHERE site = ANY($1) AND (bucket >= $4 AND bucket < $5 OR bucket >= $6 AND bucket < $7)";
 
@@ -434,14 +485,14 @@ pub async fn report(
 ) -> Result<Vec<SiteReport>, ReportError> {
     let started = Instant::now();
     let names: Vec<&str> = sites.iter().map(|site| site.name.as_str()).collect();
-    let (summaries, transitions) = tokio::try_join!(
+    let (mut summaries, transitions) = tokio::try_join!(
         read_summaries(client, &names, period),
         read_transitions(client, &names, period),
     )?;
     let reports: Vec<SiteReport> = sites
         .iter()
         .map(|site| {
-            let summary = summaries.get(&site.name).cloned().unwrap_or_default();
+            let summary = summaries.remove(&site.name).unwrap_or_default();
             let walked = transitions
                 .get(&site.name)
                 .map(|t| downtime::walk(t, period.from_us, period.to_us, now.timestamp_micros()))
@@ -456,7 +507,14 @@ pub async fn report(
     Ok(reports)
 }
 
-/// Streams the period's rollup rows and merges them per site, so no more than one row is held.
+/// Streams the period's rollup rows and merges them per site, holding one row at a time.
+///
+/// A 90-day report of 1,000 sites reads ~100,000 rows with two histograms each, so a row costs
+/// no allocation: its scalars make a [`Summary`] with empty histograms, merged with
+/// [`Summary::merge`], and its histograms are parsed into one reused buffer and added to the
+/// site's with [`Histogram::merge`]. They come as text (`{0,0,3,17,…}`): most counts are
+/// zeros, two bytes each that way against twelve in the binary array format, and PostgreSQL
+/// sends them faster too (measured: 0.5 s against 0.75 s for 88,000 daily rows).
 async fn read_summaries(
     client: &Client,
     names: &[&str],
@@ -481,15 +539,30 @@ async fn read_summaries(
         .await
         .map_err(ReportError::query(context))?;
     let mut rows = pin!(rows);
-    let mut summaries: HashMap<String, Summary> = HashMap::with_capacity(names.len());
+    let mut summaries: HashMap<String, Summary> = names
+        .iter()
+        .map(|name| (name.to_string(), Summary::default()))
+        .collect();
+    let mut counts = Vec::new();
     let mut read = 0u64;
     while let Some(row) = rows.try_next().await.map_err(ReportError::query(context))? {
-        let (site, summary) = rollup_row(&row).map_err(ReportError::query(context))?;
-        match summaries.get_mut(site) {
-            Some(total) => total.merge(&summary),
-            None => {
-                summaries.insert(site.to_owned(), summary);
-            }
+        let site: &str = row.try_get(0).map_err(ReportError::query(context))?;
+        // The query selects only these sites.
+        let Some(total) = summaries.get_mut(site) else {
+            continue;
+        };
+        total.merge(&scalars(&row).map_err(ReportError::query(context))?);
+        let histograms = [
+            (TOTAL_HIST, &mut total.total_hist),
+            (TTFB_HIST, &mut total.ttfb_hist),
+        ];
+        for (column, histogram) in histograms {
+            let text: &str = row.try_get(column).map_err(ReportError::query(context))?;
+            parse_counts(text, &mut counts).map_err(|value| ReportError::Histogram {
+                site: site.to_owned(),
+                value,
+            })?;
+            histogram.merge(&counts);
         }
         read += 1;
     }
@@ -497,23 +570,22 @@ async fn read_summaries(
     Ok(summaries)
 }
 
-/// One row of [`ROLLUPS_SQL`] as a [`Summary`]. An unreadable `failures` object (not a map of
-/// integers) counts as no failures rather than failing the whole report.
-fn rollup_row(row: &Row) -> Result<(&str, Summary), tokio_postgres::Error> {
+/// Columns of [`ROLLUPS_SQL`] holding the histograms.
+const TOTAL_HIST: usize = 20;
+const TTFB_HIST: usize = 21;
+
+/// The counters, sums and failures of one row of [`ROLLUPS_SQL`], histograms left empty. An
+/// unreadable `failures` object (not a map of integers) counts as no failures rather than
+/// failing the whole report.
+fn scalars(row: &Row) -> Result<Summary, tokio_postgres::Error> {
     let phase = |i: usize| -> Result<PhaseSum, tokio_postgres::Error> {
         Ok(PhaseSum {
             sum_ms: row.try_get(7 + 2 * i)?,
             count: row.try_get(8 + 2 * i)?,
         })
     };
-    let histogram = |i: usize| -> Result<Histogram, tokio_postgres::Error> {
-        let counts: Vec<Option<i64>> = row.try_get(i)?;
-        Ok(Histogram::from_counts(
-            counts.into_iter().map(Option::unwrap_or_default).collect(),
-        ))
-    };
     let failures: &str = row.try_get(6)?;
-    let summary = Summary {
+    Ok(Summary {
         checks: row.try_get(1)?,
         up: row.try_get(2)?,
         degraded: row.try_get(3)?,
@@ -529,10 +601,35 @@ fn rollup_row(row: &Row) -> Result<(&str, Summary), tokio_postgres::Error> {
             total: phase(5)?,
         },
         max_total_ms: row.try_get::<_, Option<f64>>(19)?.unwrap_or_default(),
-        total_hist: histogram(20)?,
-        ttfb_hist: histogram(21)?,
+        total_hist: Histogram::new(),
+        ttfb_hist: Histogram::new(),
+    })
+}
+
+/// Parses a `bigint[]` as PostgreSQL prints it (`{1,0,NULL,7}`, `{}`; `[0:2]={…}` when its
+/// lower bound is not 1) into `out`, cleared first; NULL counts as 0. On failure, returns the
+/// text (shortened) for the error message.
+fn parse_counts(text: &str, out: &mut Vec<i64>) -> Result<(), String> {
+    out.clear();
+    let elements = match text.split_once('=') {
+        Some((bounds, rest)) if bounds.starts_with('[') => rest,
+        _ => text,
     };
-    Ok((row.try_get(0)?, summary))
+    let shown = || text.chars().take(80).collect::<String>();
+    let inner = elements
+        .strip_prefix('{')
+        .and_then(|rest| rest.strip_suffix('}'))
+        .ok_or_else(shown)?;
+    if inner.is_empty() {
+        return Ok(());
+    }
+    for element in inner.split(',') {
+        out.push(match element {
+            "NULL" => 0,
+            number => number.parse().map_err(|_| shown())?,
+        });
+    }
+    Ok(())
 }
 
 /// The state changes [`downtime::walk`] needs, per site, in time order.
@@ -764,7 +861,13 @@ mod tests {
 
     #[test]
     fn empty_periods_are_refused() {
-        for (from, to) in [(MIDNIGHT, MIDNIGHT), (MIDNIGHT + DAY_US, MIDNIGHT)] {
+        let cases = [
+            (MIDNIGHT, MIDNIGHT),
+            (MIDNIGHT + DAY_US, MIDNIGHT),
+            // Reversed within one hour: refused, not widened to that hour.
+            (MIDNIGHT + 30 * MIN, MIDNIGHT + 20 * MIN),
+        ];
+        for (from, to) in cases {
             assert!(matches!(
                 Period::new(at(from), at(to)),
                 Err(ReportError::EmptyPeriod { .. })
@@ -880,6 +983,29 @@ mod tests {
                 Duration::from_secs(want_days * 86_400),
                 "{windows:?}"
             );
+        }
+    }
+
+    #[test]
+    fn parses_printed_bigint_arrays() {
+        let cases: &[(&str, Result<&[i64], ()>)] = &[
+            ("{}", Ok(&[])),
+            ("{7}", Ok(&[7])),
+            ("{0,0,3,17,-2}", Ok(&[0, 0, 3, 17, -2])),
+            ("{NULL,5}", Ok(&[0, 5])),
+            ("{9223372036854775807}", Ok(&[i64::MAX])),
+            ("[0:1]={4,5}", Ok(&[4, 5])),
+            ("{{1,2},{3,4}}", Err(())),
+            ("{1,,2}", Err(())),
+            ("{1, 2}", Err(())),
+            ("1,2", Err(())),
+            ("{99999999999999999999}", Err(())),
+            ("", Err(())),
+        ];
+        for &(text, want) in cases {
+            let mut out = vec![42];
+            let got = parse_counts(text, &mut out).map(|()| out).map_err(|_| ());
+            assert_eq!(got, want.map(<[i64]>::to_vec), "{text:?}");
         }
     }
 

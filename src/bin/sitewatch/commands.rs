@@ -205,7 +205,7 @@ pub async fn report(env_file: Option<&PathBuf>, args: &cli::ReportArgs) -> Exit 
     let mut out = std::io::stdout().lock();
     if args.json {
         for site in &reports {
-            let _ = writeln!(out, "{}", site.to_json());
+            let _ = writeln!(out, "{}", site.json_line());
         }
     } else {
         let _ = write!(out, "{}", report::table(&reports, &period));
