@@ -57,6 +57,23 @@
 ---@field p99? sitewatch.Duration
 ---@field ["p99.9"]? sitewatch.Duration
 
+---When a site's checks become an incident, and whom it is sent to. A site's alert replaces the
+---one of defaults{} whole; with neither, incidents open after 3 down checks and notify nobody.
+---@class sitewatch.Alert
+---@field notify? string[] Names of notifiers (declared with notifier, anywhere in the file) to send to.
+---@field after? integer Consecutive down checks that open an incident (1-1000, default 3).
+---@field recover_after? integer Consecutive up or degraded checks that resolve it (1-1000, default 2).
+---@field ["for"]? sitewatch.Duration Also open once the site has been failing this long, whichever comes first.
+---@field remind? sitewatch.Duration Repeat the notification this often while the incident is open (at least "1m").
+---@field on_resolved? boolean Notify when the incident resolves too (default true).
+---@field flap? sitewatch.Flap
+
+---Flapping: this many incidents opened within the window pause the site's notifications until
+---no incident has opened for a whole window.
+---@class sitewatch.Flap
+---@field count integer Incidents opened (2-100).
+---@field window sitewatch.Duration
+
 ---A hook: gets the read-only response table and returns a verdict.
 ---@alias sitewatch.Hook fun(r: sitewatch.Response): (boolean|"degraded"|sitewatch.Verdict|nil), string?
 
@@ -72,6 +89,7 @@
 ---@field body_cap? sitewatch.Size Body bytes read at most (default "1MiB"; raised past expect.max_body).
 ---@field hooks? sitewatch.Hook[] Lua assertions, run in order after the built-in ones.
 ---@field slo? sitewatch.Slo Service-level objective; a site's slo replaces the default one whole.
+---@field alert? sitewatch.Alert Incidents and notifications; a site's alert replaces the default one whole.
 
 ---@class sitewatch.Site: sitewatch.Settings
 ---@field name string Unique name: the Kafka key and the label everywhere (at most 128 bytes).
@@ -85,6 +103,54 @@ function site(site) end
 ---before the first site{}.
 ---@param settings sitewatch.Settings
 function defaults(settings) end
+
+---Where alerts are sent. Keys other than type and url are for webhooks only.
+---@class sitewatch.Notifier
+---@field type "webhook"|"alertmanager" webhook: a POST of the event as JSON (or of what format returns); alertmanager: alerts posted to url/api/v2/alerts.
+---@field url string http or https URL.
+---@field headers? table<string, string> Extra request headers (webhook only), e.g. { ["X-Token"] = env("OPS_TOKEN") }.
+---@field format? fun(event: sitewatch.AlertEvent): string|table Builds the request body (webhook only): a string is sent as is, a table as JSON.
+
+---What a notifier's format function gets. Times are RFC 3339 in UTC.
+---@class sitewatch.AlertEvent
+---@field dedup_key string Stable across retries and replays: the receiver's deduplication key.
+---@field kind "open"|"reminder"|"resolve"|"flapping"|"flap_ended"
+---@field site string
+---@field url string
+---@field severity? "down"|"degraded"|"nodata" Absent for flapping events.
+---@field incident_id? string
+---@field started_at? string The first failing check.
+---@field resolved_at? string
+---@field failure_kind? string
+---@field failure_message? string
+---@field failed_checks? integer
+---@field down_for_s? integer How long it was (or has been) down, in seconds.
+---@field reminder? integer 1 for the first reminder, ...
+---@field message string One line for people.
+
+---Declares a notifier: notifier "ops" { type = "webhook", url = env("OPS_HOOK") }. Names are
+---unique: letters, digits, _, . and -, at most 64 bytes. Every error is reported with the line
+---of this call.
+---@param name string
+---@return fun(settings: sitewatch.Notifier)
+function notifier(name) end
+
+---@alias sitewatch.Weekday "Mon"|"Tue"|"Wed"|"Thu"|"Fri"|"Sat"|"Sun"
+
+---A maintenance window: checks probed in it carry its name, and SLOs and alerts leave them out.
+---Weekly (every, start, tz) or one-off (at); duration either way.
+---@class sitewatch.Maintenance
+---@field name string Unique: letters, digits, _, . and -, at most 64 bytes.
+---@field sites? string[] Declared site names it covers (default: every site).
+---@field every? sitewatch.Weekday|sitewatch.Weekday[]|"day" Weekly: the days it opens on ("day": every day).
+---@field start? string Weekly: local opening time "HH:MM" in tz.
+---@field tz? string Weekly: IANA time zone of start, e.g. "Europe/Berlin" (default "UTC").
+---@field at? string One-off: when it opens, RFC 3339, e.g. "2026-12-24T18:00:00Z".
+---@field duration sitewatch.Duration How long it stays open (at most "7d").
+
+---Declares a maintenance window. Every error in it is reported with the line of this call.
+---@param window sitewatch.Maintenance
+function maintenance(window) end
 
 ---The value of an environment variable. An unset variable is a configuration error (reported
 ---at this line); the call then returns "". Load time only.

@@ -11,7 +11,7 @@ use futures::future::join_all;
 use uuid::Uuid;
 
 use crate::assertions;
-use crate::config::{Config, Site};
+use crate::config::{maintenance, Config, MaintenanceWindow, Site};
 use crate::hooks::{HookError, HookInput, HookLimits, HookPool};
 use crate::probe::{Attempt, Prober, DEFAULT_USER_AGENT};
 use crate::result::{
@@ -64,6 +64,8 @@ pub struct Checker {
     config_version: Arc<str>,
     /// Stamped on every result: which machine probed.
     probe_host: Arc<str>,
+    /// The configuration's maintenance windows: a result scheduled inside one carries its name.
+    maintenance: Arc<[MaintenanceWindow]>,
 }
 
 impl Checker {
@@ -73,11 +75,19 @@ impl Checker {
             hooks,
             config_version: config_version.into(),
             probe_host: probe_host().into(),
+            maintenance: Arc::new([]),
         }
     }
 
-    /// A checker for `config`: the shared prober and, if any site has hooks, a pool of Lua
-    /// workers evaluated from the same sources. Blocking while the workers load the config.
+    /// The same checker, labelling results scheduled inside one of `windows` with its name.
+    pub fn with_maintenance(mut self, windows: &[MaintenanceWindow]) -> Self {
+        self.maintenance = windows.into();
+        self
+    }
+
+    /// A checker for `config`: the shared prober, its maintenance windows and, if any site has
+    /// hooks, a pool of Lua workers evaluated from the same sources. Blocking while the workers
+    /// load the config.
     pub fn for_config(config: &Config, prober: Arc<Prober>) -> Result<Checker, HookError> {
         let hooks = if config.sites.iter().any(|s| !s.hooks.is_empty()) {
             Some(Arc::new(HookPool::start(
@@ -87,7 +97,7 @@ impl Checker {
         } else {
             None
         };
-        Ok(Checker::new(prober, hooks, &config.version))
+        Ok(Checker::new(prober, hooks, &config.version).with_maintenance(&config.maintenance))
     }
 
     /// Runs the check: up to `1 + site.retries` attempts, stopping at the first that is not down.
@@ -207,7 +217,10 @@ impl Checker {
             config_version: self.config_version.to_string(),
             attempts,
             probe_host: self.probe_host.to_string(),
-            maintenance: None,
+            // By when the check was due, not when it ran: a check due just before a window
+            // opens is outside it however long it waited for a permit.
+            maintenance: maintenance::window_at(&self.maintenance, &site.name, scheduled_at)
+                .map(str::to_string),
         }
     }
 }

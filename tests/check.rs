@@ -464,3 +464,45 @@ async fn produce_with_an_invalid_config_exits_2_before_touching_kafka() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("sites.lua:1:"));
 }
+
+#[tokio::test]
+async fn a_check_scheduled_inside_a_maintenance_window_carries_its_name() {
+    let server = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    // "always" is open at every instant (each day from 00:00 UTC for a day); "past" never again.
+    config(
+        dir.path(),
+        &format!(
+            r#"site {{ name = "shop", url = "{url}" }}
+               site {{ name = "api", url = "{url}" }}
+               site {{ name = "blog", url = "{url}" }}
+               maintenance {{ name = "past", at = "2000-01-01T00:00:00Z", duration = "1h" }}
+               maintenance {{ name = "always", sites = {{ "shop", "blog" }}, every = "day", start = "00:00", duration = "1d" }}
+               maintenance {{ name = "later", sites = {{ "blog" }}, every = "day", start = "00:00", duration = "1d" }}"#,
+            url = server.url("/")
+        ),
+    );
+    let output = sitewatch(dir.path(), &["check", "--json"]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = results(&output);
+    let windows: Vec<(&str, Option<&str>)> = ["shop", "api", "blog"]
+        .into_iter()
+        .map(|site| (site, results[site].maintenance.as_deref()))
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            ("shop", Some("always")),
+            ("api", None),
+            ("blog", Some("always"))
+        ],
+        "the first declared window covering the site names it"
+    );
+    let line = String::from_utf8_lossy(&output.stdout);
+    assert!(line.contains(r#""maintenance":"always""#), "{line}");
+}

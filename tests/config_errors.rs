@@ -717,3 +717,453 @@ fn a_site_slo_replaces_the_default_one_whole() {
     assert!(b.latency.is_none(), "not inherited key by key");
     assert_eq!(b.window, std::time::Duration::from_secs(30 * 86_400));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Alerts: notifiers, alert rules, maintenance windows
+
+/// A valid notifier to refer to, on line 1.
+const OPS: &str = r#"notifier "ops" { type = "webhook", url = "https://hooks.example/ops" }"#;
+
+/// `OPS` on line 1, then a site with `alert = <alert>` on line 2.
+fn site_with_alert(alert: &str) -> String {
+    format!("{OPS}\nsite {{ name = \"a\", url = \"https://a.example/\", alert = {alert} }}")
+}
+
+#[test]
+fn unknown_notifier_names_the_known_ones() {
+    assert_error(
+        &site_with_alert(r#"{ notify = { "ops", "opz" } }"#),
+        2,
+        &[r#"site "a": alert.notify: no notifier named "opz" (declared: "ops")"#],
+    );
+    assert_error(
+        "\nsite { name = \"a\", url = \"https://a.example/\", alert = { notify = { \"ops\" } } }",
+        2,
+        &[r#"alert.notify: no notifier named "ops" (no notifier is declared)"#],
+    );
+    // In defaults{}: reported there, once, not at each site.
+    let text = format!(
+        "{OPS}\ndefaults {{ alert = {{ notify = {{ \"nope\" }} }} }}\n\
+         site {{ name = \"a\", url = \"https://a.example/\" }}\n\
+         site {{ name = \"b\", url = \"https://b.example/\" }}"
+    );
+    let lines = errors(&text);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("sites.lua:2: alert.notify: no notifier named \"nope\""),
+        "{lines:?}"
+    );
+    // A notifier may be declared after the sites that use it.
+    let config = load(
+        "site { name = \"a\", url = \"https://a.example/\", alert = { notify = { \"late\" } } }\n\
+         notifier \"late\" { type = \"alertmanager\", url = \"http://127.0.0.1:9093\" }",
+    )
+    .unwrap();
+    assert_eq!(config.sites[0].alert.notify, ["late"]);
+}
+
+#[test]
+fn alert_rule_problems() {
+    let cases: [(&str, &[&str]); 14] = [
+        (
+            r#"{ recover_after = 0 }"#,
+            &["alert.recover_after = 0 is out of range: must be between 1 and 1000"],
+        ),
+        (
+            r#"{ after = 1001 }"#,
+            &["alert.after = 1001 is out of range: must be between 1 and 1000"],
+        ),
+        (r#"{ after = 2.5 }"#, &["alert.after = 2.5", "whole number"]),
+        (
+            r#"{ ["for"] = "2" }"#,
+            &["alert.for = \"2\" is not a valid duration: missing unit"],
+        ),
+        (
+            r#"{ ["for"] = 120 }"#,
+            &["alert.for = 120 is not a valid duration: a number needs a unit"],
+        ),
+        (
+            r#"{ remind = "30s" }"#,
+            &["alert.remind = \"30s\" is out of range: must be at least 1m"],
+        ),
+        (
+            r#"{ on_resolved = "yes" }"#,
+            &["alert.on_resolved must be a boolean, got string"],
+        ),
+        (
+            r#"{ notify = "ops" }"#,
+            &["alert.notify must be a list of notifier names, got string"],
+        ),
+        (
+            r#"{ notify = { "ops", "ops" } }"#,
+            &["alert.notify lists \"ops\" twice"],
+        ),
+        (
+            r#"{ flap = { count = 1, window = "30m" } }"#,
+            &["alert.flap.count = 1 is out of range: must be between 2 and 100"],
+        ),
+        (
+            r#"{ flap = { count = 4, window = "half an hour" } }"#,
+            &["alert.flap.window", "not a valid duration"],
+        ),
+        (
+            r#"{ flap = { count = 4 } }"#,
+            &["missing required key \"alert.flap.window\""],
+        ),
+        (
+            r#"{ notfy = { "ops" } }"#,
+            &["unknown key \"notfy\" in alert (expected one of: notify, after, recover_after, for, remind, on_resolved, flap)"],
+        ),
+        ("true", &["alert must be a table, got boolean"]),
+    ];
+    for (alert, needles) in cases {
+        assert_error(&site_with_alert(alert), 2, needles);
+    }
+    assert_error(
+        &site_with_alert(r#"{ flap = { count = 4, window = "1h", windw = "2h" } }"#),
+        2,
+        &["unknown key \"windw\" in alert.flap"],
+    );
+}
+
+#[test]
+fn notifier_problems() {
+    let cases: [(&str, &[&str]); 12] = [
+        (
+            r#"notifier "x" { type = "slack", url = "https://x.example/" }"#,
+            &[
+                r#"notifier "x": type = "slack" is not a notifier type (expected "webhook" or "alertmanager")"#,
+            ],
+        ),
+        (
+            r#"notifier "x" { url = "https://x.example/" }"#,
+            &[r#"notifier "x": missing required key "type""#],
+        ),
+        (
+            r#"notifier "x" { type = "webhook" }"#,
+            &[r#"notifier "x": missing required key "url""#],
+        ),
+        (
+            r#"notifier "x" { type = "webhook", url = "ftp://x.example/" }"#,
+            &[r#"url "ftp://x.example/" is invalid: scheme "ftp" is not http or https"#],
+        ),
+        (
+            r#"notifier "x" { type = "webhook", url = "https://x.example/", format = "json" }"#,
+            &[r#"notifier "x": format must be a function, got string"#],
+        ),
+        (
+            r#"notifier "x" { type = "alertmanager", url = "http://127.0.0.1:9093", format = function(e) return "" end }"#,
+            &["format applies to webhook notifiers only, not alertmanager"],
+        ),
+        (
+            r#"notifier "x" { type = "alertmanager", url = "http://127.0.0.1:9093", headers = { A = "b" } }"#,
+            &["headers applies to webhook notifiers only, not alertmanager"],
+        ),
+        (
+            r#"notifier "x" { type = "webhook", url = "https://x.example/", headers = { ["X Token"] = "t" } }"#,
+            &[r#"headers: "X Token" is not a valid header name"#],
+        ),
+        (
+            r#"notifier "x" { type = "webhook", url = "https://x.example/", headers = { ["X-Token"] = "a\nb" } }"#,
+            &[r#"headers: the value of header "X-Token" is not a valid header value"#],
+        ),
+        (
+            r#"notifier "o ps" { type = "webhook", url = "https://x.example/" }"#,
+            &[r#"notifier name "o ps" is invalid: use letters, digits, '_', '.' and '-' only"#],
+        ),
+        (
+            r#"notifier "x" { type = "webhook", url = "https://x.example/", retries = 3 }"#,
+            &[r#"unknown key "retries" in notifier (expected one of: type, url, headers, format)"#],
+        ),
+        (
+            r#"notifier "x""#,
+            &[
+                r#"notifier "x": no settings given: write notifier "name" { type = "webhook", url = "..." }"#,
+            ],
+        ),
+    ];
+    for (text, needles) in cases {
+        assert_error(&format!("\n{text}"), 2, needles);
+    }
+    assert_error(
+        &format!(
+            "notifier \"{}\" {{ type = \"webhook\", url = \"https://x.example/\" }}",
+            "n".repeat(65)
+        ),
+        1,
+        &["is invalid: longer than 64 bytes"],
+    );
+    assert_error(
+        "notifier \"x\" \"webhook\"",
+        1,
+        &[r#"notifier "x": notifier "name" { ... } expects a table, got string"#],
+    );
+}
+
+#[test]
+fn duplicate_notifier_names_the_first() {
+    let text = format!("\n{OPS}\n{OPS}");
+    assert_error(
+        &text,
+        3,
+        &[r#"notifier "ops": duplicate notifier name (first defined at sites.lua:2)"#],
+    );
+    assert_eq!(errors(&text).len(), 1);
+}
+
+/// A maintenance window on line 2, after a site "shop" on line 1.
+fn window(settings: &str) -> String {
+    format!(
+        "site {{ name = \"shop\", url = \"https://shop.example/\" }}\nmaintenance {{ {settings} }}"
+    )
+}
+
+#[test]
+fn maintenance_problems() {
+    let cases: [(&str, &[&str]); 16] = [
+        (
+            r#"name = "db", sites = { "shop", "shpo" }, every = "Sun", start = "02:00", duration = "1h""#,
+            &[r#"maintenance "db": sites: no site named "shpo""#],
+        ),
+        (
+            r#"name = "db", every = "Sun", start = "02:00", duration = "1h", tz = "Europe/Berln""#,
+            &[r#"maintenance "db": tz = "Europe/Berln" is not an IANA time zone name"#],
+        ),
+        (
+            r#"name = "db", every = "Son", start = "02:00", duration = "1h""#,
+            &[
+                r#"maintenance "db": every = "Son" is not valid: expected a day ("Mon" to "Sun"), a list of days, or "day""#,
+            ],
+        ),
+        (
+            r#"name = "db", every = { "Sat", "Sun", 7 }, start = "02:00", duration = "1h""#,
+            &["every = 7 is not valid"],
+        ),
+        (
+            r#"name = "db", every = {}, start = "02:00", duration = "1h""#,
+            &["every = table is not valid"],
+        ),
+        (
+            r#"name = "db", every = "Sun", start = "25:00", duration = "1h""#,
+            &[r#"maintenance "db": start = "25:00" is not a valid time of day: expected "HH:MM""#],
+        ),
+        (
+            r#"name = "db", every = "Sun", start = 2, duration = "1h""#,
+            &["start = 2 is not a valid time of day"],
+        ),
+        (
+            r#"name = "db", every = "Sun", start = "02:00", duration = "8d""#,
+            &[r#"duration = "8d" is out of range: must be at most 7d"#],
+        ),
+        (
+            r#"name = "db", every = "Sun", start = "02:00", duration = "1x""#,
+            &["duration = \"1x\" is not a valid duration"],
+        ),
+        (
+            r#"name = "db", every = "Sun", start = "02:00""#,
+            &[r#"missing required key "duration""#],
+        ),
+        (
+            r#"name = "db", start = "02:00", duration = "1h""#,
+            &[r#"missing required key "every (or at, for a one-off window)""#],
+        ),
+        (
+            r#"name = "db", at = "2026-12-24 18:00", duration = "4h""#,
+            &[r#"at = "2026-12-24 18:00" is not an RFC 3339 timestamp"#],
+        ),
+        (
+            r#"name = "db", at = "2026-12-24T18:00:00Z", every = "Sun", duration = "4h""#,
+            &["every cannot be combined with at"],
+        ),
+        (
+            r#"every = "Sun", start = "02:00", duration = "1h""#,
+            &[r#"missing required key "name""#],
+        ),
+        (
+            r#"name = "db", sites = {}, every = "Sun", start = "02:00", duration = "1h""#,
+            &["sites must be a non-empty list of site names"],
+        ),
+        (
+            r#"name = "db", every = "Sun", start = "02:00", duration = "1h", ends = "03:00""#,
+            &[r#"unknown key "ends" in maintenance"#],
+        ),
+    ];
+    for (settings, needles) in cases {
+        assert_error(&window(settings), 2, needles);
+    }
+    let text = format!(
+        "{}\nmaintenance {{ name = \"db\", at = \"2026-12-24T18:00:00Z\", duration = \"1h\" }}",
+        window(r#"name = "db", every = "day", start = "02:00", duration = "1h""#)
+    );
+    assert_error(
+        &text,
+        3,
+        &[r#"maintenance "db": duplicate maintenance window name (first defined at sites.lua:2)"#],
+    );
+    assert_error(
+        "\nmaintenance \"db\"",
+        2,
+        &["maintenance{} expects a table, got string"],
+    );
+}
+
+#[test]
+fn notifiers_alerts_and_maintenance_parse_into_typed_values() {
+    use chrono::{NaiveTime, TimeZone, Utc, Weekday};
+    use config::{AlertRule, FlapRule, MaintenanceSchedule, NotifierKind};
+    let text = r#"
+defaults { alert = { notify = { "ops" }, after = 2 } }
+notifier "ops" {
+  type = "webhook", url = "https://hooks.example/ops",
+  headers = { ["X-Token"] = "secret" },
+  format = function(event) return { text = event.message } end,
+}
+site { name = "shop", url = "https://shop.example/" }
+site {
+  name = "api", url = "https://api.example/",
+  alert = { notify = { "am", "ops" }, after = 5, recover_after = 1, ["for"] = "2m", remind = "1h",
+            on_resolved = false, flap = { count = 4, window = "30m" } },
+}
+site { name = "quiet", url = "https://quiet.example/", alert = {} }
+notifier "am" { type = "alertmanager", url = "http://127.0.0.1:9093" }
+maintenance { name = "db-sunday", sites = { "shop" }, every = "Sun", start = "02:00", duration = "1h", tz = "Europe/Berlin" }
+maintenance { name = "weekend", every = { "Sun", "sat", "Sat" }, start = "0:30", duration = "90m" }
+maintenance { name = "xmas", sites = { "api", "shop" }, at = "2026-12-24T19:00:00+01:00", duration = "4h" }
+"#;
+    let config = load(text).unwrap();
+    let min = |m: u64| Duration::from_secs(60 * m);
+
+    let [ops, am] = &config.notifiers[..] else {
+        panic!("{:?}", config.notifiers)
+    };
+    assert_eq!((ops.name.as_str(), ops.location.line), ("ops", 3));
+    assert_eq!(
+        ops.kind,
+        NotifierKind::Webhook {
+            url: "https://hooks.example/ops".parse().unwrap(),
+            headers: vec![("x-token".into(), "secret".into())],
+            has_format: true,
+        }
+    );
+    assert_eq!((am.name.as_str(), am.location.line), ("am", 15));
+    assert_eq!(
+        am.kind,
+        NotifierKind::Alertmanager {
+            url: "http://127.0.0.1:9093".parse().unwrap()
+        }
+    );
+
+    let [shop, api, quiet] = &config.sites[..] else {
+        panic!()
+    };
+    assert_eq!(
+        shop.alert,
+        AlertRule {
+            notify: vec!["ops".into()],
+            after: 2,
+            ..AlertRule::default()
+        },
+        "inherited from defaults"
+    );
+    assert_eq!(
+        api.alert,
+        AlertRule {
+            notify: vec!["am".into(), "ops".into()],
+            after: 5,
+            recover_after: 1,
+            for_: Some(min(2)),
+            remind: Some(min(60)),
+            on_resolved: false,
+            flap: Some(FlapRule {
+                count: 4,
+                window: min(30)
+            }),
+        }
+    );
+    assert_eq!(quiet.alert, AlertRule::default(), "replaced whole");
+    assert_eq!(
+        (
+            quiet.alert.after,
+            quiet.alert.recover_after,
+            quiet.alert.on_resolved
+        ),
+        (3, 2, true)
+    );
+
+    let [db, weekend, xmas] = &config.maintenance[..] else {
+        panic!("{:?}", config.maintenance)
+    };
+    assert_eq!(
+        (db.name.as_str(), db.location.line, &db.sites[..]),
+        ("db-sunday", 16, &["shop".to_string()][..])
+    );
+    assert_eq!(
+        db.schedule,
+        MaintenanceSchedule::Weekly {
+            days: vec![Weekday::Sun],
+            start: NaiveTime::from_hms_opt(2, 0, 0).unwrap(),
+            duration: min(60),
+            tz: chrono_tz::Europe::Berlin,
+        }
+    );
+    assert!(weekend.sites.is_empty(), "every site");
+    assert_eq!(
+        weekend.schedule,
+        MaintenanceSchedule::Weekly {
+            days: vec![Weekday::Sat, Weekday::Sun],
+            start: NaiveTime::from_hms_opt(0, 30, 0).unwrap(),
+            duration: min(90),
+            tz: chrono_tz::UTC,
+        }
+    );
+    assert_eq!(
+        xmas.schedule,
+        MaintenanceSchedule::Once {
+            start: Utc.with_ymd_and_hms(2026, 12, 24, 18, 0, 0).unwrap(),
+            duration: min(240),
+        }
+    );
+
+    // Sunday 7 June 2026, 00:30 UTC = 02:30 in Berlin: db-sunday (shop only) and weekend.
+    let at = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    let cases = [
+        ("shop", "2026-06-07T00:30:00Z", Some("db-sunday")),
+        ("api", "2026-06-07T00:30:00Z", Some("weekend")),
+        ("api", "2026-06-07T02:30:00Z", None),
+        ("api", "2026-12-24T21:00:00Z", Some("xmas")),
+        ("quiet", "2026-12-24T21:00:00Z", None),
+    ];
+    for (site, time, want) in cases {
+        assert_eq!(
+            config.maintenance_at(site, at(time)),
+            want,
+            "{site} at {time}"
+        );
+    }
+}
+
+#[test]
+fn alert_errors_come_out_with_the_others() {
+    let text = r#"
+notifier "ops" { type = "pager", url = "https://x.example/" }
+site { name = "a", url = "https://a.example/", alert = { notify = { "ops", "sms" } }, retries = 99 }
+maintenance { name = "m", sites = { "b" }, every = "Sun", start = "02:00", duration = "1h" }
+notifier "ops" { type = "webhook", url = "https://y.example/" }
+"#;
+    let lines = errors(text);
+    let want = [
+        "sites.lua:2: notifier \"ops\": type = \"pager\"",
+        "sites.lua:3: site \"a\": retries",
+        "sites.lua:3: site \"a\": alert.notify: no notifier named \"sms\" (declared: \"ops\")",
+        "sites.lua:4: maintenance \"m\": sites: no site named \"b\"",
+        "sites.lua:5: notifier \"ops\": duplicate notifier name (first defined at sites.lua:2)",
+    ];
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with(want), "{line} should start with {want}");
+    }
+}

@@ -1,13 +1,14 @@
 //! Configuration errors: every problem found while evaluating and validating `sites.lua`, each
-//! tied to the `file:line` of the `site{}` (or `defaults{}`, `env()`, `script()`) call it is
-//! about, so one run of `sitewatch validate` shows them all.
+//! tied to the `file:line` of the `site{}` (or `defaults{}`, `notifier`, `maintenance{}`,
+//! `env()`, `script()`) call it is about, so one run of `sitewatch validate` shows them all.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use super::types::Location;
 
-/// What is wrong. Messages are one line; [`ConfigError`] adds `file:line: site "name": `.
+/// What is wrong. Messages are one line; [`ConfigError`] adds `file:line: site "name": ` (or
+/// `notifier "name": `, `maintenance "name": `).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigErrorKind {
     #[error("cannot read {path}: {source}")]
@@ -99,6 +100,53 @@ pub enum ConfigErrorKind {
     Name { name: String, reason: String },
     #[error("duplicate site name (first defined at {first})")]
     Duplicate { first: Location },
+    /// A notifier or maintenance window name that breaks the naming rules.
+    #[error("{what} name {name:?} is invalid: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+    /// A second notifier or maintenance window with a name already used.
+    #[error("duplicate {what} name (first defined at {first})")]
+    DuplicateName { what: &'static str, first: Location },
+    /// `notifier(name)` whose returned function got something other than a table.
+    #[error("notifier \"name\" {{ ... }} expects a table, got {found}")]
+    NotifierBody { found: String },
+    /// `notifier "ops"` on its own: the settings table was never passed.
+    #[error("no settings given: write notifier \"name\" {{ type = \"webhook\", url = \"...\" }}")]
+    NotifierWithoutBody,
+    #[error("type = {value} is not a notifier type (expected \"webhook\" or \"alertmanager\")")]
+    NotifierType { value: String },
+    /// A webhook-only key on another kind of notifier.
+    #[error("{key} applies to webhook notifiers only, not {kind}")]
+    WebhookOnly {
+        key: &'static str,
+        kind: &'static str,
+    },
+    /// `alert.notify` names a notifier no `notifier` declares.
+    #[error("alert.notify: no notifier named {name:?} ({known})")]
+    UnknownNotifier {
+        name: String,
+        /// `declared: "am", "ops"`, or that none is.
+        known: String,
+    },
+    #[error("{key} lists {value:?} twice")]
+    Repeated { key: String, value: String },
+    /// A maintenance window names a site no `site{}` declares.
+    #[error("sites: no site named {name:?}")]
+    UnknownSite { name: String },
+    #[error("every = {value} is not valid: {reason}")]
+    Weekday { value: String, reason: String },
+    #[error("start = {value} is not a valid time of day: expected \"HH:MM\" from 00:00 to 23:59, e.g. \"02:00\"")]
+    TimeOfDay { value: String },
+    #[error("tz = {value} is not an IANA time zone name (such as \"Europe/Berlin\" or \"UTC\")")]
+    TimeZone { value: String },
+    #[error("at = {value} is not an RFC 3339 timestamp ({reason}), e.g. \"2026-12-24T18:00:00Z\"")]
+    Timestamp { value: String, reason: String },
+    /// A weekly key (`every`, `start`, `tz`) beside `at`.
+    #[error("{key} cannot be combined with at: a window is either weekly (every, start, tz) or one-off (at)")]
+    ScheduleConflict { key: &'static str },
     #[error("timeout ({timeout}) must be shorter than interval ({interval})")]
     TimeoutNotBelowInterval { timeout: String, interval: String },
     #[error("expect.warn_time ({warn_time}) must be shorter than expect.max_time ({max_time})")]
@@ -140,20 +188,39 @@ pub struct ConfigError {
     /// The `site{}`/`defaults{}`/helper call (or the Lua error position) the problem is about;
     /// `None` when the file could not even be read.
     pub location: Option<Location>,
-    /// The site's name when it is known (a string `name` key), for messages.
-    pub site: Option<String>,
+    /// What the problem is in (a site, notifier or maintenance window), when its name is
+    /// known, for messages.
+    pub subject: Option<ErrorSubject>,
     pub kind: ConfigErrorKind,
+}
+
+/// The named declaration a problem is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorSubject {
+    Site(String),
+    Notifier(String),
+    Maintenance(String),
+}
+
+impl fmt::Display for ErrorSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorSubject::Site(name) => write!(f, "site {name:?}"),
+            ErrorSubject::Notifier(name) => write!(f, "notifier {name:?}"),
+            ErrorSubject::Maintenance(name) => write!(f, "maintenance {name:?}"),
+        }
+    }
 }
 
 impl ConfigError {
     pub(crate) fn new(
         location: Option<Location>,
-        site: Option<String>,
+        subject: Option<ErrorSubject>,
         kind: ConfigErrorKind,
     ) -> Self {
         ConfigError {
             location,
-            site,
+            subject,
             kind,
         }
     }
@@ -170,8 +237,8 @@ impl fmt::Display for ConfigError {
             Some(location) => write!(f, "{}: ", location.file)?,
             None => {}
         }
-        if let Some(site) = &self.site {
-            write!(f, "site {site:?}: ")?;
+        if let Some(subject) = &self.subject {
+            write!(f, "{subject}: ")?;
         }
         write!(f, "{}", self.kind)
     }
@@ -287,10 +354,18 @@ mod tests {
             (
                 ConfigError::new(
                     Some(loc(3)),
-                    Some("api".into()),
+                    Some(ErrorSubject::Site("api".into())),
                     ConfigErrorKind::Missing { key: "url" },
                 ),
                 r#"sites.lua:3: site "api": missing required key "url""#,
+            ),
+            (
+                ConfigError::new(
+                    Some(loc(4)),
+                    Some(ErrorSubject::Notifier("ops".into())),
+                    ConfigErrorKind::Missing { key: "type" },
+                ),
+                r#"sites.lua:4: notifier "ops": missing required key "type""#,
             ),
             (
                 ConfigError::new(

@@ -1,8 +1,10 @@
-//! Evaluation of `sites.lua` in a [`Sandbox`]: the `site{}`, `defaults{}`, `env()` and
-//! `script()` globals, which record what the file declares without judging it yet.
+//! Evaluation of `sites.lua` in a [`Sandbox`]: the `site{}`, `defaults{}`, `notifier`,
+//! `maintenance{}`, `env()` and `script()` globals, which record what the file declares without
+//! judging it yet.
 //!
 //! Configuration loading and every hook worker run this same evaluation, so a worker's hook
-//! functions are the ones the validated configuration describes. Problems that can only be seen
+//! functions are the ones the validated configuration describes (and so does the alerting
+//! runtime, for the notifiers' `format` functions). Problems that can only be seen
 //! while the file runs (an unset variable, a missing script, a Lua error) are collected as
 //! [`ConfigError`]s; evaluation goes on after each of them where it can.
 
@@ -13,7 +15,7 @@ use std::rc::Rc;
 
 use mlua::{ChunkMode, Function, Lua, Value};
 
-use super::error::{ConfigError, ConfigErrorKind};
+use super::error::{ConfigError, ConfigErrorKind, ErrorSubject};
 use super::raw::{Converter, Raw, RawTable};
 use super::types::{ConfigSource, Location};
 use crate::lua::errors::{is_memory_error, lua_error_text, root_cause};
@@ -29,6 +31,26 @@ pub(crate) struct Declaration {
     pub(crate) table: RawTable,
 }
 
+/// One `notifier(name) { ... }`: two calls, the name first, then the settings.
+#[derive(Debug)]
+pub(crate) struct NotifierDeclaration {
+    /// Where the settings were given (or, while they are not, where the name was).
+    pub(crate) location: Location,
+    /// The argument of `notifier(name)`, judged by validation.
+    pub(crate) name: Raw,
+    pub(crate) body: NotifierBody,
+}
+
+/// What the function returned by `notifier(name)` was given.
+#[derive(Debug)]
+pub(crate) enum NotifierBody {
+    /// Not called (yet): `notifier "ops"` on its own.
+    Pending,
+    /// Called with something other than a table (already reported).
+    Invalid,
+    Table(RawTable),
+}
+
 /// A script loaded by `script(name)`, for the configuration version.
 #[derive(Debug)]
 pub(crate) struct LoadedScript {
@@ -42,6 +64,10 @@ pub(crate) struct Evaluation {
     /// `site{}` calls in call order.
     pub(crate) sites: Vec<Declaration>,
     pub(crate) defaults: Option<Declaration>,
+    /// `notifier` calls in call order.
+    pub(crate) notifiers: Vec<NotifierDeclaration>,
+    /// `maintenance{}` calls in call order.
+    pub(crate) maintenance: Vec<Declaration>,
     /// Scripts in first-load order.
     pub(crate) scripts: Vec<LoadedScript>,
     /// Every function found in a declaration; [`super::raw::FnRef::id`] indexes it.
@@ -61,8 +87,18 @@ struct State {
 
 type Shared = Rc<RefCell<State>>;
 
-/// Evaluates `source` in `sandbox` under the load-time budget. Leaves `site`, `defaults`, `env`
-/// and `script` defined; hook workers replace them with [`disable_load_time_functions`].
+/// The globals that only exist while `sites.lua` is evaluated.
+const LOAD_TIME_FUNCTIONS: &[&str] = &[
+    "site",
+    "defaults",
+    "notifier",
+    "maintenance",
+    "env",
+    "script",
+];
+
+/// Evaluates `source` in `sandbox` under the load-time budget. Leaves the
+/// [`LOAD_TIME_FUNCTIONS`] defined; workers replace them with [`disable_load_time_functions`].
 pub(crate) fn evaluate(sandbox: &Sandbox, source: &ConfigSource) -> Evaluation {
     let main_file = source.path.display().to_string();
     let state: Shared = Rc::default();
@@ -122,7 +158,7 @@ fn failed_setup(main_file: &str, error: mlua::Error) -> Evaluation {
 
 /// Replaces the load-time-only globals with functions that say so; for hook workers.
 pub(crate) fn disable_load_time_functions(lua: &Lua) -> mlua::Result<()> {
-    for name in ["site", "defaults", "env", "script"] {
+    for &name in LOAD_TIME_FUNCTIONS {
         let message = format!("{name}() is only available at load time, not in hooks");
         let function =
             lua.create_function(move |lua, _: mlua::MultiValue| -> mlua::Result<()> {
@@ -208,6 +244,99 @@ fn install(
                     });
                 }
                 (None, _) => unreachable!("non-table defaults are reported above"),
+            }
+            Ok(())
+        })?,
+    )?;
+
+    let st = Rc::clone(state);
+    let file = fallback_file.clone();
+    globals.raw_set(
+        "notifier",
+        lua.create_function(move |lua, name: Value| {
+            let location = here(lua, &file);
+            let (name, index) = {
+                let mut guard = st.borrow_mut();
+                let State {
+                    eval, script_names, ..
+                } = &mut *guard;
+                let name = Converter::new(&mut eval.functions, script_names).value(name);
+                eval.notifiers.push(NotifierDeclaration {
+                    location,
+                    name: name.clone(),
+                    body: NotifierBody::Pending,
+                });
+                (name, eval.notifiers.len() - 1)
+            };
+            let (st, file) = (Rc::clone(&st), file.clone());
+            lua.create_function(move |lua, value: Value| {
+                let location = here(lua, &file);
+                let mut guard = st.borrow_mut();
+                let State {
+                    eval, script_names, ..
+                } = &mut *guard;
+                let body = match value {
+                    Value::Table(table) => NotifierBody::Table(
+                        Converter::new(&mut eval.functions, script_names).table(&table),
+                    ),
+                    other => {
+                        let subject = name.as_str().map(|n| ErrorSubject::Notifier(n.into()));
+                        eval.errors.push(ConfigError::new(
+                            Some(location.clone()),
+                            subject,
+                            ConfigErrorKind::NotifierBody {
+                                found: other.type_name().to_string(),
+                            },
+                        ));
+                        NotifierBody::Invalid
+                    }
+                };
+                // The first call fills the declaration; calling the function again declares
+                // the same name again (reported as a duplicate).
+                match &mut eval.notifiers[index] {
+                    decl @ NotifierDeclaration {
+                        body: NotifierBody::Pending,
+                        ..
+                    } => {
+                        decl.location = location;
+                        decl.body = body;
+                    }
+                    _ => eval.notifiers.push(NotifierDeclaration {
+                        location,
+                        name: name.clone(),
+                        body,
+                    }),
+                }
+                Ok(())
+            })
+        })?,
+    )?;
+
+    let st = Rc::clone(state);
+    let file = fallback_file.clone();
+    globals.raw_set(
+        "maintenance",
+        lua.create_function(move |lua, value: Value| {
+            let location = here(lua, &file);
+            let mut guard = st.borrow_mut();
+            let State {
+                eval, script_names, ..
+            } = &mut *guard;
+            match value {
+                Value::Table(table) => {
+                    let raw = Converter::new(&mut eval.functions, script_names).table(&table);
+                    eval.maintenance.push(Declaration {
+                        location,
+                        table: raw,
+                    });
+                }
+                other => eval.errors.push(ConfigError::at(
+                    &location,
+                    ConfigErrorKind::NotATable {
+                        function: "maintenance{}",
+                        found: other.type_name().to_string(),
+                    },
+                )),
             }
             Ok(())
         })?,
@@ -425,9 +554,100 @@ pub(crate) fn hook_functions(eval: &Evaluation) -> Vec<(String, Vec<Function>)> 
         .collect()
 }
 
+/// The `format` function of every notifier that has one, by notifier name, in declaration
+/// order: what a worker re-evaluating the configuration sources calls to build a webhook body.
+/// A name declared twice keeps its first declaration (the validated configuration rejects the
+/// second); a `format` that is not a function is skipped (reported there too).
+pub(crate) fn formatter_functions(eval: &Evaluation) -> Vec<(String, Function)> {
+    let mut out: Vec<(String, Function)> = Vec::new();
+    for decl in &eval.notifiers {
+        let (Some(name), NotifierBody::Table(table)) = (decl.name.as_str(), &decl.body) else {
+            continue;
+        };
+        if out.iter().any(|(seen, _)| seen == name) {
+            continue;
+        }
+        if let Some(Raw::Function(f)) = table.get("format") {
+            if let Some(function) = eval.functions.get(f.id) {
+                out.push((name.to_string(), function.clone()));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    fn evaluate_text(sandbox: &Sandbox, text: &str) -> Evaluation {
+        let source = ConfigSource {
+            path: PathBuf::from("sites.lua"),
+            text: text.to_string(),
+            scripts_dir: PathBuf::from("/nonexistent"),
+            scripts: Default::default(),
+        };
+        evaluate(sandbox, &source)
+    }
+
+    #[test]
+    fn formatters_are_callable_in_the_evaluating_state() {
+        let sandbox = Sandbox::new(LOAD_MEMORY_LIMIT).unwrap();
+        let eval = evaluate_text(
+            &sandbox,
+            r#"
+notifier "ops" { type = "webhook", url = "https://hooks.example/", format = function(e) return "site " .. e.site end }
+notifier "am" { type = "alertmanager", url = "http://127.0.0.1:9093" }
+local shared = function(e) return { text = e.site } end
+notifier "chat" { type = "webhook", url = "https://chat.example/", format = shared }
+notifier "ops" { type = "webhook", url = "https://other.example/", format = function() return "second" end }
+"#,
+        );
+        assert!(eval.errors.is_empty(), "{:?}", eval.errors);
+        let formatters = formatter_functions(&eval);
+        let names: Vec<&str> = formatters.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ops", "chat"],
+            "first declaration wins; am has none"
+        );
+        let event = sandbox.lua.create_table().unwrap();
+        event.set("site", "shop").unwrap();
+        let body: String = formatters[0].1.call(event).unwrap();
+        assert_eq!(body, "site shop");
+    }
+
+    #[test]
+    fn notifier_declarations() {
+        let sandbox = Sandbox::new(LOAD_MEMORY_LIMIT).unwrap();
+        let eval = evaluate_text(
+            &sandbox,
+            "notifier \"a\" {\n  type = \"webhook\",\n}\nnotifier \"b\"\nnotifier \"c\" \"x\"\nmaintenance { name = \"m\" }\n",
+        );
+        let got: Vec<(u32, Option<&str>, &str)> = eval
+            .notifiers
+            .iter()
+            .map(|d| {
+                let body = match d.body {
+                    NotifierBody::Pending => "pending",
+                    NotifierBody::Invalid => "invalid",
+                    NotifierBody::Table(_) => "table",
+                };
+                (d.location.line, d.name.as_str(), body)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Some("a"), "table"),
+                (4, Some("b"), "pending"),
+                (5, Some("c"), "invalid")
+            ]
+        );
+        assert_eq!(eval.errors.len(), 1, "{:?}", eval.errors);
+        assert_eq!(eval.maintenance[0].location.line, 6);
+    }
 
     #[test]
     fn script_names() {

@@ -3,19 +3,23 @@
 //! the result.
 //!
 //! `sites.lua` is plain Lua 5.4. It declares sites with `site{}`, shared settings with
-//! `defaults{}`, reads secrets with `env()` and loads hook scripts with `script()`; the language
-//! is documented in `docs/config.md`. Loading happens in two steps:
+//! `defaults{}`, where alerts go with `notifier "name" {}`, when checks are expected to fail
+//! with `maintenance{}`, reads secrets with `env()` and loads hook scripts with `script()`; the
+//! language is documented in `docs/config.md`. Loading happens in two steps:
 //!
 //! 1. `eval`: run the file in a `sandbox` (no I/O, instruction/time/memory budgets) and
-//!    snapshot each `site{}`/`defaults{}` table as plain Rust values (`raw`).
-//! 2. `validate`: merge defaults, parse durations, sizes, URLs, regexes, JSONPath queries,
-//!    read TLS files — reporting every problem with the `file:line` of its `site{}` call.
+//!    snapshot each declaration's table as plain Rust values (`raw`).
+//! 2. `validate`: merge defaults, parse durations, sizes, URLs, regexes, JSONPath queries, time
+//!    zones, read TLS files, resolve notifier and site names — reporting every problem with the
+//!    `file:line` of its declaration.
 //!
-//! The hook runtime (`crate::hooks`) reuses the sandbox and the evaluation so its workers hold
-//! the very functions this configuration describes.
+//! `maintenance` answers whether a window is open at an instant (pure). The hook runtime
+//! (`crate::hooks`) and the alerting workers reuse the sandbox and the evaluation so they hold
+//! the very functions (hooks, notification formatters) this configuration describes.
 
 pub(crate) mod error;
 pub(crate) mod eval;
+pub(crate) mod maintenance;
 mod parse;
 pub(crate) mod raw;
 mod types;
@@ -26,7 +30,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
+pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, ErrorSubject};
 pub use types::*;
 
 /// Hex digits of the SHA-256 kept as [`Config::version`]: enough to tell configurations apart.
@@ -81,7 +85,7 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
             )))
         }
     };
-    let (sites, mut errors) = validate::validate(&evaluation, &base_dir(path_label));
+    let (validated, mut errors) = validate::validate(&evaluation, &base_dir(path_label));
     let mut all = evaluation.errors;
     all.append(&mut errors);
     if !all.is_empty() {
@@ -98,9 +102,11 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
         ..ConfigSource::clone(&source)
     });
     Ok(Config {
-        version: version(text, &evaluation.scripts, &sites),
-        sites,
+        version: version(text, &evaluation.scripts, &validated.sites),
+        sites: validated.sites,
         source,
+        notifiers: validated.notifiers,
+        maintenance: validated.maintenance,
     })
 }
 

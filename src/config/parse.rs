@@ -1,6 +1,8 @@
-//! The small value languages of `sites.lua`: durations (`"1m30s"`, in [`crate::duration`]), sizes (`"512KB"`) and
-//! status classes (`"2xx"`). Pure functions; errors are the reason, without the key or value
-//! (the caller adds those).
+//! The small value languages of `sites.lua`: durations (`"1m30s"`, in [`crate::duration`]), sizes (`"512KB"`),
+//! status classes (`"2xx"`), and the days and times of maintenance windows (`"Sun"`, `"02:00"`).
+//! Pure functions; errors are the reason, without the key or value (the caller adds those).
+
+use chrono::{NaiveTime, Weekday};
 
 use super::types::StatusMatcher;
 pub(crate) use crate::duration::{format as format_duration, parse as parse_duration};
@@ -70,6 +72,22 @@ pub(crate) fn status_class(text: &str) -> Result<StatusMatcher, String> {
     }
 }
 
+/// A day of the week: `"Mon"` to `"Sun"`, or the full name, in any case.
+pub(crate) fn parse_weekday(text: &str) -> Option<Weekday> {
+    text.parse().ok()
+}
+
+/// A local time of day `"HH:MM"`, `00:00` to `23:59` (a one-digit hour is accepted: `"2:00"`).
+pub(crate) fn parse_time_of_day(text: &str) -> Option<NaiveTime> {
+    let (hour, minute) = text.split_once(':')?;
+    let digits = |s: &str, len: std::ops::RangeInclusive<usize>| {
+        (len.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    NaiveTime::from_hms_opt(digits(hour, 1..=2)?, digits(minute, 2..=2)?, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +140,40 @@ mod tests {
         ];
         for (i, (got, want)) in cases.into_iter().enumerate() {
             assert_eq!(got.ok(), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn weekdays_and_times_of_day() {
+        let days = [
+            ("Sun", Some(Weekday::Sun)),
+            ("mon", Some(Weekday::Mon)),
+            ("Saturday", Some(Weekday::Sat)),
+            ("Sunday ", None),
+            ("So", None),
+            ("day", None),
+            ("", None),
+        ];
+        for (text, want) in days {
+            assert_eq!(parse_weekday(text), want, "{text:?}");
+        }
+        let hm = |h, m| NaiveTime::from_hms_opt(h, m, 0);
+        let times = [
+            ("02:00", hm(2, 0)),
+            ("2:00", hm(2, 0)),
+            ("23:59", hm(23, 59)),
+            ("00:00", hm(0, 0)),
+            ("24:00", None),
+            ("12:60", None),
+            ("12:5", None),
+            ("12", None),
+            ("1200", None),
+            ("+1:00", None),
+            ("12:00:00", None),
+            ("", None),
+        ];
+        for (text, want) in times {
+            assert_eq!(parse_time_of_day(text), want, "{text:?}");
         }
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use regex::Regex;
 use serde_json_path::JsonPath;
 use url::Url;
@@ -143,6 +144,9 @@ pub struct Site {
     pub hooks: Vec<String>,
     /// The service-level objective `report` and the status page judge this site by.
     pub slo: Option<Slo>,
+    /// When an incident opens and closes and whom it is sent to; every site has one (the
+    /// built-in rule notifies nobody).
+    pub alert: AlertRule,
     pub location: Location,
 }
 
@@ -170,6 +174,116 @@ pub struct LatencyObjective {
 /// SLO window when `slo` sets none.
 pub const DEFAULT_SLO_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
+/// Consecutive down checks that open an incident when `alert.after` is not set: one failed
+/// check is often a blip, three in a row rarely are.
+pub const DEFAULT_ALERT_AFTER: u32 = 3;
+/// Consecutive good checks that resolve an incident when `alert.recover_after` is not set.
+pub const DEFAULT_ALERT_RECOVER_AFTER: u32 = 2;
+
+/// `alert = { notify = {"ops"}, after = 3, ... }`: how a site's checks become incidents and
+/// notifications. The alerting runtime reads only this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRule {
+    /// Notifier names (each declared with `notifier`), in the order written; empty: the
+    /// incident is recorded but nobody is told.
+    pub notify: Vec<String>,
+    /// Consecutive down checks that open an incident (1–1000).
+    pub after: u32,
+    /// Consecutive up or degraded checks that resolve it (1–1000).
+    pub recover_after: u32,
+    /// `for`: an incident also opens once the site has been failing this long without a good
+    /// check in between, whichever of this and `after` comes first (slow intervals, retries).
+    pub for_: Option<Duration>,
+    /// Repeat the notification while the incident stays open, this often (at least a minute).
+    pub remind: Option<Duration>,
+    /// Notify when the incident resolves, not only when it opens.
+    pub on_resolved: bool,
+    /// Flapping: this many opened incidents within the window hold notifications back.
+    pub flap: Option<FlapRule>,
+}
+
+impl Default for AlertRule {
+    fn default() -> Self {
+        AlertRule {
+            notify: Vec::new(),
+            after: DEFAULT_ALERT_AFTER,
+            recover_after: DEFAULT_ALERT_RECOVER_AFTER,
+            for_: None,
+            remind: None,
+            on_resolved: true,
+            flap: None,
+        }
+    }
+}
+
+/// `flap = { count = 4, window = "30m" }`: a site whose incidents opened `count` times within
+/// `window` is flapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlapRule {
+    /// Incidents opened (2–100).
+    pub count: u32,
+    pub window: Duration,
+}
+
+/// `notifier "ops" { type = "webhook", url = ... }`: where alerts are sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notifier {
+    /// Unique; what `alert.notify` refers to (letters, digits, `_`, `.`, `-`, at most 64 bytes).
+    pub name: String,
+    pub kind: NotifierKind,
+    pub location: Location,
+}
+
+/// The kinds of notifier, with what each needs to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotifierKind {
+    /// A POST of the event to `url`, as JSON unless `format` builds the body.
+    Webhook {
+        url: Url,
+        /// Extra request headers (lower-case names, validated as HTTP names and values).
+        headers: Vec<(String, String)>,
+        /// The notifier has a `format` function; the alerting workers hold it in their own Lua
+        /// states (`eval::formatter_functions`), as hook workers hold hooks.
+        has_format: bool,
+    },
+    /// Alerts posted to Alertmanager's `/api/v2/alerts` under `url`.
+    Alertmanager { url: Url },
+}
+
+/// Longest notifier or maintenance-window name: it is a label in events, logs and results.
+pub const MAX_ALERT_NAME_LEN: usize = 64;
+/// Longest maintenance window: anything longer is a decommissioned site, not maintenance.
+pub const MAX_MAINTENANCE: Duration = Duration::from_secs(7 * 86_400);
+
+/// `maintenance { name = "db-sunday", ... }`: a period in which checks of some sites are
+/// expected to fail. Results probed in it carry its name; SLOs and alerts leave them out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaintenanceWindow {
+    pub name: String,
+    /// The sites it covers (all declared); empty means every site.
+    pub sites: Vec<String>,
+    pub schedule: MaintenanceSchedule,
+    pub location: Location,
+}
+
+/// When a maintenance window is open.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MaintenanceSchedule {
+    /// Every week on `days` at local time `start` in `tz`, for `duration` (at most 7 days).
+    Weekly {
+        /// Distinct days, Monday first.
+        days: Vec<chrono::Weekday>,
+        start: chrono::NaiveTime,
+        duration: Duration,
+        tz: chrono_tz::Tz,
+    },
+    /// Once, from `start` for `duration`.
+    Once {
+        start: DateTime<Utc>,
+        duration: Duration,
+    },
+}
+
 /// The sources a configuration was evaluated from; hook workers re-evaluate them to get their
 /// own Lua functions.
 #[derive(Debug, Clone)]
@@ -192,6 +306,10 @@ pub struct Config {
     /// Hex digest of sites.lua and every script it loaded; stamped on every result.
     pub version: String,
     pub source: Arc<ConfigSource>,
+    /// Declaration order; `alert.notify` names refer to these.
+    pub notifiers: Vec<Notifier>,
+    /// Declaration order: when windows overlap, the first declared names the result.
+    pub maintenance: Vec<MaintenanceWindow>,
 }
 
 impl Site {
@@ -211,6 +329,7 @@ impl Site {
             body_cap: DEFAULT_BODY_CAP,
             hooks: Vec::new(),
             slo: None,
+            alert: AlertRule::default(),
             location: Location {
                 file: "<code>".into(),
                 line: 0,

@@ -1,27 +1,35 @@
-//! Validation: from the raw `site{}`/`defaults{}` declarations to typed [`Site`]s.
+//! Validation: from the raw declarations to typed [`Site`]s, [`Notifier`]s and
+//! [`MaintenanceWindow`]s.
 //!
 //! Pure apart from reading TLS files: it walks the snapshots taken during evaluation, merges
 //! `defaults{}` into each site (site keys win; `expect` keys win one by one), and reports every
 //! problem with the declaration's `file:line`. A problem in a `defaults{}` value is reported once,
-//! at the `defaults{}` line, not again for every site that inherits it.
+//! at the `defaults{}` line, not again for every site that inherits it. Notifiers and maintenance
+//! windows may be declared anywhere in the file: names they refer to (`alert.notify`, `sites`)
+//! are checked against every declaration once the file has run.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc, Weekday};
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 use serde_json_path::JsonPath;
 use url::Url;
 
-use super::error::{one_line, ConfigError, ConfigErrorKind as Kind};
-use super::eval::{Declaration, Evaluation};
-use super::parse::{format_duration, parse_duration, parse_size, status_class, status_code};
+use super::error::{one_line, ConfigError, ConfigErrorKind as Kind, ErrorSubject};
+use super::eval::{Declaration, Evaluation, NotifierBody, NotifierDeclaration};
+use super::parse::{
+    format_duration, parse_duration, parse_size, parse_time_of_day, parse_weekday, status_class,
+    status_code,
+};
 use super::raw::{Raw, RawKey, RawTable};
 use super::types::{
-    Expect, HeaderExpectation, JsonExpectation, LatencyObjective, Location, Request, Site, Slo,
+    AlertRule, Expect, FlapRule, HeaderExpectation, JsonExpectation, LatencyObjective, Location,
+    MaintenanceSchedule, MaintenanceWindow, Notifier, NotifierKind, Request, Site, Slo,
     StatusMatcher, TlsOptions, DEFAULT_BODY_CAP, DEFAULT_INTERVAL, DEFAULT_MAX_REDIRECTS,
-    DEFAULT_SLO_WINDOW, DEFAULT_TIMEOUT,
+    DEFAULT_SLO_WINDOW, DEFAULT_TIMEOUT, MAX_ALERT_NAME_LEN, MAX_MAINTENANCE,
 };
 
 /// Most retries a site may ask for; each one can take a whole timeout.
@@ -30,6 +38,13 @@ pub(crate) const MAX_RETRIES: i64 = 10;
 pub(crate) const MAX_REDIRECTS_LIMIT: i64 = 100;
 /// Longest site name: it is a Kafka key, a label in logs and a database column.
 pub(crate) const MAX_SITE_NAME_LEN: usize = 128;
+/// Largest `alert.after`/`alert.recover_after`: beyond a thousand checks a streak means nothing.
+pub(crate) const MAX_ALERT_STREAK: i64 = 1_000;
+/// Shortest `alert.remind`: more often than once a minute is noise, not a reminder.
+pub(crate) const MIN_REMIND: Duration = Duration::from_secs(60);
+/// Bounds of `alert.flap.count`: one incident is not flapping; past a hundred nobody is reading.
+pub(crate) const MIN_FLAP_COUNT: i64 = 2;
+pub(crate) const MAX_FLAP_COUNT: i64 = 100;
 
 const SITE_KEYS: &[&str] = &[
     "name",
@@ -44,6 +59,7 @@ const SITE_KEYS: &[&str] = &[
     "body_cap",
     "hooks",
     "slo",
+    "alert",
 ];
 /// `defaults{}` takes every site key except the site's identity.
 const DEFAULTS_KEYS: &[&str] = &[
@@ -57,6 +73,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "body_cap",
     "hooks",
     "slo",
+    "alert",
 ];
 const EXPECT_KEYS: &[&str] = &[
     "status",
@@ -72,6 +89,18 @@ const EXPECT_KEYS: &[&str] = &[
 const REQUEST_KEYS: &[&str] = &["method", "headers", "body"];
 const TLS_KEYS: &[&str] = &["ca", "client_cert", "client_key", "insecure"];
 const SLO_KEYS: &[&str] = &["target", "window", "latency"];
+const ALERT_KEYS: &[&str] = &[
+    "notify",
+    "after",
+    "recover_after",
+    "for",
+    "remind",
+    "on_resolved",
+    "flap",
+];
+const FLAP_KEYS: &[&str] = &["count", "window"];
+const NOTIFIER_KEYS: &[&str] = &["type", "url", "headers", "format"];
+const MAINTENANCE_KEYS: &[&str] = &["name", "sites", "every", "start", "duration", "tz", "at"];
 /// Percentiles a latency objective may name, with their quantile.
 const LATENCY_KEYS: &[(&str, f64)] = &[
     ("p50", 0.5),
@@ -81,21 +110,50 @@ const LATENCY_KEYS: &[(&str, f64)] = &[
     ("p99.9", 0.999),
 ];
 
-/// Validates every declaration. Returns the sites that are valid and every error found.
-pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Vec<Site>, Vec<ConfigError>) {
+/// Everything a valid configuration declares, in declaration order.
+#[derive(Debug, Default)]
+pub(crate) struct Validated {
+    pub(crate) sites: Vec<Site>,
+    pub(crate) notifiers: Vec<Notifier>,
+    pub(crate) maintenance: Vec<MaintenanceWindow>,
+}
+
+/// What validating one declaration may look up beyond its own table.
+struct Context<'a> {
+    /// Resolves relative TLS paths.
+    base_dir: &'a Path,
+    /// Names of every `notifier` declared (valid or not, so a broken notifier is reported once,
+    /// not again at each site naming it), sorted.
+    notifiers: Vec<&'a str>,
+}
+
+/// Validates every declaration. Returns what is valid and every error found.
+pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<ConfigError>) {
     let mut errors = Vec::new();
+    let mut notifier_names: Vec<&str> = eval
+        .notifiers
+        .iter()
+        .filter_map(|d| d.name.as_str())
+        .collect();
+    notifier_names.sort_unstable();
+    notifier_names.dedup();
+    let ctx = Context {
+        base_dir,
+        notifiers: notifier_names,
+    };
+    let notifiers = notifiers(&eval.notifiers, &mut errors);
     let defaults = eval.defaults.as_ref().map(|decl| {
         let mut rep = Reporter {
             errors: &mut errors,
             location: &decl.location,
-            site: None,
+            subject: None,
         };
         check_keys(&decl.table, DEFAULTS_KEYS, "defaults", &mut rep);
         let layers = Layers {
             own: Some(&decl.table),
             inherited: None,
         };
-        settings(layers, base_dir, &mut rep);
+        settings(layers, &ctx, &mut rep);
         &decl.table
     });
 
@@ -112,7 +170,7 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Vec<Site>, Vec<Co
         let mut rep = Reporter {
             errors: &mut errors,
             location: &decl.location,
-            site: name.clone(),
+            subject: name.clone().map(ErrorSubject::Site),
         };
         if let Some(name) = &name {
             match seen.get(name) {
@@ -124,26 +182,38 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Vec<Site>, Vec<Co
                 }
             }
         }
-        let site = site(decl, defaults, base_dir, &mut rep);
+        let site = site(decl, defaults, &ctx, &mut rep);
         if errors.len() == before {
             sites.extend(site);
         }
     }
-    (sites, errors)
+    // Every declared name counts, valid site or not: one broken site is one error.
+    let site_names: Vec<&str> = eval
+        .sites
+        .iter()
+        .filter_map(|d| d.table.get("name").and_then(Raw::as_str))
+        .collect();
+    let maintenance = maintenance_windows(&eval.maintenance, &site_names, &mut errors);
+    let validated = Validated {
+        sites,
+        notifiers,
+        maintenance,
+    };
+    (validated, errors)
 }
 
-/// Adds the declaration's location and site name to each problem.
+/// Adds the declaration's location and name to each problem.
 struct Reporter<'a> {
     errors: &'a mut Vec<ConfigError>,
     location: &'a Location,
-    site: Option<String>,
+    subject: Option<ErrorSubject>,
 }
 
 impl Reporter<'_> {
     fn push(&mut self, kind: Kind) {
         self.errors.push(ConfigError::new(
             Some(self.location.clone()),
-            self.site.clone(),
+            self.subject.clone(),
             kind,
         ));
     }
@@ -315,6 +385,527 @@ fn latency_objective(table: &RawTable, report: &mut impl FnMut(Kind)) -> Option<
     found
 }
 
+/// `alert = { notify = {"ops"}, after = 3, ... }`: every problem is reported; the keys that are
+/// valid keep their value, the others their default (the configuration is invalid anyway).
+fn alert(raw: &Raw, origin: Origin, notifiers: &[&str], rep: &mut Reporter<'_>) -> AlertRule {
+    let mut rule = AlertRule::default();
+    let Raw::Table(table) = raw else {
+        rep.push_if(origin, wrong_type("alert", "a table", raw));
+        return rule;
+    };
+    if origin != Origin::Defaults {
+        check_keys(table, ALERT_KEYS, "alert", rep);
+    }
+    let mut report = |kind: Kind| rep.push_if(origin, kind);
+    if let Some(raw) = table.get("notify") {
+        rule.notify = notify_list(raw, notifiers, &mut report);
+    }
+    for (key, field) in [
+        ("after", &mut rule.after),
+        ("recover_after", &mut rule.recover_after),
+    ] {
+        if let Some(raw) = table.get(key) {
+            match int_between(&format!("alert.{key}"), raw, 1, MAX_ALERT_STREAK) {
+                Ok(n) => *field = n,
+                Err(kind) => report(kind),
+            }
+        }
+    }
+    if let Some(raw) = table.get("for") {
+        rule.for_ = duration("alert.for", raw).map_err(&mut report).ok();
+    }
+    if let Some(raw) = table.get("remind") {
+        rule.remind = duration("alert.remind", raw)
+            .and_then(|d| at_least("alert.remind", raw, d, MIN_REMIND))
+            .map_err(&mut report)
+            .ok();
+    }
+    match table.get("on_resolved") {
+        None => {}
+        Some(Raw::Bool(b)) => rule.on_resolved = *b,
+        Some(other) => report(wrong_type("alert.on_resolved", "a boolean", other)),
+    }
+    match table.get("flap") {
+        None => {}
+        Some(Raw::Table(flap)) => rule.flap = flap_rule(flap, &mut report),
+        Some(other) => report(wrong_type("alert.flap", "a table", other)),
+    }
+    rule
+}
+
+/// `flap = { count = 4, window = "30m" }`: both keys required.
+fn flap_rule(table: &RawTable, report: &mut impl FnMut(Kind)) -> Option<FlapRule> {
+    for (key, _) in &table.entries {
+        if !matches!(key, RawKey::Name(name) if FLAP_KEYS.contains(&name.as_str())) {
+            report(Kind::UnknownKey {
+                table: "alert.flap",
+                key: key.to_string(),
+                allowed: FLAP_KEYS.join(", "),
+            });
+        }
+    }
+    let count = match table.get("count") {
+        None => {
+            report(Kind::Missing {
+                key: "alert.flap.count",
+            });
+            None
+        }
+        Some(raw) => int_between("alert.flap.count", raw, MIN_FLAP_COUNT, MAX_FLAP_COUNT)
+            .map_err(&mut *report)
+            .ok(),
+    };
+    let window = match table.get("window") {
+        None => {
+            report(Kind::Missing {
+                key: "alert.flap.window",
+            });
+            None
+        }
+        Some(raw) => duration("alert.flap.window", raw)
+            .map_err(&mut *report)
+            .ok(),
+    };
+    Some(FlapRule {
+        count: count?,
+        window: window?,
+    })
+}
+
+/// `notify = {"ops", "am"}`: declared notifier names, each once.
+fn notify_list(raw: &Raw, known: &[&str], report: &mut impl FnMut(Kind)) -> Vec<String> {
+    let Some(items) = (match raw {
+        Raw::Table(table) => table.sequence(),
+        _ => None,
+    }) else {
+        report(wrong_type("alert.notify", "a list of notifier names", raw));
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Some(name) = item.as_str() else {
+            report(wrong_type(
+                &format!("alert.notify[{}]", i + 1),
+                "a notifier name",
+                item,
+            ));
+            continue;
+        };
+        if !known.contains(&name) {
+            let known = match known {
+                [] => "no notifier is declared".to_string(),
+                names => {
+                    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+                    format!("declared: {}", quoted.join(", "))
+                }
+            };
+            report(Kind::UnknownNotifier {
+                name: name.to_string(),
+                known,
+            });
+        } else if out.iter().any(|n| n == name) {
+            report(Kind::Repeated {
+                key: "alert.notify".into(),
+                value: name.to_string(),
+            });
+        } else {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// A duration that must not be shorter than `min`.
+fn at_least(key: &str, raw: &Raw, value: Duration, min: Duration) -> Result<Duration, Kind> {
+    if value < min {
+        return Err(Kind::Number {
+            key: key.to_string(),
+            value: raw.show(),
+            reason: format!("must be at least {}", format_duration(min)),
+        });
+    }
+    Ok(value)
+}
+
+/// A duration that must not be longer than `max`.
+fn at_most(key: &str, raw: &Raw, value: Duration, max: Duration) -> Result<Duration, Kind> {
+    if value > max {
+        return Err(Kind::Number {
+            key: key.to_string(),
+            value: raw.show(),
+            reason: format!("must be at most {}", format_duration(max)),
+        });
+    }
+    Ok(value)
+}
+
+/// The name of a notifier or maintenance window: a short identifier, since it travels in
+/// events, logs and results.
+fn alert_name(what: &'static str, raw: &Raw) -> Result<String, Kind> {
+    let Raw::Str(bytes) = raw else {
+        return Err(wrong_type(&format!("{what} name"), "a string", raw));
+    };
+    let invalid = |reason: String| Kind::InvalidName {
+        what,
+        name: String::from_utf8_lossy(bytes).into_owned(),
+        reason,
+    };
+    if bytes.is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    if bytes.len() > MAX_ALERT_NAME_LEN {
+        return Err(invalid(format!("longer than {MAX_ALERT_NAME_LEN} bytes")));
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(invalid("use letters, digits, '_', '.' and '-' only".into()));
+    }
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// Records `name` as declared at `location`, or reports where it was declared first.
+fn first_declaration(
+    seen: &mut HashMap<String, Location>,
+    what: &'static str,
+    name: &str,
+    location: &Location,
+    rep: &mut Reporter<'_>,
+) {
+    match seen.get(name) {
+        Some(first) => rep.push(Kind::DuplicateName {
+            what,
+            first: first.clone(),
+        }),
+        None => {
+            seen.insert(name.to_string(), location.clone());
+        }
+    }
+}
+
+/// Every `notifier(name) { ... }` declaration: the valid ones, in order.
+fn notifiers(decls: &[NotifierDeclaration], errors: &mut Vec<ConfigError>) -> Vec<Notifier> {
+    let mut out = Vec::with_capacity(decls.len());
+    let mut seen = HashMap::new();
+    for decl in decls {
+        let before = errors.len();
+        let mut rep = Reporter {
+            errors,
+            location: &decl.location,
+            subject: decl
+                .name
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(|n| ErrorSubject::Notifier(n.to_string())),
+        };
+        let name = alert_name("notifier", &decl.name)
+            .map_err(|kind| rep.push(kind))
+            .ok();
+        if let Some(name) = &name {
+            first_declaration(&mut seen, "notifier", name, &decl.location, &mut rep);
+        }
+        let kind = match &decl.body {
+            NotifierBody::Pending => {
+                rep.push(Kind::NotifierWithoutBody);
+                None
+            }
+            NotifierBody::Invalid => None,
+            NotifierBody::Table(table) => notifier_kind(table, &mut rep),
+        };
+        if let (Some(name), Some(kind), true) = (name, kind, errors.len() == before) {
+            out.push(Notifier {
+                name,
+                kind,
+                location: decl.location.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The settings of one notifier: `type` and `url` always; `headers` and `format` for webhooks.
+fn notifier_kind(table: &RawTable, rep: &mut Reporter<'_>) -> Option<NotifierKind> {
+    check_keys(table, NOTIFIER_KEYS, "notifier", rep);
+    /// The kinds, as `type` spells them.
+    const WEBHOOK: &str = "webhook";
+    const ALERTMANAGER: &str = "alertmanager";
+    let kind = match table.get("type") {
+        None => {
+            rep.push(Kind::Missing { key: "type" });
+            None
+        }
+        Some(raw) => match raw.as_str() {
+            Some(kind @ (WEBHOOK | ALERTMANAGER)) => Some(kind),
+            _ if matches!(raw, Raw::Str(_)) => {
+                rep.push(Kind::NotifierType { value: raw.show() });
+                None
+            }
+            _ => {
+                rep.push(wrong_type("type", "\"webhook\" or \"alertmanager\"", raw));
+                None
+            }
+        },
+    };
+    let url = match table.get("url") {
+        None => {
+            rep.push(Kind::Missing { key: "url" });
+            None
+        }
+        Some(raw) => parse_url(raw).map_err(|kind| rep.push(kind)).ok(),
+    };
+    let webhook_only = |key: &'static str, rep: &mut Reporter<'_>| {
+        let present = table.get(key).is_some();
+        if present && kind == Some(ALERTMANAGER) {
+            rep.push(Kind::WebhookOnly {
+                key,
+                kind: ALERTMANAGER,
+            });
+        }
+        present && kind == Some(WEBHOOK)
+    };
+    let mut headers = Vec::new();
+    if let (true, Some(raw)) = (webhook_only("headers", rep), table.get("headers")) {
+        let mut problems = Vec::new();
+        for (name, value) in header_pairs("headers", raw, &mut problems) {
+            match value.to_str() {
+                Ok(value) => headers.push((name.as_str().to_string(), value.to_string())),
+                // Bytes above 0x7f are valid HTTP but not text a webhook client will send.
+                Err(_) => problems.push(Kind::HeaderValue {
+                    key: "headers",
+                    name: name.as_str().to_string(),
+                }),
+            }
+        }
+        problems.into_iter().for_each(|kind| rep.push(kind));
+    }
+    let has_format = match (webhook_only("format", rep), table.get("format")) {
+        (true, Some(Raw::Function(_))) => true,
+        (true, Some(other)) => {
+            rep.push(wrong_type("format", "a function", other));
+            false
+        }
+        _ => false,
+    };
+    Some(match kind? {
+        WEBHOOK => NotifierKind::Webhook {
+            url: url?,
+            headers,
+            has_format,
+        },
+        _ => NotifierKind::Alertmanager { url: url? },
+    })
+}
+
+/// Every `maintenance{}` declaration: the valid ones, in order. `site_names` are every
+/// declared site's name.
+fn maintenance_windows(
+    decls: &[Declaration],
+    site_names: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<MaintenanceWindow> {
+    let mut out = Vec::with_capacity(decls.len());
+    let mut seen = HashMap::new();
+    for decl in decls {
+        let before = errors.len();
+        let table = &decl.table;
+        let mut rep = Reporter {
+            errors,
+            location: &decl.location,
+            subject: table
+                .get("name")
+                .and_then(Raw::as_str)
+                .filter(|n| !n.is_empty())
+                .map(|n| ErrorSubject::Maintenance(n.to_string())),
+        };
+        check_keys(table, MAINTENANCE_KEYS, "maintenance", &mut rep);
+        let name = match table.get("name") {
+            None => {
+                rep.push(Kind::Missing { key: "name" });
+                None
+            }
+            Some(raw) => alert_name("maintenance window", raw)
+                .map_err(|kind| rep.push(kind))
+                .ok(),
+        };
+        if let Some(name) = &name {
+            first_declaration(
+                &mut seen,
+                "maintenance window",
+                name,
+                &decl.location,
+                &mut rep,
+            );
+        }
+        let sites = table
+            .get("sites")
+            .map_or_else(Vec::new, |raw| maintenance_sites(raw, site_names, &mut rep));
+        let schedule = schedule(table, &mut rep);
+        if let (Some(name), Some(schedule), true) = (name, schedule, errors.len() == before) {
+            out.push(MaintenanceWindow {
+                name,
+                sites,
+                schedule,
+                location: decl.location.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// `sites = {"shop", "api"}`: declared site names, each once; not empty (leave `sites` out for
+/// every site).
+fn maintenance_sites(raw: &Raw, declared: &[&str], rep: &mut Reporter<'_>) -> Vec<String> {
+    let items = match raw {
+        Raw::Table(table) => table.sequence().filter(|items| !items.is_empty()),
+        _ => None,
+    };
+    let Some(items) = items else {
+        rep.push(wrong_type(
+            "sites",
+            "a non-empty list of site names (leave sites out for every site)",
+            raw,
+        ));
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match item.as_str() {
+            None => rep.push(wrong_type(
+                &format!("sites[{}]", i + 1),
+                "a site name",
+                item,
+            )),
+            Some(name) if !declared.contains(&name) => rep.push(Kind::UnknownSite {
+                name: name.to_string(),
+            }),
+            Some(name) if out.iter().any(|n| n == name) => rep.push(Kind::Repeated {
+                key: "sites".into(),
+                value: name.to_string(),
+            }),
+            Some(name) => out.push(name.to_string()),
+        }
+    }
+    out
+}
+
+/// Weekly (`every`, `start`, `tz`) or one-off (`at`), and the `duration` both need.
+fn schedule(table: &RawTable, rep: &mut Reporter<'_>) -> Option<MaintenanceSchedule> {
+    let duration = match table.get("duration") {
+        None => {
+            rep.push(Kind::Missing { key: "duration" });
+            None
+        }
+        Some(raw) => duration("duration", raw)
+            .and_then(|d| at_most("duration", raw, d, MAX_MAINTENANCE))
+            .map_err(|kind| rep.push(kind))
+            .ok(),
+    };
+    if let Some(at) = table.get("at") {
+        for key in ["every", "start", "tz"] {
+            if table.get(key).is_some() {
+                rep.push(Kind::ScheduleConflict { key });
+            }
+        }
+        let start = timestamp(at).map_err(|kind| rep.push(kind)).ok();
+        return Some(MaintenanceSchedule::Once {
+            start: start?,
+            duration: duration?,
+        });
+    }
+    let days = match table.get("every") {
+        None => {
+            rep.push(Kind::Missing {
+                key: "every (or at, for a one-off window)",
+            });
+            None
+        }
+        Some(raw) => weekdays(raw).map_err(|kind| rep.push(kind)).ok(),
+    };
+    let start = match table.get("start") {
+        None => {
+            rep.push(Kind::Missing { key: "start" });
+            None
+        }
+        Some(raw) => raw
+            .as_str()
+            .and_then(parse_time_of_day)
+            .ok_or_else(|| Kind::TimeOfDay { value: raw.show() })
+            .map_err(|kind| rep.push(kind))
+            .ok(),
+    };
+    let tz = match table.get("tz") {
+        None => Some(chrono_tz::UTC),
+        Some(raw) => raw
+            .as_str()
+            .and_then(|name| name.parse::<chrono_tz::Tz>().ok())
+            .ok_or_else(|| Kind::TimeZone { value: raw.show() })
+            .map_err(|kind| rep.push(kind))
+            .ok(),
+    };
+    Some(MaintenanceSchedule::Weekly {
+        days: days?,
+        start: start?,
+        duration: duration?,
+        tz: tz?,
+    })
+}
+
+/// `every = "Sun"`, `{"Sat", "Sun"}` or `"day"`: distinct days, Monday first.
+fn weekdays(raw: &Raw) -> Result<Vec<Weekday>, Kind> {
+    /// What `every` accepts, for messages.
+    const HINT: &str =
+        "expected a day (\"Mon\" to \"Sun\"), a list of days, or \"day\" for every day";
+    let invalid = |value: &Raw| Kind::Weekday {
+        value: value.show(),
+        reason: HINT.into(),
+    };
+    let one = |item: &Raw| {
+        item.as_str()
+            .and_then(parse_weekday)
+            .ok_or_else(|| invalid(item))
+    };
+    let mut days = match raw {
+        Raw::Str(_) if raw.as_str() == Some("day") => return Ok(ALL_DAYS.to_vec()),
+        Raw::Str(_) => vec![one(raw)?],
+        Raw::Table(table) => match table.sequence() {
+            Some(items) if !items.is_empty() => {
+                items.into_iter().map(one).collect::<Result<Vec<_>, _>>()?
+            }
+            _ => return Err(invalid(raw)),
+        },
+        other => return Err(invalid(other)),
+    };
+    days.sort_by_key(Weekday::num_days_from_monday);
+    days.dedup();
+    Ok(days)
+}
+
+/// The week, Monday first: `every = "day"`.
+const ALL_DAYS: [Weekday; 7] = [
+    Weekday::Mon,
+    Weekday::Tue,
+    Weekday::Wed,
+    Weekday::Thu,
+    Weekday::Fri,
+    Weekday::Sat,
+    Weekday::Sun,
+];
+
+/// `at = "2026-12-24T18:00:00Z"`: RFC 3339, any offset.
+fn timestamp(raw: &Raw) -> Result<DateTime<Utc>, Kind> {
+    let invalid = |reason: String| Kind::Timestamp {
+        value: raw.show(),
+        reason,
+    };
+    let text = raw
+        .as_str()
+        .ok_or_else(|| invalid(format!("got {}", raw.type_name())))?;
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| invalid(e.to_string()))
+}
+
 /// Everything a site and `defaults{}` share, parsed and merged.
 struct Settings {
     slo: Option<Slo>,
@@ -327,12 +918,13 @@ struct Settings {
     max_redirects: u32,
     body_cap: u64,
     hooks: Vec<String>,
+    alert: AlertRule,
 }
 
 fn site(
     decl: &Declaration,
     defaults: Option<&RawTable>,
-    base_dir: &Path,
+    ctx: &Context<'_>,
     rep: &mut Reporter<'_>,
 ) -> Option<Site> {
     let table = &decl.table;
@@ -355,7 +947,7 @@ fn site(
         own: Some(table),
         inherited: defaults,
     };
-    let settings = settings(layers, base_dir, rep);
+    let settings = settings(layers, ctx, rep);
     Some(Site {
         name: name?,
         url: url?,
@@ -369,11 +961,12 @@ fn site(
         body_cap: settings.body_cap,
         hooks: settings.hooks,
         slo: settings.slo,
+        alert: settings.alert,
         location: decl.location.clone(),
     })
 }
 
-fn settings(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> Settings {
+fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Settings {
     for (key, allowed) in [
         ("expect", EXPECT_KEYS),
         ("request", REQUEST_KEYS),
@@ -406,7 +999,7 @@ fn settings(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> Sett
 
     let expect = expect(layers.nested("expect"), rep);
     let request = request(layers.nested("request"), rep);
-    let tls = tls(layers.nested("tls"), base_dir, rep);
+    let tls = tls(layers.nested("tls"), ctx.base_dir, rep);
 
     let retries = layers
         .field("retries", rep, |raw| {
@@ -432,6 +1025,12 @@ fn settings(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> Sett
     let slo = layers
         .get("slo")
         .and_then(|(raw, origin)| slo(raw, origin, rep));
+    // So does its `alert`; neither set: the built-in rule.
+    let alert = layers
+        .get("alert")
+        .map_or_else(AlertRule::default, |(raw, origin)| {
+            alert(raw, origin, &ctx.notifiers, rep)
+        });
 
     Settings {
         interval,
@@ -444,6 +1043,7 @@ fn settings(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> Sett
         body_cap,
         hooks,
         slo,
+        alert,
     }
 }
 
@@ -678,6 +1278,11 @@ fn size(key: &str, raw: &Raw) -> Result<u64, Kind> {
 
 /// A whole number from 0 to `max`.
 fn bounded_int(key: &str, raw: &Raw, max: i64) -> Result<u32, Kind> {
+    int_between(key, raw, 0, max)
+}
+
+/// A whole number from `min` to `max`.
+fn int_between(key: &str, raw: &Raw, min: i64, max: i64) -> Result<u32, Kind> {
     let n = match raw {
         Raw::Int(_) | Raw::Num(_) => raw.as_int().ok_or_else(|| Kind::Number {
             key: key.to_string(),
@@ -686,11 +1291,11 @@ fn bounded_int(key: &str, raw: &Raw, max: i64) -> Result<u32, Kind> {
         })?,
         other => return Err(wrong_type(key, "a number", other)),
     };
-    if !(0..=max).contains(&n) {
+    if !(min..=max).contains(&n) {
         return Err(Kind::Number {
             key: key.to_string(),
             value: raw.show(),
-            reason: format!("must be between 0 and {max}"),
+            reason: format!("must be between {min} and {max}"),
         });
     }
     u32::try_from(n).map_err(|_| Kind::Number {
@@ -787,22 +1392,27 @@ fn named_entries<'a>(key: &str, raw: &'a Raw, problems: &mut Vec<Kind>) -> Vec<(
 }
 
 fn request_headers(raw: &Raw, problems: &mut Vec<Kind>) -> Vec<(HeaderName, HeaderValue)> {
+    header_pairs("request.headers", raw, problems)
+}
+
+/// `{ Name = "value" }`: valid HTTP header names and values.
+fn header_pairs(
+    key: &'static str,
+    raw: &Raw,
+    problems: &mut Vec<Kind>,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    for (name, value) in named_entries("request.headers", raw, problems) {
+    for (name, value) in named_entries(key, raw, problems) {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Kind::HeaderName {
-            key: "request.headers",
+            key,
             name: name.to_string(),
         });
         let value = match value {
             Raw::Str(bytes) => HeaderValue::from_bytes(bytes).map_err(|_| Kind::HeaderValue {
-                key: "request.headers",
+                key,
                 name: name.to_string(),
             }),
-            other => Err(wrong_type(
-                &format!("request.headers[{name:?}]"),
-                "a string",
-                other,
-            )),
+            other => Err(wrong_type(&format!("{key}[{name:?}]"), "a string", other)),
         };
         match (header, value) {
             (Ok(header), Ok(value)) => out.push((header, value)),
@@ -953,7 +1563,12 @@ mod tests {
         let mut fields: Vec<String> = lines
             .map_while(|line| line.strip_prefix("---@field "))
             .filter_map(|field| field.split_whitespace().next())
-            .map(|name| name.trim_end_matches('?').to_string())
+            // `name?`, and `["for"]?` for keys that are Lua keywords.
+            .map(|name| {
+                let name = name.trim_end_matches('?');
+                let name = name.strip_prefix("[\"").unwrap_or(name);
+                name.strip_suffix("\"]").unwrap_or(name).to_string()
+            })
             .collect();
         fields.sort();
         fields
@@ -987,6 +1602,23 @@ mod tests {
             "request"
         );
         assert_eq!(sorted(TLS_KEYS), luals_fields("sitewatch.Tls"), "tls");
+        assert_eq!(sorted(SLO_KEYS), luals_fields("sitewatch.Slo"), "slo");
+        assert_eq!(sorted(ALERT_KEYS), luals_fields("sitewatch.Alert"), "alert");
+        assert_eq!(
+            sorted(FLAP_KEYS),
+            luals_fields("sitewatch.Flap"),
+            "alert.flap"
+        );
+        assert_eq!(
+            sorted(NOTIFIER_KEYS),
+            luals_fields("sitewatch.Notifier"),
+            "notifier"
+        );
+        assert_eq!(
+            sorted(MAINTENANCE_KEYS),
+            luals_fields("sitewatch.Maintenance"),
+            "maintenance{{}}"
+        );
     }
 
     fn s(text: &str) -> Raw {
@@ -1159,6 +1791,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("hooks[1] must be a function"), "{err}");
+    }
+
+    #[test]
+    fn every_day_lists() {
+        use Weekday::*;
+        let ok: [(Raw, Vec<Weekday>); 4] = [
+            (s("Sun"), vec![Sun]),
+            (s("day"), ALL_DAYS.to_vec()),
+            (
+                list(vec![s("sun"), s("Saturday"), s("Sat")]),
+                vec![Sat, Sun],
+            ),
+            (list(vec![s("Fri"), s("Mon")]), vec![Mon, Fri]),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(weekdays(&raw).unwrap(), want, "{raw:?}");
+        }
+        let bad = [
+            s("Son"),
+            s("days"),
+            list(vec![]),
+            list(vec![s("day")]),
+            list(vec![s("Mon"), Raw::Int(2)]),
+            table(vec![("Mon", Raw::Bool(true))]),
+            Raw::Int(7),
+        ];
+        for raw in bad {
+            assert!(weekdays(&raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn alert_names() {
+        let cases = [
+            (s("ops"), None),
+            (s("db-sunday.v2_x"), None),
+            (s(&"n".repeat(MAX_ALERT_NAME_LEN)), None),
+            (
+                s(&"n".repeat(MAX_ALERT_NAME_LEN + 1)),
+                Some("longer than 64 bytes"),
+            ),
+            (s(""), Some("it is empty")),
+            (s("a b"), Some("letters, digits")),
+            (s("ops/1"), Some("letters, digits")),
+            (s("café"), Some("letters, digits")),
+            (Raw::Int(1), Some("notifier name must be a string")),
+        ];
+        for (raw, want) in cases {
+            match (alert_name("notifier", &raw), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{raw:?}: {e}"),
+                (got, want) => panic!("{raw:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]
