@@ -64,7 +64,7 @@
 ---@field after? integer Consecutive down checks that open an incident (1-1000, default 3).
 ---@field recover_after? integer Consecutive up or degraded checks that resolve it (1-1000, default 2).
 ---@field ["for"]? sitewatch.Duration Also open once the site has been failing this long, whichever comes first.
----@field remind? sitewatch.Duration Repeat the notification this often while the incident is open (at least "1m").
+---@field remind? sitewatch.Duration Repeat the notification this often while the incident is open (at least "10s").
 ---@field on_resolved? boolean Notify when the incident resolves too (default true).
 ---@field flap? sitewatch.Flap
 

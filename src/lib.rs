@@ -44,6 +44,7 @@
 //!
 //! The binary (`src/bin/sitewatch/`) only parses arguments, prints and maps errors to exit codes.
 
+pub mod alert;
 pub mod assertions;
 pub mod check;
 pub mod config;

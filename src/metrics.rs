@@ -40,6 +40,15 @@ pub const CONSUMER_FENCED_BATCHES: &str = "sitewatch_consumer_fenced_batches_tot
 /// Batch writes retried after a transient PostgreSQL failure (counter).
 pub const CONSUMER_WRITE_RETRIES: &str = "sitewatch_consumer_write_retries_total";
 
+/// Incidents open now (gauge; the alerter refreshes it every few seconds).
+pub const INCIDENTS_OPEN: &str = "sitewatch_incidents_open";
+/// Notifications waiting in the outbox, failed ones included (gauge).
+pub const NOTIFICATIONS_PENDING: &str = "sitewatch_notifications_pending";
+/// Notifications delivered, by `notifier` (counter).
+pub const NOTIFICATIONS_SENT: &str = "sitewatch_notifications_sent_total";
+/// Failed delivery attempts, by `notifier` (counter); the notification stays in the outbox.
+pub const NOTIFICATIONS_FAILED: &str = "sitewatch_notification_failures_total";
+
 /// Unlabelled counters, present from startup.
 const COUNTERS: &[(&str, &str)] = &[
     (KAFKA_DELIVERED, "Results Kafka acknowledged."),
@@ -78,6 +87,16 @@ pub fn describe() {
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Reloads of sites.lua, by result.");
     metrics::describe_counter!(CONSUMER_BATCHES, "Batches committed, by write path.");
+    metrics::describe_gauge!(INCIDENTS_OPEN, "Incidents open now.");
+    metrics::describe_gauge!(
+        NOTIFICATIONS_PENDING,
+        "Notifications waiting in the outbox."
+    );
+    metrics::describe_counter!(NOTIFICATIONS_SENT, "Notifications delivered, by notifier.");
+    metrics::describe_counter!(
+        NOTIFICATIONS_FAILED,
+        "Failed notification attempts, by notifier."
+    );
     metrics::describe_histogram!(
         PROBE_DURATION,
         metrics::Unit::Seconds,

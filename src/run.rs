@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::{self, AlertError, AlertOptions};
 use crate::consume::{self, ConsumeError, ConsumeOptions};
 use crate::produce::{self, ProduceError, ProduceOptions};
 use crate::settings::{DatabaseSettings, KafkaSettings};
@@ -23,9 +24,12 @@ pub enum RunError {
     Produce(#[from] ProduceError),
     #[error(transparent)]
     Consume(#[from] ConsumeError),
+    #[error(transparent)]
+    Alert(#[from] AlertError),
 }
 
-/// Runs both roles until `shutdown` is cancelled or either fails; returns the first failure.
+/// Runs every role until `shutdown` is cancelled or one fails; returns the first failure. The
+/// alerter (its own consumer group, `kafka.alert_group`) stops with the storing consumer.
 pub async fn run(
     kafka: &KafkaSettings,
     db: &DatabaseSettings,
@@ -34,12 +38,34 @@ pub async fn run(
     reload: mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    // The consumer has its own token: it must outlive the producer by the drain.
+    // The consumers have their own token: they must outlive the producer by the drain.
     let consumer_stop = CancellationToken::new();
+    let alert_kafka = KafkaSettings {
+        group: kafka.alert_group.clone(),
+        ..kafka.clone()
+    };
+    let alert_options = AlertOptions {
+        config_path: produce_options.config_path.clone(),
+        consume: consume_options.clone(),
+        dry_run: false,
+    };
     let consumer = async {
-        let result = consume::run(kafka, db, consume_options, consumer_stop.clone()).await;
+        let (stored, alerted) = tokio::join!(
+            consume::run(kafka, db, consume_options, consumer_stop.clone()),
+            async {
+                let result =
+                    alert::run(&alert_kafka, db, alert_options, consumer_stop.clone()).await;
+                // An alerter failure stops everything too, as a storing one does.
+                if result.is_err() {
+                    consumer_stop.cancel();
+                }
+                result
+            }
+        );
         shutdown.cancel();
-        result
+        stored
+            .map_err(RunError::from)
+            .and(alerted.map_err(RunError::from))
     };
     let producer = async {
         let result = produce::produce(kafka, produce_options, reload, shutdown.clone()).await;
@@ -52,7 +78,7 @@ pub async fn run(
     };
     match tokio::join!(producer, consumer) {
         (Err(error), _) => Err(error.into()),
-        (_, Err(error)) => Err(error.into()),
+        (_, Err(error)) => Err(error),
         (Ok(()), Ok(())) => Ok(()),
     }
 }

@@ -115,6 +115,8 @@ pub struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
     pub group: String,
+    /// The alerter's consumer group (`SITEWATCH_ALERT_GROUP`), apart from the storing one.
+    pub alert_group: String,
     pub security: KafkaSecurity,
     /// Extra librdkafka properties (`--kafka-opt key=value`), applied last.
     pub extra: Vec<(String, String)>,
@@ -185,6 +187,8 @@ impl KafkaSettings {
             brokers,
             topic: var("SITEWATCH_KAFKA_TOPIC").unwrap_or_else(|| DEFAULT_TOPIC.into()),
             group: var("SITEWATCH_KAFKA_GROUP").unwrap_or_else(|| DEFAULT_GROUP.into()),
+            alert_group: var("SITEWATCH_ALERT_GROUP")
+                .unwrap_or_else(|| crate::alert::DEFAULT_ALERT_GROUP.into()),
             security,
             extra: Vec::new(),
         })
@@ -332,6 +336,7 @@ mod tests {
             brokers: "127.0.0.1:1".into(),
             topic: DEFAULT_TOPIC.into(),
             group: DEFAULT_GROUP.into(),
+            alert_group: "alerts".into(),
             security: KafkaSecurity::Ssl(SslFiles {
                 ca: Some("ca.pem".into()),
                 cert: Some("service.cert".into()),

@@ -783,8 +783,8 @@ fn alert_rule_problems() {
             &["alert.for = 120 is not a valid duration: a number needs a unit"],
         ),
         (
-            r#"{ remind = "30s" }"#,
-            &["alert.remind = \"30s\" is out of range: must be at least 1m"],
+            r#"{ remind = "9s" }"#,
+            &["alert.remind = \"9s\" is out of range: must be at least 10s"],
         ),
         (
             r#"{ on_resolved = "yes" }"#,

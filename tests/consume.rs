@@ -157,7 +157,7 @@ impl Db {
     }
 
     async fn scalar(&mut self, sql: &str) -> Option<i64> {
-        if self.client.as_ref().map_or(true, |c| c.is_closed()) {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = match tokio_postgres::connect(&self.url, NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(connection);

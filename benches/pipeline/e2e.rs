@@ -145,7 +145,7 @@ async fn measure(
         for row in watcher.query(&query, &[&group, &topic]).await? {
             let (partition, next): (i32, i64) = (row.get(0), row.get(1));
             let list = seen.entry(partition).or_default();
-            if list.last().map_or(true, |(last, _)| next > *last) {
+            if list.last().is_none_or(|(last, _)| next > *last) {
                 list.push((next, now));
             }
         }

@@ -40,8 +40,9 @@ pub(crate) const MAX_REDIRECTS_LIMIT: i64 = 100;
 pub(crate) const MAX_SITE_NAME_LEN: usize = 128;
 /// Largest `alert.after`/`alert.recover_after`: beyond a thousand checks a streak means nothing.
 pub(crate) const MAX_ALERT_STREAK: i64 = 1_000;
-/// Shortest `alert.remind`: more often than once a minute is noise, not a reminder.
-pub(crate) const MIN_REMIND: Duration = Duration::from_secs(60);
+/// Shortest `alert.remind`: a reminder more often than this is noise (and would fire on every
+/// check of a fast site), not a reminder.
+pub(crate) const MIN_REMIND: Duration = Duration::from_secs(10);
 /// Bounds of `alert.flap.count`: one incident is not flapping; past a hundred nobody is reading.
 pub(crate) const MIN_FLAP_COUNT: i64 = 2;
 pub(crate) const MAX_FLAP_COUNT: i64 = 100;
@@ -1226,7 +1227,7 @@ fn parse_url(raw: &Raw) -> Result<Url, Kind> {
         "http" | "https" => {}
         other => return Err(invalid(format!("scheme {other:?} is not http or https"))),
     }
-    if !url.host_str().is_some_and(|host| !host.is_empty()) {
+    if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
     }
     Ok(url)

@@ -81,7 +81,7 @@ impl Batcher {
     }
 
     pub(crate) fn positioning_due(&self, now: Instant) -> bool {
-        !self.unpositioned.is_empty() && self.positioning_retry.map_or(true, |at| at <= now)
+        !self.unpositioned.is_empty() && self.positioning_retry.is_none_or(|at| at <= now)
     }
 
     pub(crate) fn apply(&mut self, events: Vec<Assignment>) {

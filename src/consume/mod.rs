@@ -33,7 +33,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::{DatabaseSettings, KafkaSettings};
-use crate::store::{self, StoreError};
+use futures::future::BoxFuture;
+use tokio_postgres::Client;
+
+use crate::store::{self, StoreError, WriteBatch, WriteOutcome};
 use batcher::Batcher;
 use kafka::KafkaConsumer;
 use sink::Sink;
@@ -106,6 +109,34 @@ pub enum ConsumeError {
     },
 }
 
+/// What a consumer does with a batch, in ONE transaction with the batch's offsets (advanced
+/// conditionally first, which fences a stale group member): the storing consumer writes rows
+/// ([`StoreRows`]); the alerter derives incidents (`crate::alert`).
+pub trait BatchWriter: Sync {
+    fn write<'a>(
+        &'a self,
+        client: &'a mut Client,
+        group: &'a str,
+        topic: &'a str,
+        batch: &'a WriteBatch,
+    ) -> BoxFuture<'a, Result<WriteOutcome, StoreError>>;
+}
+
+/// The storing consumer: rows, rollups, site state and dead letters ([`store::write_batch`]).
+pub struct StoreRows;
+
+impl BatchWriter for StoreRows {
+    fn write<'a>(
+        &'a self,
+        client: &'a mut Client,
+        group: &'a str,
+        topic: &'a str,
+        batch: &'a WriteBatch,
+    ) -> BoxFuture<'a, Result<WriteOutcome, StoreError>> {
+        Box::pin(store::write_batch(client, group, topic, batch))
+    }
+}
+
 /// Consumes `kafka.topic` in group `kafka.group` into PostgreSQL until `shutdown` is cancelled;
 /// then the batch in hand is committed or rolled back as a whole and `Ok` is returned.
 ///
@@ -117,6 +148,17 @@ pub async fn run(
     kafka: &KafkaSettings,
     db: &DatabaseSettings,
     options: ConsumeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    run_with(kafka, db, options, &StoreRows, shutdown).await
+}
+
+/// [`run`] with another [`BatchWriter`] (the alerter's).
+pub async fn run_with(
+    kafka: &KafkaSettings,
+    db: &DatabaseSettings,
+    options: ConsumeOptions,
+    writer: &dyn BatchWriter,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumeError> {
     let mut client = store::connect(db)
@@ -148,7 +190,7 @@ pub async fn run(
         max_batch_wait_ms = options.max_batch_wait.as_millis() as u64,
         "consuming"
     );
-    let mut sink = Sink::new(db, client, &kafka.group, &kafka.topic);
+    let mut sink = Sink::new(db, client, &kafka.group, &kafka.topic, writer);
     let mut batcher = Batcher::new();
     let result = consume(
         &consumer,

@@ -14,7 +14,7 @@ use rdkafka::consumer::Consumer;
 
 use super::batcher::Batcher;
 use super::kafka::{self, KafkaConsumer};
-use super::ConsumeError;
+use super::{BatchWriter, ConsumeError};
 use crate::error::ErrorChain;
 use crate::metrics as names;
 use crate::settings::DatabaseSettings;
@@ -64,6 +64,8 @@ pub(crate) struct Sink<'a> {
     group: &'a str,
     topic: &'a str,
     backoff: Backoff,
+    /// What a batch becomes in PostgreSQL.
+    writer: &'a dyn BatchWriter,
 }
 
 impl<'a> Sink<'a> {
@@ -72,6 +74,7 @@ impl<'a> Sink<'a> {
         client: Client,
         group: &'a str,
         topic: &'a str,
+        writer: &'a dyn BatchWriter,
     ) -> Self {
         Sink {
             settings,
@@ -79,6 +82,7 @@ impl<'a> Sink<'a> {
             group,
             topic,
             backoff: Backoff::default(),
+            writer,
         }
     }
 
@@ -160,10 +164,10 @@ impl<'a> Sink<'a> {
         let messages = batch.rows.len() + batch.dead_letters.len();
         loop {
             let started = Instant::now();
-            let (group, topic) = (self.group, self.topic);
+            let (group, topic, writer) = (self.group, self.topic, self.writer);
             let write = async {
                 let client = self.client().await?;
-                store::write_batch(client, group, topic, &batch).await
+                writer.write(client, group, topic, &batch).await
             };
             let written = tokio::time::timeout(WRITE_TIMEOUT, write).await;
             let what = "cannot store the batch; keeping it and retrying (not reading further)";

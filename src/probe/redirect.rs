@@ -28,7 +28,7 @@ pub(crate) fn resolve_location(current: &Url, location: &HeaderValue) -> Result<
     if !matches!(next.scheme(), "http" | "https") {
         return Err("only http and https are followed");
     }
-    if next.host_str().map_or(true, str::is_empty) {
+    if next.host_str().is_none_or(str::is_empty) {
         return Err("no host");
     }
     next.set_fragment(None);

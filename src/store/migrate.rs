@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "insight",
         sql: include_str!("../../migrations/0002_insight.sql"),
     },
+    Migration {
+        version: 3,
+        name: "alerts",
+        sql: include_str!("../../migrations/0003_alerts.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serialises migration runs across processes ("sitewatc" in

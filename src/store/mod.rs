@@ -38,6 +38,7 @@ pub use migrate::{migrate, AppliedMigration, MigrateReport, Migration, MIGRATION
 pub use prune::{prune, PruneReport, Retention, DEFAULT_HOURLY_ROLLUP_RETENTION};
 pub use rebuild::{rebuild_rollups, RebuildReport, MAX_REBUILD_DAYS};
 pub use row::{CheckRow, JsonbText, RowError, COLUMNS, COPY_TYPES, MAX_SITE_BYTES};
+pub(crate) use write::advance_offsets;
 pub use write::{
     load_offsets, write_batch, DeadLetter, OffsetAdvance, PendingRow, WriteBatch, WriteOutcome,
     WritePath, WriteStats,

@@ -240,7 +240,7 @@ pub(crate) async fn ensure_partitions(
 
 /// Conditionally advances each partition; returns the partitions whose stored offset was not the
 /// expected one (empty = all advanced).
-async fn advance_offsets(
+pub(crate) async fn advance_offsets(
     tx: &Transaction<'_>,
     group: &str,
     topic: &str,

@@ -84,6 +84,23 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
     },
+    /// Derive incidents from the results (consumer group SITEWATCH_ALERT_GROUP, default
+    /// sitewatch-alerts) and deliver notifications to webhooks and Alertmanager.
+    Alert {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Print the notifications the results would cause instead of sending them; writes
+        /// nothing, reads the topic from its start (a group of its own, `<group>-dry-run`).
+        #[arg(long)]
+        dry_run: bool,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
     /// Apply pending database migrations (SITEWATCH_DATABASE_URL).
     Migrate,
     /// Drop stored results older than a duration by whole days (e.g. --older-than 30d), and old rollups.

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use sitewatch::alert::AlertError;
 use sitewatch::check::CheckError;
 use sitewatch::error::ErrorChain;
 use sitewatch::produce::ProduceError;
@@ -47,6 +48,16 @@ impl Status for RunError {
         match self {
             RunError::Produce(error) => error.exit(),
             RunError::Consume(_) => Exit::Failure,
+            RunError::Alert(error) => error.exit(),
+        }
+    }
+}
+
+impl Status for AlertError {
+    fn exit(&self) -> Exit {
+        match self {
+            AlertError::Config { .. } => Exit::ConfigInvalid,
+            _ => Exit::Failure,
         }
     }
 }

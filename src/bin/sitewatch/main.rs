@@ -67,6 +67,28 @@ fn main() -> ExitCode {
         Command::Rollup {
             command: cli::RollupCommand::Rebuild { from, to },
         } => block_on(commands::rebuild(env_file, from, to)),
+        Command::Alert {
+            config,
+            consume,
+            kafka,
+            dry_run,
+            metrics_addr,
+        } => match kafka.settings_with_database(env_file) {
+            Err(error) => fail(&error),
+            Ok((kafka, db)) => serve(metrics_addr, async move {
+                let group = match dry_run {
+                    true => format!("{}-dry-run", kafka.alert_group),
+                    false => kafka.alert_group.clone(),
+                };
+                let kafka = sitewatch::settings::KafkaSettings { group, ..kafka };
+                let options = sitewatch::alert::AlertOptions {
+                    config_path: config.config,
+                    consume: consume.options(),
+                    dry_run,
+                };
+                finish(sitewatch::alert::run(&kafka, &db, options, signals::shutdown()).await)
+            }),
+        },
         Command::Migrate => block_on(commands::migrate(env_file)),
         Command::Prune {
             older_than,

@@ -1,0 +1,621 @@
+//! `sitewatch alert` (and `run`, which includes it) against the real stack: Kafka, PostgreSQL
+//! and Alertmanager from `dev/stack`, loopback sites that go down and come back, and a loopback
+//! webhook receiver that records every request.
+
+mod producer;
+mod stack;
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use producer::Sitewatch;
+use serde_json::Value;
+
+/// Longest wait for something the pipeline should do within seconds.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A site whose health the test switches.
+struct Switch {
+    up: Arc<AtomicBool>,
+    server: support::Server,
+}
+
+impl Switch {
+    async fn new(up: bool) -> Switch {
+        let state = Arc::new(AtomicBool::new(up));
+        let flag = state.clone();
+        let server = support::serve("127.0.0.1:0", move |_request, mut conn| {
+            let up = flag.load(Ordering::SeqCst);
+            async move {
+                let status = if up { 200 } else { 503 };
+                conn.respond(status, &[("Content-Type", "text/plain")], b"health")
+                    .await;
+            }
+        })
+        .await;
+        Switch { up: state, server }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// A webhook receiver that records every request and answers 200.
+async fn receiver() -> support::Server {
+    support::serve("127.0.0.1:0", |_request, mut conn| async move {
+        conn.respond(200, &[], b"ok").await;
+    })
+    .await
+}
+
+/// (dedup key, kind, body) of every request `server` received.
+fn webhooks(server: &support::Server) -> Vec<(String, String, Value)> {
+    server
+        .requests()
+        .into_iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            let key = r.header("Idempotency-Key").unwrap_or_default().to_owned();
+            assert_eq!(
+                body["dedup_key"].as_str(),
+                Some(key.as_str()),
+                "key in header and body"
+            );
+            (
+                key,
+                body["kind"].as_str().unwrap_or_default().to_owned(),
+                body,
+            )
+        })
+        .collect()
+}
+
+fn kinds(requests: &[(String, String, Value)], site: &str) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|(_, _, body)| body["site"] == site)
+        .map(|(_, kind, _)| kind.clone())
+        .collect()
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, log: &dyn Fn() -> String, done: F) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Environment of a `sitewatch` process on a fresh topic, database and groups.
+async fn env(name: &str) -> (Vec<(String, String)>, String) {
+    let database = stack::fresh_database().await;
+    let mut vars = producer::kafka_env(false, &stack::unique_name(name));
+    vars.push(("SITEWATCH_DATABASE_URL".into(), database.clone()));
+    vars.push(("SITEWATCH_PG_CA".into(), stack::get("SITEWATCH_PG_CA")));
+    vars.push((
+        "SITEWATCH_KAFKA_GROUP".into(),
+        stack::unique_name("alert-store"),
+    ));
+    vars.push((
+        "SITEWATCH_ALERT_GROUP".into(),
+        stack::unique_name("alert-group"),
+    ));
+    (vars, database)
+}
+
+/// Alerts Alertmanager holds for `site` (active and resolved ones it still lists).
+async fn alertmanager_alerts(site: &str) -> Vec<Value> {
+    let url = format!("{}/api/v2/alerts", stack::get("SITEWATCH_DEV_ALERTMANAGER"));
+    let body = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-fsS", &url])
+            .output()
+            .expect("curl")
+            .stdout
+    })
+    .await
+    .unwrap();
+    let alerts: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+    alerts
+        .into_iter()
+        .filter(|a| a["labels"]["site"] == site)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_notifies_open_reminder_resolve_and_alertmanager_and_respects_maintenance() {
+    let _stack = stack::StackLock::shared();
+    let shop = Switch::new(true).await;
+    let db_site = Switch::new(false).await;
+    let hook = receiver().await;
+    let shop_name = stack::unique_name("shop");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    let window_start = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    std::fs::write(
+        &config,
+        format!(
+            r#"notifier "hook" {{ type = "webhook", url = "{hook}" }}
+               notifier "am" {{ type = "alertmanager", url = "{am}" }}
+               site {{ name = "{shop_name}", url = "{shop}", interval = "1s", timeout = "500ms",
+                       alert = {{ notify = {{ "hook", "am" }}, after = 2, recover_after = 2, remind = "10s" }} }}
+               site {{ name = "db", url = "{db}", interval = "1s", timeout = "500ms",
+                       alert = {{ notify = {{ "hook" }}, after = 1 }} }}
+               maintenance {{ name = "db-upgrade", sites = {{ "db" }}, at = "{window_start}", duration = "1h" }}"#,
+            hook = hook.url("/hook"),
+            am = stack::get("SITEWATCH_DEV_ALERTMANAGER"),
+            shop = shop.server.url("/health"),
+            db = db_site.server.url("/health"),
+        ),
+    )
+    .unwrap();
+    let (vars, database) = env("alert").await;
+    let mut sw = Sitewatch::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        &vars,
+        dir.path(),
+    );
+    let log = || sw.log_text();
+    let client = stack::client(&database).await;
+
+    // Up for a few checks, then down long enough for the open and a reminder.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    shop.set(false);
+    wait_for("the open notification", &log, || {
+        kinds(&webhooks(&hook), &shop_name).contains(&"open".to_string())
+    })
+    .await;
+    let am = alertmanager_alerts(&shop_name).await;
+    assert_eq!(am.len(), 1, "one alert in Alertmanager: {am:?}");
+    assert_eq!(am[0]["labels"]["severity"], "down");
+    wait_for("a reminder", &log, || {
+        kinds(&webhooks(&hook), &shop_name).contains(&"reminder".to_string())
+    })
+    .await;
+    shop.set(true);
+    wait_for("the resolve notification", &log, || {
+        kinds(&webhooks(&hook), &shop_name).contains(&"resolve".to_string())
+    })
+    .await;
+    // Alertmanager: the alert got its endsAt (it no longer counts as active).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let alerts = alertmanager_alerts(&shop_name).await;
+        let ended = alerts.iter().all(|a| {
+            a["endsAt"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t <= chrono::Utc::now() + chrono::Duration::seconds(1))
+        });
+        if ended {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager still has {alerts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sw.terminate(Duration::from_secs(30));
+
+    let requests = webhooks(&hook);
+    let shop_kinds = kinds(&requests, &shop_name);
+    let reminders = shop_kinds.iter().filter(|k| *k == "reminder").count();
+    assert_eq!(
+        shop_kinds.first().map(String::as_str),
+        Some("open"),
+        "{shop_kinds:?}"
+    );
+    assert_eq!(
+        shop_kinds.last().map(String::as_str),
+        Some("resolve"),
+        "{shop_kinds:?}"
+    );
+    assert_eq!(
+        shop_kinds.len(),
+        reminders + 2,
+        "one open, reminders, one resolve: {shop_kinds:?}"
+    );
+    // Exactly what PostgreSQL says happened: one incident, resolved, with its reminders.
+    let incident = client
+        .query_one(
+            "SELECT severity, failed_checks, reminders, resolved_at IS NOT NULL, \
+               extract(epoch FROM resolved_at - started_at)::float8 \
+             FROM incidents WHERE site = $1",
+            &[&shop_name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(incident.get::<_, String>(0), "down");
+    assert!(incident.get::<_, bool>(3), "resolved");
+    assert_eq!(incident.get::<_, i32>(2) as usize, reminders);
+    let failed: i64 = incident.get(1);
+    let down_for: f64 = incident.get(4);
+    let resolve = &requests
+        .iter()
+        .find(|(_, kind, body)| kind == "resolve" && body["site"] == shop_name.as_str())
+        .unwrap()
+        .2;
+    assert_eq!(resolve["failed_checks"], failed);
+    assert_eq!(resolve["down_for_s"], down_for.floor() as i64);
+    assert!(
+        resolve["message"]
+            .as_str()
+            .unwrap()
+            .contains("back UP after"),
+        "{resolve}"
+    );
+    assert!(failed >= 2, "{failed}");
+    // The site in maintenance was down the whole time and notified nobody.
+    assert!(kinds(&requests, "db").is_empty(), "{requests:?}");
+    let db_incidents: i64 = client
+        .query_one("SELECT count(*) FROM incidents WHERE site = 'db'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db_incidents, 0);
+    let in_window: i64 = client
+        .query_one(
+            "SELECT count(*) FROM check_results WHERE site = 'db' AND maintenance = 'db-upgrade'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_window > 0, "results carry the window's name");
+    // Every notification was delivered once: no key twice.
+    let mut seen = BTreeMap::new();
+    for (key, _, _) in &requests {
+        *seen.entry(key.clone()).or_insert(0) += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    stack::drop_database(&database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_sends_one_notice_instead_of_a_storm() {
+    let _stack = stack::StackLock::shared();
+    let flappy = Switch::new(true).await;
+    let hook = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(
+        &config,
+        format!(
+            r#"notifier "hook" {{ type = "webhook", url = "{hook}" }}
+               site {{ name = "flappy", url = "{url}", interval = "1s", timeout = "500ms",
+                       alert = {{ notify = {{ "hook" }}, after = 1, recover_after = 1,
+                                  flap = {{ count = 3, window = "10m" }} }} }}"#,
+            hook = hook.url("/hook"),
+            url = flappy.server.url("/"),
+        ),
+    )
+    .unwrap();
+    let (vars, database) = env("flap").await;
+    let mut sw = Sitewatch::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        &vars,
+        dir.path(),
+    );
+    let client = stack::client(&database).await;
+    // Toggle every 1.5 s: an incident opens and resolves about every 3 s.
+    let start = Instant::now();
+    let mut up = true;
+    while start.elapsed() < Duration::from_secs(20) {
+        up = !up;
+        flappy.set(up);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    flappy.set(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sw.terminate(Duration::from_secs(30));
+    let requests = webhooks(&hook);
+    let flap_kinds = kinds(&requests, "flappy");
+    let incidents: i64 = client
+        .query_one("SELECT count(*) FROM incidents WHERE site = 'flappy'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(incidents >= 4, "the site flapped: {incidents} incidents");
+    assert_eq!(
+        flap_kinds.iter().filter(|k| *k == "flapping").count(),
+        1,
+        "{flap_kinds:?}"
+    );
+    let opens = flap_kinds.iter().filter(|k| *k == "open").count();
+    assert_eq!(
+        opens, 2,
+        "only the opens before the flapping notice: {flap_kinds:?}"
+    );
+    let quiet: i64 = client
+        .query_one(
+            "SELECT count(*) FROM incidents WHERE site = 'flappy' AND quiet",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        quiet,
+        incidents - 2,
+        "incidents during the flapping are recorded quietly"
+    );
+    stack::drop_database(&database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_notifier_waits_in_the_outbox_without_holding_up_the_others() {
+    let _stack = stack::StackLock::shared();
+    let site = Switch::new(false).await;
+    let hook = receiver().await;
+    // A port that refuses now and is served later.
+    let later = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let later_addr = later.local_addr().unwrap();
+    drop(later);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(
+        &config,
+        format!(
+            r#"notifier "hook" {{ type = "webhook", url = "{hook}" }}
+               notifier "dead" {{ type = "webhook", url = "http://{later_addr}/hook" }}
+               notifier "broken" {{ type = "webhook", url = "{hook}",
+                                    format = function(event) error("no template for " .. event.kind) end }}
+               notifier "slack" {{ type = "webhook", url = "{hook}",
+                                   format = function(event) return {{ text = event.message, key = event.dedup_key }} end }}
+               site {{ name = "api", url = "{url}", interval = "1s", timeout = "500ms",
+                       alert = {{ notify = {{ "hook", "dead", "broken", "slack" }}, after = 1 }} }}"#,
+            hook = hook.url("/hook"),
+            url = site.server.url("/"),
+        ),
+    )
+    .unwrap();
+    let (vars, database) = env("refuse").await;
+    let mut sw = Sitewatch::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        &vars,
+        dir.path(),
+    );
+    let log = || sw.log_text();
+    let client = stack::client(&database).await;
+    wait_for("the open at the working notifiers", &log, || {
+        hook.requests().len() >= 2
+    })
+    .await;
+    // The formatter's body, and the plain one.
+    let bodies: Vec<Value> = hook
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(bodies.iter().any(|b| b["kind"] == "open"), "{bodies:?}");
+    assert!(
+        bodies.iter().any(|b| b["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("api is DOWN"))),
+        "{bodies:?}"
+    );
+    let pending = |notifier: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*), max(attempts), max(last_error) FROM notifications \
+                     WHERE notifier = $1 AND delivered_at IS NULL",
+                    &[&notifier],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dead = pending("dead").await;
+        let broken = pending("broken").await;
+        if dead.get::<_, i64>(0) == 1
+            && broken.get::<_, i64>(0) == 1
+            && broken.get::<_, Option<String>>(2).is_some()
+            && dead.get::<_, Option<String>>(2).is_some()
+        {
+            let error: String = broken.get(2);
+            assert!(error.contains("no template for open"), "{error}");
+            let error: String = dead.get(2);
+            assert!(!error.is_empty());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox did not show the failures; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The receiver comes back: the waiting notification goes out, with the same key.
+    let came_back = support::serve(&later_addr.to_string(), |_r, mut conn| async move {
+        conn.respond(200, &[], b"ok").await;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while came_back.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the late receiver got nothing; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = &came_back.requests()[0];
+    let first_key = hook
+        .requests()
+        .iter()
+        .find_map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).ok()?;
+            (body["kind"] == "open").then(|| r.header("Idempotency-Key").unwrap().to_owned())
+        })
+        .unwrap();
+    assert_eq!(late.header("Idempotency-Key"), Some(first_key.as_str()));
+    sw.terminate(Duration::from_secs(30));
+    stack::drop_database(&database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerter_killed_three_times_loses_and_duplicates_no_incident() {
+    let _stack = stack::StackLock::shared();
+    let sites: Vec<Switch> = futures_join(4).await;
+    let hook = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    let mut text = format!(
+        r#"notifier "hook" {{ type = "webhook", url = "{}" }}"#,
+        hook.url("/hook")
+    );
+    for (i, site) in sites.iter().enumerate() {
+        text.push_str(&format!(
+            "\nsite {{ name = \"s{i}\", url = \"{}\", interval = \"1s\", timeout = \"500ms\", \
+             alert = {{ notify = {{ \"hook\" }}, after = 2, recover_after = 2 }} }}",
+            site.server.url("/")
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let (vars, database) = env("kill").await;
+    let config = config.to_str().unwrap();
+    let mut produce = Sitewatch::spawn(&["produce", "--config", config], &vars, dir.path());
+    let client = stack::client(&database).await;
+    // The scripted outage: each site goes down and comes back twice, staggered.
+    let script = tokio::spawn({
+        let flags: Vec<Arc<AtomicBool>> = sites.iter().map(|s| s.up.clone()).collect();
+        async move {
+            for round in 0..2 {
+                for (i, flag) in flags.iter().enumerate() {
+                    tokio::time::sleep(Duration::from_millis(700 + 300 * i as u64)).await;
+                    flag.store(false, Ordering::SeqCst);
+                    let _ = round;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                for flag in &flags {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    });
+    let mut rng = fastrand_like(std::process::id() as u64);
+    for round in 0..3 {
+        let mut alerter = Sitewatch::spawn(&alert_args(config), &vars, dir.path());
+        tokio::time::sleep(Duration::from_millis(2500 + rng.below(3000))).await;
+        alerter.signal("KILL");
+        let _ = alerter.wait(Duration::from_secs(10));
+        eprintln!("alerter killed (round {round})");
+    }
+    script.await.unwrap();
+    let mut alerter = Sitewatch::spawn(&alert_args(config), &vars, dir.path());
+    let log = || alerter.log_text();
+    // Every incident resolved and every notification delivered.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM incidents WHERE resolved_at IS NULL), \
+                        (SELECT count(*) FROM notifications WHERE delivered_at IS NULL), \
+                        (SELECT count(*) FROM incidents)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (open, pending, total) = (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        );
+        if open == 0 && pending == 0 && total >= 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "open {open}, pending {pending}, total {total}; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    alerter.terminate(Duration::from_secs(30));
+    produce.terminate(Duration::from_secs(30));
+
+    // Two outages per site: exactly two incidents each, none lost, none doubled.
+    let per_site: HashMap<String, i64> = client
+        .query("SELECT site, count(*) FROM incidents GROUP BY site", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for i in 0..sites.len() {
+        assert_eq!(per_site.get(&format!("s{i}")), Some(&2), "{per_site:?}");
+    }
+    // Every notification in the outbox reached the receiver; a repeat has the same key and body.
+    let keys: Vec<String> = client
+        .query("SELECT dedup_key FROM notifications", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys.len(), 16, "open and resolve of 8 incidents: {keys:?}");
+    let mut bodies: HashMap<String, Vec<u8>> = HashMap::new();
+    for request in hook.requests() {
+        let key = request.header("Idempotency-Key").unwrap().to_owned();
+        if let Some(first) = bodies.get(&key) {
+            assert_eq!(first, &request.body, "a repeat of {key} differs");
+        }
+        bodies.insert(key, request.body.clone());
+    }
+    for key in &keys {
+        assert!(bodies.contains_key(key), "{key} never delivered");
+    }
+    drop(produce);
+    stack::drop_database(&database).await;
+}
+
+/// `sitewatch alert` with a short Kafka session, so a killed member's partitions move on fast.
+fn alert_args(config: &str) -> Vec<&str> {
+    vec![
+        "alert",
+        "--config",
+        config,
+        "--kafka-opt",
+        "session.timeout.ms=6000",
+        "--kafka-opt",
+        "heartbeat.interval.ms=1000",
+    ]
+}
+
+async fn futures_join(n: usize) -> Vec<Switch> {
+    let mut sites = Vec::new();
+    for _ in 0..n {
+        sites.push(Switch::new(true).await);
+    }
+    sites
+}
+
+/// A tiny deterministic generator (xorshift) for kill timings.
+struct Xorshift(u64);
+
+fn fastrand_like(seed: u64) -> Xorshift {
+    Xorshift(seed | 1)
+}
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
