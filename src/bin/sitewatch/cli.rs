@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sitewatch::alert::AlertOptions;
 use sitewatch::consume::{self, ConsumeOptions};
 use sitewatch::produce::ProduceOptions;
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::report::{self, Span};
 use sitewatch::schedule::{self, Limits, Shard};
 use sitewatch::settings::{DatabaseSettings, KafkaSettings, SettingsError, Sources};
+use sitewatch::store::{Retention, DEFAULT_HOURLY_ROLLUP_RETENTION};
 
 #[derive(Parser)]
 #[command(
@@ -86,36 +88,11 @@ pub enum Command {
     },
     /// Derive incidents from the results (consumer group SITEWATCH_ALERT_GROUP, default
     /// sitewatch-alerts) and deliver notifications to webhooks and Alertmanager.
-    Alert {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        consume: ConsumeArgs,
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        /// Print the notifications the results would cause instead of sending them; writes
-        /// nothing, reads the topic from its start (a group of its own, `<group>-dry-run`).
-        #[arg(long)]
-        dry_run: bool,
-        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
-        #[arg(long, value_name = "ADDR")]
-        metrics_addr: Option<SocketAddr>,
-    },
+    Alert(AlertArgs),
     /// Apply pending database migrations (SITEWATCH_DATABASE_URL).
     Migrate,
     /// Drop stored results older than a duration by whole days (e.g. --older-than 30d), and old rollups.
-    Prune {
-        /// Age of the oldest results kept, at least 1h: e.g. 30d, 36h (units ms, s, m, h, d).
-        #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
-        older_than: Duration,
-        /// Age of the oldest hourly rollups kept (default 90d); reports over longer periods
-        /// read the daily rollups.
-        #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
-        rollups_older_than: Option<Duration>,
-        /// Age of the oldest daily rollups kept (default: kept forever).
-        #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
-        daily_rollups_older_than: Option<Duration>,
-    },
+    Prune(PruneArgs),
     /// Uptime, error budget, latency percentiles and downtime per site from the rollups
     /// (exit 0 every SLO holds, 1 one is breached, 2 invalid config or unknown site).
     Report(ReportArgs),
@@ -138,6 +115,71 @@ pub enum RollupCommand {
         #[arg(long, value_name = "TIME", value_parser = report::parse_time)]
         to: DateTime<Utc>,
     },
+}
+
+/// `alert` flags.
+#[derive(Args)]
+pub struct AlertArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    consume: ConsumeArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Print the notifications the results would cause instead of sending them; writes
+    /// nothing, reads the topic from its start (a group of its own, `<group>-dry-run`).
+    #[arg(long)]
+    dry_run: bool,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl AlertArgs {
+    /// The alerter's options, and `kafka` with the alerter's consumer group.
+    pub fn options(&self, kafka: KafkaSettings) -> (AlertOptions, KafkaSettings) {
+        let group = match self.dry_run {
+            true => format!("{}-dry-run", kafka.alert_group),
+            false => kafka.alert_group.clone(),
+        };
+        let options = AlertOptions {
+            config_path: self.config.config.clone(),
+            consume: self.consume.options(),
+            dry_run: self.dry_run,
+        };
+        (options, KafkaSettings { group, ..kafka })
+    }
+}
+
+/// `prune` flags.
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Age of the oldest results kept, at least 1h: e.g. 30d, 36h (units ms, s, m, h, d).
+    #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
+    older_than: Duration,
+    /// Age of the oldest hourly rollups kept (default 90d); reports over longer periods read
+    /// the daily rollups.
+    #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
+    rollups_older_than: Option<Duration>,
+    /// Age of the oldest daily rollups kept (default: kept forever).
+    #[arg(long, value_name = "DURATION", value_parser = sitewatch::duration::parse_retention)]
+    daily_rollups_older_than: Option<Duration>,
+}
+
+impl PruneArgs {
+    /// The retention to apply: each flag, or its default.
+    pub fn retention(&self) -> Retention {
+        // parse_retention bounds ages far below chrono's range.
+        let age = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        Retention {
+            results: age(self.older_than),
+            hourly_rollups: Some(
+                self.rollups_older_than
+                    .map_or(DEFAULT_HOURLY_ROLLUP_RETENTION, age),
+            ),
+            daily_rollups: self.daily_rollups_older_than.map(age),
+        }
+    }
 }
 
 /// `report` flags. Without `--since` or `--from`/`--to` the period is the longest SLO window

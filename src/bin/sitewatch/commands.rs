@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chrono::Utc;
 use sitewatch::check;
@@ -130,21 +129,6 @@ pub async fn migrate(env_file: Option<&PathBuf>) -> Exit {
             Exit::Ok
         }
         Err(error) => fail(&error),
-    }
-}
-
-/// The retention `prune` applies: each flag, or its default.
-pub fn retention(
-    results: Duration,
-    hourly_rollups: Option<Duration>,
-    daily_rollups: Option<Duration>,
-) -> store::Retention {
-    // parse_retention bounds ages far below chrono's range.
-    let age = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-    store::Retention {
-        results: age(results),
-        hourly_rollups: Some(hourly_rollups.map_or(store::DEFAULT_HOURLY_ROLLUP_RETENTION, age)),
-        daily_rollups: daily_rollups.map(age),
     }
 }
 

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sitewatch::{consume, produce, run};
+use sitewatch::{alert, consume, produce, run};
 
 use cli::{Cli, Command};
 use exit::{fail, finish, Exit};
@@ -67,38 +67,15 @@ fn main() -> ExitCode {
         Command::Rollup {
             command: cli::RollupCommand::Rebuild { from, to },
         } => block_on(commands::rebuild(env_file, from, to)),
-        Command::Alert {
-            config,
-            consume,
-            kafka,
-            dry_run,
-            metrics_addr,
-        } => match kafka.settings_with_database(env_file) {
+        Command::Alert(args) => match args.kafka.settings_with_database(env_file) {
             Err(error) => fail(&error),
-            Ok((kafka, db)) => serve(metrics_addr, async move {
-                let group = match dry_run {
-                    true => format!("{}-dry-run", kafka.alert_group),
-                    false => kafka.alert_group.clone(),
-                };
-                let kafka = sitewatch::settings::KafkaSettings { group, ..kafka };
-                let options = sitewatch::alert::AlertOptions {
-                    config_path: config.config,
-                    consume: consume.options(),
-                    dry_run,
-                };
-                finish(sitewatch::alert::run(&kafka, &db, options, signals::shutdown()).await)
+            Ok((kafka, db)) => serve(args.metrics_addr, async move {
+                let (options, kafka) = args.options(kafka);
+                finish(alert::run(&kafka, &db, options, signals::shutdown()).await)
             }),
         },
         Command::Migrate => block_on(commands::migrate(env_file)),
-        Command::Prune {
-            older_than,
-            rollups_older_than,
-            daily_rollups_older_than,
-        } => {
-            let retention =
-                commands::retention(older_than, rollups_older_than, daily_rollups_older_than);
-            block_on(commands::prune(env_file, retention))
-        }
+        Command::Prune(args) => block_on(commands::prune(env_file, args.retention())),
         Command::Report(args) => block_on(commands::report(env_file, &args)),
     };
     exit.into()
