@@ -1167,3 +1167,68 @@ notifier "ops" { type = "webhook", url = "https://y.example/" }
         assert!(line.starts_with(want), "{line} should start with {want}");
     }
 }
+
+// ---- hostile configurations: every one ends in a clear error, within the documented limits ----
+
+/// The loader's wall-clock limit (docs/config.md, Sandbox) plus room for a loaded machine.
+const LOAD_BOUND: Duration = Duration::from_secs(40);
+
+/// Loads every text at once, each on a thread of its own, and waits at most `limit` for all: a
+/// configuration that hangs the loader fails the test instead of hanging it.
+fn load_all_within(texts: &[String], limit: Duration) -> Vec<Result<Config, ConfigErrors>> {
+    let deadline = std::time::Instant::now() + limit;
+    let receivers: Vec<_> = texts
+        .iter()
+        .map(|text| {
+            let text = text.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(load(&text));
+            });
+            rx
+        })
+        .collect();
+    receivers
+        .into_iter()
+        .zip(texts)
+        .map(|(rx, text)| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            rx.recv_timeout(left)
+                .unwrap_or_else(|_| panic!("still loading after {limit:?}:\n{text}"))
+        })
+        .collect()
+}
+
+/// Each text must fail within [`LOAD_BOUND`] with an error at `line` containing `needle`.
+#[track_caller]
+fn assert_all_fail_within(texts: &[String], line: u32, needle: &str) {
+    for (result, text) in load_all_within(texts, LOAD_BOUND).into_iter().zip(texts) {
+        let report = match result {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(errors) => errors.to_string(),
+        };
+        let prefix = format!("{FILE}:{line}: ");
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(needle)),
+            "want {needle:?} at line {line} for\n{text}\ngot:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn message_handlers_cannot_escape_the_instruction_budget() {
+    let spin = "function() while true do end end";
+    let bodies = [
+        format!("xpcall({spin}, {spin})"),
+        format!("xpcall(error, {spin})"),
+        format!("xpcall(function() error({{}}) end, function(e) local n = 0 while true do n = n + 1 end end)"),
+        format!("xpcall({spin}, function() xpcall({spin}, {spin}) end)"),
+        format!("for _ = 1, 10 do xpcall({spin}, {spin}) end"),
+        format!("error(setmetatable({{}}, {{ __tostring = {spin} }}))"),
+        format!("site {{ name = 'a', url = 'https://a.example/', hooks = {{ function() end }} }} xpcall(string.rep, {spin}, 'x', -1, {{}})"),
+    ];
+    let texts: Vec<String> = bodies.iter().map(|b| format!("\n{b}\n")).collect();
+    assert_all_fail_within(&texts, 2, "evaluation exceeded its instruction budget");
+}

@@ -571,3 +571,32 @@ async fn workers_run_the_script_text_that_was_validated_not_a_later_edit() {
     let pool = HookPool::start(&config.source, limits(1)).expect("pool");
     assert_eq!(pool.call("s", 0, input("s")).await.level, None);
 }
+
+/// Lua calls an `xpcall` message handler with debug hooks off when the error came from the
+/// instruction budget: a handler that loops must still be stopped, and the worker must be free
+/// for the next call.
+#[tokio::test]
+async fn message_handlers_cannot_escape_the_budget() {
+    let spin = "function() while true do end end";
+    let hooks = [
+        format!("function(r) xpcall({spin}, {spin}) end"),
+        format!("function(r) xpcall(error, {spin}) end"),
+        format!("function(r) return xpcall({spin}, function(e) return xpcall({spin}, {spin}) end) end"),
+        format!("function(r) while true do xpcall({spin}, {spin}) end end"),
+        format!("function(r) error(setmetatable({{}}, {{ __tostring = {spin} }})) end"),
+    ];
+    let cases: Vec<(String, &str)> = hooks
+        .iter()
+        .enumerate()
+        .map(|(i, hook)| (format!("x{i}"), hook.as_str()))
+        .collect();
+    let named: Vec<(&str, &str)> = cases.iter().map(|(n, h)| (n.as_str(), *h)).collect();
+    let pool = HookPool::start(&source(&sites(&named)), limits(1)).unwrap();
+    for (name, _) in &named {
+        let started = Instant::now();
+        let verdict = pool.call(name, 0, input(name)).await;
+        assert_fails(&verdict, "hook exceeded its instruction budget");
+        assert!(started.elapsed() < PROMPT, "{name} took {:?}", started.elapsed());
+        good_still_works(&pool).await;
+    }
+}

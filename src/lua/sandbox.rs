@@ -43,9 +43,9 @@ const LOG_TARGET: &str = "sitewatch::lua";
 
 /// Lua source run once in every new state, before any user code: removes what a sandbox must not
 /// have and wraps what it may only have in a safe form. Receives `check` (raises if the budget
-/// is exhausted) and returns `freeze`.
+/// is exhausted) and `tripped` (whether it is), and returns `freeze`.
 const PRELUDE: &str = r##"
-local check = ...
+local check, tripped = ...
 local G = _G
 local error, getmetatable, ipairs, next, select, tostring, type =
       error, getmetatable, ipairs, next, select, tostring, type
@@ -63,7 +63,17 @@ local function settle(ok, ...)
   return ok, ...
 end
 G.pcall = function(...) return settle(raw_pcall(...)) end
-G.xpcall = function(...) return settle(raw_xpcall(...)) end
+-- Lua calls a message handler before it unwinds, and calls it with debug hooks switched off
+-- when the error was raised by the budget hook itself: a handler looping there would run with no
+-- budget at all. Once the budget is broken the handler is therefore skipped; before that it runs
+-- budgeted like any other code (and if it breaks the budget, the next call skips it).
+G.xpcall = function(f, handler, ...)
+  if type(handler) ~= "function" then return settle(raw_xpcall(f, handler, ...)) end
+  return settle(raw_xpcall(f, function(e)
+    if tripped() then return e end
+    return handler(e)
+  end, ...))
+end
 
 -- Text chunks only: no bytecode, whatever mode the caller asks for.
 G.load = function(chunk, chunkname, _, ...)
@@ -258,11 +268,14 @@ impl Sandbox {
             Some(trip) => Err(trip_error(trip)),
             None => Ok(()),
         })?;
+        let tripped_budget = Rc::clone(&budget);
+        let tripped =
+            lua.create_function(move |_, ()| Ok(tripped_budget.tripped().is_some()))?;
         let freeze: Function = lua
             .load(PRELUDE)
             .set_name("=sitewatch prelude")
             .set_mode(ChunkMode::Text)
-            .call(check)?;
+            .call((check, tripped))?;
         Ok(Sandbox {
             lua,
             budget,
@@ -520,6 +533,48 @@ mod tests {
             let got = run(&sandbox, code);
             assert!(got.contains(want), "{code}: got {got}");
         }
+    }
+
+    /// Runs `code` in a fresh sandbox on its own thread; a hang fails the test instead of
+    /// blocking it (the thread is left behind).
+    fn run_bounded(code: &'static str) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(run(&sandbox(), code));
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{code}: still running after 20s"))
+    }
+
+    #[test]
+    fn message_handlers_run_under_the_budget() {
+        let spin = "function() while true do end end";
+        let cases = [
+            // The budget trips in f: Lua calls the handler with debug hooks off.
+            format!("xpcall({spin}, {spin})"),
+            // A plain error: the handler runs with hooks on, trips the budget, and Lua calls it
+            // again for that error with hooks off.
+            format!("xpcall(error, {spin})"),
+            format!("xpcall(function() error('x') end, function(e) local t = {{}} while true do t[1] = e end end)"),
+            format!("xpcall({spin}, function() xpcall({spin}, {spin}) end)"),
+            format!("while true do xpcall({spin}, {spin}) end"),
+            format!("xpcall({spin}, function() return pcall({spin}) end)"),
+            format!("local ok = xpcall({spin}, function() return 1 end) while true do end"),
+            format!("error(setmetatable({{}}, {{ __tostring = {spin} }}))"),
+            format!("xpcall(error, {spin}, setmetatable({{}}, {{ __tostring = {spin} }}))"),
+        ];
+        for code in cases {
+            let code: &'static str = Box::leak(code.into_boxed_str());
+            assert_eq!(run_bounded(code), "Instructions", "{code}");
+        }
+        // A handler that does its job still works.
+        let got = run_bounded(
+            "local ok, e = xpcall(error, function(e) return 'handled: ' .. e end, 'x') \
+             assert(not ok and e == 'handled: x', e)",
+        );
+        assert_eq!(got, "ok");
+        let got = run_bounded("xpcall(print, nil)");
+        assert!(got.contains("bad argument #2"), "{got}");
     }
 
     #[test]
