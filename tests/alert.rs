@@ -173,7 +173,18 @@ async fn outage_notifies_open_reminder_resolve_and_alertmanager_and_respects_mai
         kinds(&webhooks(&hook), &shop_name).contains(&"open".to_string())
     })
     .await;
-    let am = alertmanager_alerts(&shop_name).await;
+    // Alertmanager is another notifier, with its own delivery task.
+    let deadline = Instant::now() + WAIT;
+    let mut am = alertmanager_alerts(&shop_name).await;
+    while am.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no alert in Alertmanager; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        am = alertmanager_alerts(&shop_name).await;
+    }
     assert_eq!(am.len(), 1, "one alert in Alertmanager: {am:?}");
     assert_eq!(am[0]["labels"]["severity"], "down");
     wait_for("a reminder", &log, || {
@@ -618,4 +629,76 @@ impl Xorshift {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
+}
+
+/// The formatters shipped in `scripts/` turn every kind of notice into the JSON their service
+/// expects; a formatter that errors or loops fails with the reason.
+#[tokio::test]
+async fn shipped_formatters_render_every_kind_and_bad_ones_fail_with_a_reason() {
+    use sitewatch::alert::format::Formatters;
+    use sitewatch::alert::notice::Notice;
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let text = r#"
+        notifier "slack" { type = "webhook", url = "http://127.0.0.1:1/", format = script "notify_slack" }
+        notifier "discord" { type = "webhook", url = "http://127.0.0.1:1/", format = script "notify_discord" }
+        notifier "ntfy" { type = "webhook", url = "http://127.0.0.1:1/", format = script "notify_ntfy" }
+        notifier "boom" { type = "webhook", url = "http://127.0.0.1:1/", format = function(e) error("no " .. e.kind) end }
+        notifier "loop" { type = "webhook", url = "http://127.0.0.1:1/", format = function(e) while true do end end }
+        notifier "nil" { type = "webhook", url = "http://127.0.0.1:1/", format = function(e) return nil end }
+        site { name = "shop", url = "https://shop.example/" }"#;
+    let config =
+        sitewatch::config::load_str(std::path::Path::new("sites.lua"), text, &scripts).unwrap();
+    let limits = sitewatch::hooks::HookLimits {
+        wall_time: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let formatters = Formatters::start(config.source.clone(), limits).unwrap();
+    let notice = |kind: &str, severity: Option<&str>| Notice {
+        dedup_key: format!("k/{kind}"),
+        kind: kind.into(),
+        site: "shop".into(),
+        url: "https://shop.example/".into(),
+        severity: severity.map(str::to_owned),
+        incident_id: severity.map(|_| uuid::Uuid::nil()),
+        started_at: severity.map(|_| "2026-11-30T08:00:00Z".to_owned()),
+        resolved_at: None,
+        failure_kind: Some("timeout".into()),
+        failure_message: Some("no answer".into()),
+        failed_checks: Some(3),
+        down_for_s: Some(60),
+        reminder: None,
+        message: format!("shop {kind}"),
+    };
+    for kind in ["open", "reminder", "resolve", "flapping", "flap_ended"] {
+        let severity = (!kind.starts_with("flap")).then_some("down");
+        let n = notice(kind, severity);
+        let slack: Value =
+            serde_json::from_str(&formatters.format("slack", &n).await.unwrap()).unwrap();
+        assert!(
+            slack["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("shop {kind}")),
+            "{slack}"
+        );
+        assert_eq!(slack["sitewatch_dedup_key"], format!("k/{kind}"));
+        let discord: Value =
+            serde_json::from_str(&formatters.format("discord", &n).await.unwrap()).unwrap();
+        assert_eq!(discord["embeds"][0]["title"], format!("shop: {kind}"));
+        let ntfy: Value =
+            serde_json::from_str(&formatters.format("ntfy", &n).await.unwrap()).unwrap();
+        assert_eq!(ntfy["message"], format!("shop {kind}"));
+    }
+    let n = notice("open", Some("down"));
+    let error = formatters.format("boom", &n).await.unwrap_err();
+    assert!(error.contains("no open"), "{error}");
+    let error = formatters.format("loop", &n).await.unwrap_err();
+    assert!(
+        error.contains("instruction budget") || error.contains("time limit"),
+        "{error}"
+    );
+    let error = formatters.format("nil", &n).await.unwrap_err();
+    assert!(error.contains("expected a string or a table"), "{error}");
+    // The thread survives all of that.
+    assert!(formatters.format("slack", &n).await.is_ok());
 }
