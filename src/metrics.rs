@@ -49,6 +49,9 @@ pub const NOTIFICATIONS_SENT: &str = "sitewatch_notifications_sent_total";
 /// Failed delivery attempts, by `notifier` (counter); the notification stays in the outbox.
 pub const NOTIFICATIONS_FAILED: &str = "sitewatch_notification_failures_total";
 
+/// Consumers of `run` started again after a failure, by `role` (counter).
+pub const ROLE_RESTARTS: &str = "sitewatch_role_restarts_total";
+
 /// Unlabelled counters, present from startup.
 const COUNTERS: &[(&str, &str)] = &[
     (KAFKA_DELIVERED, "Results Kafka acknowledged."),
@@ -88,6 +91,10 @@ pub fn describe() {
     metrics::describe_counter!(CONFIG_RELOADS, "Reloads of sites.lua, by result.");
     metrics::describe_counter!(CONSUMER_BATCHES, "Batches committed, by write path.");
     metrics::describe_gauge!(INCIDENTS_OPEN, "Incidents open now.");
+    metrics::describe_counter!(
+        ROLE_RESTARTS,
+        "Consumers of run started again after a failure."
+    );
     metrics::describe_gauge!(
         NOTIFICATIONS_PENDING,
         "Notifications waiting in the outbox."

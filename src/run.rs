@@ -1,10 +1,12 @@
-//! `sitewatch run`: the producer and the storing consumer in one process, for small
-//! deployments and `dev/run`.
+//! `sitewatch run`: the producer, the storing consumer, the alerter and the status page in one
+//! process, for small deployments and `dev/run`.
 //!
-//! Order matters at both ends. Either half failing stops the other. At shutdown the producer
-//! stops first (flushing its queue to Kafka); the consumer keeps going for [`RUN_DRAIN`] so the
-//! results just flushed are stored too — what is left is stored, exactly once, at the next start.
+//! Order matters at both ends. A consumer that fails is started again while probing goes on;
+//! the producer failing stops everything. At shutdown the producer stops first (flushing its
+//! queue to Kafka); the consumers keep going for [`RUN_DRAIN`] so the results just flushed are
+//! stored too — what is left is stored, exactly once, at the next start.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -12,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alert::{self, AlertError, AlertOptions};
 use crate::consume::{self, ConsumeError, ConsumeOptions};
+use crate::error::ErrorChain;
+use crate::metrics as names;
 use crate::produce::{self, ProduceError, ProduceOptions};
+use crate::serve::{self, ServeError, ServeOptions};
 use crate::settings::{DatabaseSettings, KafkaSettings};
 
 /// How long the consumer keeps storing after the producer stopped.
@@ -26,10 +31,17 @@ pub enum RunError {
     Consume(#[from] ConsumeError),
     #[error(transparent)]
     Alert(#[from] AlertError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
-/// Runs every role until `shutdown` is cancelled or one fails; returns the first failure. The
-/// alerter (its own consumer group, `kafka.alert_group`) stops with the storing consumer.
+/// First delay before a failed consumer is started again; doubles up to [`RESTART_MAX`].
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(60);
+
+/// Runs every role until `shutdown` is cancelled or the producer fails. A consumer (storing or
+/// alerting) that fails is logged and started again with a backoff: probing goes on, the
+/// results wait in Kafka, and the restarted consumer stores them exactly once.
 pub async fn run(
     kafka: &KafkaSettings,
     db: &DatabaseSettings,
@@ -49,36 +61,52 @@ pub async fn run(
         consume: consume_options.clone(),
         dry_run: false,
     };
-    let consumer = async {
-        let (stored, alerted) = tokio::join!(
-            consume::run(kafka, db, consume_options, consumer_stop.clone()),
-            async {
-                let result =
-                    alert::run(&alert_kafka, db, alert_options, consumer_stop.clone()).await;
-                // An alerter failure stops everything too, as a storing one does.
-                if result.is_err() {
-                    consumer_stop.cancel();
-                }
-                result
-            }
-        );
-        shutdown.cancel();
-        stored
-            .map_err(RunError::from)
-            .and(alerted.map_err(RunError::from))
+    let consumers = async {
+        tokio::join!(
+            supervise("storing consumer", &consumer_stop, || {
+                consume::run(kafka, db, consume_options.clone(), consumer_stop.clone())
+            }),
+            supervise("alerter", &consumer_stop, || {
+                alert::run(
+                    &alert_kafka,
+                    db,
+                    alert_options.clone(),
+                    consumer_stop.clone(),
+                )
+            }),
+        )
     };
     let producer = async {
         let result = produce::produce(kafka, produce_options, reload, shutdown.clone()).await;
-        tokio::select! {
-            _ = tokio::time::sleep(RUN_DRAIN) => {}
-            _ = consumer_stop.cancelled() => {}
-        }
+        tokio::time::sleep(RUN_DRAIN).await;
         consumer_stop.cancel();
         result
     };
-    match tokio::join!(producer, consumer) {
-        (Err(error), _) => Err(error.into()),
-        (_, Err(error)) => Err(error),
-        (Ok(()), Ok(())) => Ok(()),
+    let (produced, _) = tokio::join!(producer, consumers);
+    Ok(produced?)
+}
+
+/// Runs `role` until `stop`, starting it again after each failure (logged, with a backoff).
+async fn supervise<F, Fut, E>(name: &str, stop: &CancellationToken, role: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + 'static,
+{
+    let mut delay = RESTART_FIRST;
+    loop {
+        match role().await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(role = name, error = %ErrorChain(&error), retry_in_s = delay.as_secs(),
+                    "failed; probing goes on, starting it again");
+                metrics::counter!(names::ROLE_RESTARTS, "role" => name.to_owned()).increment(1);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RESTART_MAX);
     }
 }

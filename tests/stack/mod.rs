@@ -105,7 +105,7 @@ pub fn database(url: &str) -> sitewatch::settings::DatabaseSettings {
 }
 
 /// `url` with its database name replaced, and `sslmode=disable` when `plain`.
-fn with_database(url: &str, database: &str, plain: bool) -> String {
+pub fn with_database(url: &str, database: &str, plain: bool) -> String {
     let mut url = url::Url::parse(url)
         .unwrap_or_else(|error| panic!("database URL {url:?}: {error}; {START_HINT}"));
     url.set_path(database);
