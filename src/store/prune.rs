@@ -8,7 +8,7 @@
 //! buckets for as long as the operator wants (by default forever).
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::StoreError;
 
@@ -95,22 +95,9 @@ async fn drop_partitions(
     client: &Client,
     cutoff: DateTime<Utc>,
 ) -> Result<PruneReport, StoreError> {
-    let names: Vec<String> = client
-        .query(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'check_results'::regclass ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(StoreError::query("listing check_results partitions"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
     let mut report = PruneReport::default();
-    for name in names {
-        let Some(day) = partition_day(&name) else {
-            continue;
-        };
+    for day in partition_days(client).await? {
+        let name = partition_name(day);
         let end = day
             .succ_opt()
             .unwrap_or(day)
@@ -132,6 +119,29 @@ async fn drop_partitions(
         report.rows_dropped += rows as u64;
     }
     Ok(report)
+}
+
+/// The UTC days that have a `check_results` partition, oldest first.
+pub(crate) async fn partition_days(
+    client: &impl GenericClient,
+) -> Result<Vec<NaiveDate>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'check_results'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(StoreError::query("listing check_results partitions"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| partition_day(row.get(0)))
+        .collect())
+}
+
+/// The name of the partition of `day`.
+fn partition_name(day: NaiveDate) -> String {
+    format!("{PARTITION_PREFIX}{}", day.format("%Y%m%d"))
 }
 
 /// The UTC day of a partition named `check_results_pYYYYMMDD`; `None` for any other name.

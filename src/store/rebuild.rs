@@ -55,20 +55,10 @@ pub async fn rebuild_rollups(
     tx.batch_execute("LOCK TABLE rollup_hourly, rollup_daily IN SHARE ROW EXCLUSIVE MODE")
         .await
         .map_err(StoreError::query("locking the rollup tables"))?;
-    let kept: Vec<String> = tx
-        .query(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'check_results'::regclass",
-            &[],
-        )
-        .await
-        .map_err(StoreError::query("listing check_results partitions"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let kept = super::prune::partition_days(&tx).await?;
     let mut report = RebuildReport::default();
     for day in first.iter_days().take_while(|day| *day <= last) {
-        if !kept.contains(&format!("check_results_p{}", day.format("%Y%m%d"))) {
+        if !kept.contains(&day) {
             report.days_skipped.push(day);
             continue;
         }
