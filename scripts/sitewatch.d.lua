@@ -90,6 +90,7 @@
 ---@field hooks? sitewatch.Hook[] Lua assertions, run in order after the built-in ones.
 ---@field slo? sitewatch.Slo Service-level objective; a site's slo replaces the default one whole.
 ---@field alert? sitewatch.Alert Incidents and notifications; a site's alert replaces the default one whole.
+---@field status_page? boolean Shown by `sitewatch serve` (status page, JSON API, badges); false keeps the site off them entirely (404). Default true.
 
 ---@class sitewatch.Site: sitewatch.Settings
 ---@field name string Unique name: the Kafka key and the label everywhere (at most 128 bytes).

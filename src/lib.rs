@@ -41,6 +41,7 @@
 //!   grammar; [`metrics`]: every metric name; [`error`]: error-chain formatting.
 //! - [`run`]: both roles in one process.
 //! - [`report`]: uptime, error budget, percentiles and downtime per site, from the rollups.
+//! - [`serve`]: the status page, JSON API and badges (`sitewatch serve`), read-only.
 //!
 //! The binary (`src/bin/sitewatch/`) only parses arguments, prints and maps errors to exit codes.
 
@@ -62,5 +63,6 @@ pub mod report;
 pub mod result;
 pub mod run;
 pub mod schedule;
+pub mod serve;
 pub mod settings;
 pub mod store;

@@ -17,7 +17,7 @@ use crate::consume::{self, ConsumeError, ConsumeOptions};
 use crate::error::ErrorChain;
 use crate::metrics as names;
 use crate::produce::{self, ProduceError, ProduceOptions};
-use crate::serve::{self, ServeError, ServeOptions};
+use crate::serve::{self, ServeOptions};
 use crate::settings::{DatabaseSettings, KafkaSettings};
 
 /// How long the consumer keeps storing after the producer stopped.
@@ -31,8 +31,6 @@ pub enum RunError {
     Consume(#[from] ConsumeError),
     #[error(transparent)]
     Alert(#[from] AlertError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
 }
 
 /// First delay before a failed consumer is started again; doubles up to [`RESTART_MAX`].
@@ -47,6 +45,7 @@ pub async fn run(
     db: &DatabaseSettings,
     produce_options: ProduceOptions,
     consume_options: ConsumeOptions,
+    serve_addr: Option<SocketAddr>,
     reload: mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -61,6 +60,10 @@ pub async fn run(
         consume: consume_options.clone(),
         dry_run: false,
     };
+    let serve_options = serve_addr.map(|addr| ServeOptions {
+        addr,
+        config_path: produce_options.config_path.clone(),
+    });
     let consumers = async {
         tokio::join!(
             supervise("storing consumer", &consumer_stop, || {
@@ -74,6 +77,16 @@ pub async fn run(
                     consumer_stop.clone(),
                 )
             }),
+            async {
+                // The status page (when asked for) is a reader like the others: a failure —
+                // its port taken, an invalid sites.lua — is logged and retried.
+                if let Some(options) = &serve_options {
+                    supervise("status page", &consumer_stop, || {
+                        serve::serve(db, options.clone(), consumer_stop.clone())
+                    })
+                    .await
+                }
+            },
         )
     };
     let producer = async {

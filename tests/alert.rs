@@ -159,7 +159,7 @@ async fn outage_notifies_open_reminder_resolve_and_alertmanager_and_respects_mai
     .unwrap();
     let (vars, database) = env("alert").await;
     let mut sw = Sitewatch::spawn(
-        &["run", "--config", config.to_str().unwrap()],
+        &["run", "--no-serve", "--config", config.to_str().unwrap()],
         &vars,
         dir.path(),
     );
@@ -312,7 +312,7 @@ async fn flapping_sends_one_notice_instead_of_a_storm() {
     .unwrap();
     let (vars, database) = env("flap").await;
     let mut sw = Sitewatch::spawn(
-        &["run", "--config", config.to_str().unwrap()],
+        &["run", "--no-serve", "--config", config.to_str().unwrap()],
         &vars,
         dir.path(),
     );
@@ -391,7 +391,7 @@ async fn a_refusing_notifier_waits_in_the_outbox_without_holding_up_the_others()
     .unwrap();
     let (vars, database) = env("refuse").await;
     let mut sw = Sitewatch::spawn(
-        &["run", "--config", config.to_str().unwrap()],
+        &["run", "--no-serve", "--config", config.to_str().unwrap()],
         &vars,
         dir.path(),
     );

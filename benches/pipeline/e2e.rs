@@ -91,6 +91,7 @@ async fn measure(
             "--max-per-host",
             "10000",
             "--no-watch",
+            "--no-serve",
         ])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .env("SITEWATCH_DATABASE_URL", &fresh.url);

@@ -147,6 +147,9 @@ pub struct Site {
     /// When an incident opens and closes and whom it is sent to; every site has one (the
     /// built-in rule notifies nobody).
     pub alert: AlertRule,
+    /// Shown by `sitewatch serve` (status page, API, badges); `status_page = false` keeps an
+    /// internal site off it entirely — its URLs answer 404 as if it did not exist.
+    pub status_page: bool,
     pub location: Location,
 }
 
@@ -330,6 +333,7 @@ impl Site {
             hooks: Vec::new(),
             slo: None,
             alert: AlertRule::default(),
+            status_page: true,
             location: Location {
                 file: "<code>".into(),
                 line: 0,

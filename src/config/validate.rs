@@ -61,6 +61,7 @@ const SITE_KEYS: &[&str] = &[
     "hooks",
     "slo",
     "alert",
+    "status_page",
 ];
 /// `defaults{}` takes every site key except the site's identity.
 const DEFAULTS_KEYS: &[&str] = &[
@@ -75,6 +76,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "hooks",
     "slo",
     "alert",
+    "status_page",
 ];
 const EXPECT_KEYS: &[&str] = &[
     "status",
@@ -920,6 +922,7 @@ struct Settings {
     body_cap: u64,
     hooks: Vec<String>,
     alert: AlertRule,
+    status_page: bool,
 }
 
 fn site(
@@ -963,6 +966,7 @@ fn site(
         hooks: settings.hooks,
         slo: settings.slo,
         alert: settings.alert,
+        status_page: settings.status_page,
         location: decl.location.clone(),
     })
 }
@@ -1033,6 +1037,13 @@ fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Se
             alert(raw, origin, &ctx.notifiers, rep)
         });
 
+    let status_page = layers
+        .field("status_page", rep, |raw| match raw {
+            Raw::Bool(b) => Ok(*b),
+            other => Err(wrong_type("status_page", "a boolean", other)),
+        })
+        .is_none_or(|(shown, _)| shown);
+
     Settings {
         interval,
         timeout,
@@ -1045,6 +1056,7 @@ fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Se
         hooks,
         slo,
         alert,
+        status_page,
     }
 }
 

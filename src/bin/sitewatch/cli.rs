@@ -13,6 +13,7 @@ use sitewatch::produce::ProduceOptions;
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::report::{self, Span};
 use sitewatch::schedule::{self, Limits, Shard};
+use sitewatch::serve::{self, ServeOptions};
 use sitewatch::settings::{DatabaseSettings, KafkaSettings, SettingsError, Sources};
 use sitewatch::store::{Retention, DEFAULT_HOURLY_ROLLUP_RETENTION};
 
@@ -74,7 +75,7 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
     },
-    /// Producer and consumer in one process: the small-deployment mode.
+    /// Producer, consumer, alerter and status page in one process: the small-deployment mode.
     Run {
         #[command(flatten)]
         produce: ProduceArgs,
@@ -82,6 +83,12 @@ pub enum Command {
         consume: ConsumeArgs,
         #[command(flatten)]
         kafka: KafkaArgs,
+        /// Serve the status page, JSON API and badges on this address (loopback by default).
+        #[arg(long, value_name = "ADDR", default_value = serve::DEFAULT_ADDR)]
+        serve_addr: SocketAddr,
+        /// Do not serve the status page.
+        #[arg(long)]
+        no_serve: bool,
         /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
@@ -89,6 +96,9 @@ pub enum Command {
     /// Derive incidents from the results (consumer group SITEWATCH_ALERT_GROUP, default
     /// sitewatch-alerts) and deliver notifications to webhooks and Alertmanager.
     Alert(AlertArgs),
+    /// Serve the status page, the read-only JSON API and badges from PostgreSQL
+    /// (SITEWATCH_DATABASE_URL); see docs/api.md.
+    Serve(ServeArgs),
     /// Apply pending database migrations (SITEWATCH_DATABASE_URL).
     Migrate,
     /// Drop stored results older than a duration by whole days (e.g. --older-than 30d), and old rollups.
@@ -115,6 +125,26 @@ pub enum RollupCommand {
         #[arg(long, value_name = "TIME", value_parser = report::parse_time)]
         to: DateTime<Utc>,
     },
+}
+
+/// `serve` flags.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Address to listen on. Loopback by default: give 0.0.0.0:8080 (or a proxy in front) to
+    /// publish the page.
+    #[arg(long, value_name = "ADDR", default_value = serve::DEFAULT_ADDR)]
+    addr: SocketAddr,
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> ServeOptions {
+        ServeOptions {
+            addr: self.addr,
+            config_path: self.config.config.clone(),
+        }
+    }
 }
 
 /// `alert` flags.

@@ -7,6 +7,7 @@ use sitewatch::check::CheckError;
 use sitewatch::error::ErrorChain;
 use sitewatch::produce::ProduceError;
 use sitewatch::run::RunError;
+use sitewatch::serve::ServeError;
 
 /// What the process tells its caller. `docs/config.md` documents the same table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,15 @@ impl Status for CheckError {
         match self {
             // Naming a site the file does not define is a configuration mistake too.
             CheckError::UnknownSite(_) => Exit::ConfigInvalid,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+impl Status for ServeError {
+    fn exit(&self) -> Exit {
+        match self {
+            ServeError::Config { .. } => Exit::ConfigInvalid,
             _ => Exit::Failure,
         }
     }

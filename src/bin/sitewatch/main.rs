@@ -55,13 +55,22 @@ fn main() -> ExitCode {
             produce,
             consume,
             kafka,
+            serve_addr,
+            no_serve,
             metrics_addr,
         } => match kafka.settings_with_database(env_file) {
             Err(error) => fail(&error),
             Ok((kafka, db)) => serve(metrics_addr, async move {
                 let (produce, consume) = (produce.options(), consume.options());
+                let serve_addr = (!no_serve).then_some(serve_addr);
                 let (reload, shutdown) = (signals::reload(), signals::shutdown());
-                finish(run::run(&kafka, &db, produce, consume, reload, shutdown).await)
+                finish(run::run(&kafka, &db, produce, consume, serve_addr, reload, shutdown).await)
+            }),
+        },
+        Command::Serve(args) => match cli::database_settings(env_file) {
+            Err(error) => fail(&error),
+            Ok(db) => block_on(async move {
+                finish(sitewatch::serve::serve(&db, args.options(), signals::shutdown()).await)
             }),
         },
         Command::Rollup {
