@@ -171,10 +171,21 @@ pub fn public_url(url: &url::Url) -> String {
     shown.to_string()
 }
 
-/// `text` with the secret parts of `url` (password, userinfo, query string) blanked out: what
-/// a failure message may say about the URL it fetched.
+/// `text` with the secret parts of `url` (password, query string) blanked out, and those of
+/// any other URL in it (`user:password@`, `?query`): what a failure message may say about the
+/// URL it fetched or was redirected to.
 pub fn redact(text: &str, url: &url::Url) -> String {
-    let mut out = text.to_owned();
+    static USERINFO: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static QUERY: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let userinfo = USERINFO.get_or_init(|| {
+        regex::Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@").expect("valid regex")
+    });
+    let query = QUERY.get_or_init(|| {
+        regex::Regex::new(r#"(?i)\b([a-z][a-z0-9+.-]*://[^\s?#"'<>]*)\?[^\s#"'<>]*"#)
+            .expect("valid regex")
+    });
+    let mut out = userinfo.replace_all(text, "$1:***@").into_owned();
+    out = query.replace_all(&out, "$1?***").into_owned();
     if let Some(password) = url.password().filter(|p| !p.is_empty()) {
         out = out.replace(password, "***");
     }
@@ -958,7 +969,13 @@ pub async fn site(
         cert_not_after: cert.map(rfc3339),
         cert_days_left: cert.map(|c| (c - now).num_seconds() as f64 / 86_400.0),
         state_changes: changes,
-        incidents,
+        incidents: incidents
+            .into_iter()
+            .map(|mut i| {
+                i.cause_message = i.cause_message.map(|m| redact(&m, &site.url));
+                i
+            })
+            .collect(),
     })
 }
 
@@ -1283,6 +1300,12 @@ mod tests {
             "GET https://u:***@h.example/x?*** failed"
         );
         assert_eq!(redact("nothing secret", &url), "nothing secret");
+        // Other URLs (a redirect target) lose theirs too.
+        let other = url::Url::parse("https://plain.example/").unwrap();
+        assert_eq!(
+            redact("redirected to http://a:b@x.example/p?k=v then", &other),
+            "redirected to http://a:***@x.example/p?*** then"
+        );
     }
 
     #[test]
