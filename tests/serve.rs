@@ -730,7 +730,7 @@ async fn pages_render_in_headless_chromium_at_desktop_and_phone_width() {
     std::fs::create_dir_all(&dir).unwrap();
     let (_, from, to) = windows(now)[3];
     let beta_90d = svg::pct(uptime(counts(&c, "beta", from, to).await));
-    for (name, width, height) in [("desktop", 1280, 1400), ("phone", 390, 2400)] {
+    for (name, width, height) in [("desktop", 1280, 1400), ("phone", 390, 1200)] {
         let dom = tokio::task::spawn_blocking({
             let shot = dir.join(format!("overview-{name}.png"));
             let url = format!("http://{addr}/");
@@ -751,7 +751,7 @@ async fn pages_render_in_headless_chromium_at_desktop_and_phone_width() {
         let dom = tokio::task::spawn_blocking({
             let shot = dir.join(format!("site-{name}.png"));
             let url = format!("http://{addr}/site/beta");
-            move || chromium(&url, width, height * 2, &shot)
+            move || chromium(&url, width, height * 2 - 200, &shot)
         })
         .await
         .unwrap();

@@ -824,17 +824,31 @@ impl Counts {
     }
 }
 
-/// One site of the overview with its bar row.
-#[derive(Debug, Clone)]
-pub struct OverviewRow {
-    pub summary: SiteSummary,
-    pub bars: Vec<super::svg::DayBar>,
-}
-
-/// Everything the overview shows: `/api/v1/sites` and the rows with their bars.
+/// Everything the overview shows: `/api/v1/sites`, and the bar rows of the sites a page
+/// shows (drawn only for those).
 pub struct Overview {
     pub json: SitesJson,
-    pub rows: Vec<OverviewRow>,
+    counts: Counts,
+    bar_from: i64,
+}
+
+impl Overview {
+    /// The 90 days of `site`'s bar row, oldest first.
+    pub fn bars(&self, site: &str) -> Vec<super::svg::DayBar> {
+        (0..BAR_DAYS)
+            .map(|i| {
+                let start = self.bar_from + i * DAY_US;
+                let day = self.counts.day(site, start).cloned().unwrap_or_default();
+                super::svg::DayBar {
+                    day: time(start).format("%Y-%m-%d").to_string(),
+                    checks: day.checks,
+                    uptime_pct: day.uptime_pct(),
+                    incidents: self.counts.incidents(site, start, start + DAY_US),
+                    maintenance: day.maintenance,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The overview of every visible site at `now`: one query per table, whatever the number of
@@ -857,54 +871,42 @@ pub async fn overview(
     let days = BAR_DAYS.max(longest_slo_days);
     let from_day = days_period(now, days).from_us;
     let (counts, states) = Counts::read(cache, db, &names, from_day, now).await?;
-    let bar_period = days_period(now, BAR_DAYS);
-    let mut rows = Vec::with_capacity(sites.len());
-    for site in &sites {
-        let uptime: UptimeJson = Window::ALL
-            .iter()
-            .map(|w| {
-                (
-                    w.name(),
-                    counts.summary(&site.name, &w.period(now)).uptime_pct(),
-                )
-            })
-            .collect();
-        let slo = site.slo.as_ref().and_then(|slo| {
-            let period = slo_period(slo.window, now);
-            slo_json(site, &counts.summary(&site.name, &period), &period)
-        });
-        let summary = summary_of(config, site, states.get(&site.name), uptime, slo, now);
-        let bars = (0..BAR_DAYS)
-            .map(|i| {
-                let start = bar_period.from_us + i * DAY_US;
-                let day = counts.day(&site.name, start).cloned().unwrap_or_default();
-                super::svg::DayBar {
-                    day: time(start).format("%Y-%m-%d").to_string(),
-                    checks: day.checks,
-                    uptime_pct: day.uptime_pct(),
-                    incidents: counts.incidents(&site.name, start, start + DAY_US),
-                    maintenance: day.maintenance,
-                }
-            })
-            .collect();
-        rows.push(OverviewRow { summary, bars });
-    }
+    let periods: Vec<(&str, Period)> = Window::ALL
+        .iter()
+        .map(|w| (w.name(), w.period(now)))
+        .collect();
+    let summaries: Vec<SiteSummary> = sites
+        .iter()
+        .map(|site| {
+            let uptime: UptimeJson = periods
+                .iter()
+                .map(|(name, p)| (*name, counts.summary(&site.name, p).uptime_pct()))
+                .collect();
+            let slo = site.slo.as_ref().and_then(|slo| {
+                let period = slo_period(slo.window, now);
+                slo_json(site, &counts.summary(&site.name, &period), &period)
+            });
+            summary_of(config, site, states.get(&site.name), uptime, slo, now)
+        })
+        .collect();
     let count = |state: &str| {
-        rows.iter()
-            .filter(|r| r.summary.state.as_deref() == Some(state))
+        summaries
+            .iter()
+            .filter(|s| s.state.as_deref() == Some(state))
             .count()
     };
     let json = SitesJson {
         generated_at: rfc3339(now),
         down: count("down"),
         degraded: count("degraded"),
-        in_maintenance: rows
-            .iter()
-            .filter(|r| r.summary.maintenance.is_some())
-            .count(),
-        sites: rows.iter().map(|r| r.summary.clone()).collect(),
+        in_maintenance: summaries.iter().filter(|s| s.maintenance.is_some()).count(),
+        sites: summaries,
     };
-    Ok(Overview { json, rows })
+    Ok(Overview {
+        json,
+        counts,
+        bar_from: days_period(now, BAR_DAYS).from_us,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -65,12 +65,16 @@ fn state_class(state: Option<&str>, maintenance: bool) -> &'static str {
     }
 }
 
-fn state_label(s: &SiteSummary) -> String {
-    match (&s.maintenance, s.state.as_deref()) {
-        (Some(name), Some(state)) => format!("{state} · maintenance {name}"),
-        (Some(name), None) => format!("maintenance {name}"),
-        (None, Some(state)) => state.to_owned(),
-        (None, None) => "no data".to_owned(),
+/// The state as shown: `up`, `down · maintenance` with the window's name as written.
+fn state_label(s: &SiteSummary) -> Markup {
+    html! {
+        @match s.state.as_deref() {
+            Some(state) => { (state) }
+            None => { "no data" }
+        }
+        @if let Some(name) = &s.maintenance {
+            " · maintenance " span.win { (name) }
+        }
     }
 }
 
@@ -179,7 +183,13 @@ pub fn rank(s: &SiteSummary) -> u8 {
 
 /// The overview: a banner, then one card per site of `page` (1-based) with its state, uptime
 /// per window, SLO, and the 90-day bar row.
-pub fn overview(json: &SitesJson, rows: &[&api::OverviewRow], page: usize, pages: usize) -> Markup {
+pub fn overview(
+    overview: &api::Overview,
+    shown: &[&SiteSummary],
+    page: usize,
+    pages: usize,
+) -> Markup {
+    let json = &overview.json;
     let body = html! {
         h1 { "Status" }
         (banner(json))
@@ -189,8 +199,7 @@ pub fn overview(json: &SitesJson, rows: &[&api::OverviewRow], page: usize, pages
         }
         @if pages > 1 { (pager(page, pages)) }
         div.sites {
-            @for row in rows {
-                @let s = &row.summary;
+            @for s in shown {
                 section class={ "site " (state_class(s.state.as_deref(), s.maintenance.is_some())) } {
                     div.head {
                         a.name href=(site_href(&s.site)) { (s.site) }
@@ -204,7 +213,7 @@ pub fn overview(json: &SitesJson, rows: &[&api::OverviewRow], page: usize, pages
                         }
                     }
                     div.slo { (slo_cell(s)) }
-                    (PreEscaped(svg::day_bars(&format!("{}: the last 90 days", s.site), &row.bars)))
+                    (PreEscaped(svg::day_bars(&format!("{}: the last 90 days", s.site), &overview.bars(&s.site))))
                     div.axis { span { "90 days ago" } span { "today" } }
                 }
             }
@@ -314,8 +323,12 @@ pub fn site(page: &SitePage<'_>) -> Markup {
         }
         p.slo { (slo_cell(s))
             @if let Some(slo) = &s.slo {
-                " · " (format!("{:.1}", slo.budget_left_min)) " min of downtime left · uptime "
-                (svg::pct(slo.uptime_pct)) " % from " (time(&slo.from))
+                @if slo.budget_left_min >= 0.0 {
+                    " · " (format!("{:.1}", slo.budget_left_min)) " min of downtime left"
+                } @else {
+                    " · overspent by " (format!("{:.1}", -slo.budget_left_min)) " min"
+                }
+                " · uptime " (svg::pct(slo.uptime_pct)) " % since " (time(&slo.from))
             }
         }
 

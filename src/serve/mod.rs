@@ -219,6 +219,8 @@ pub fn router(state: ServeState) -> Router {
 /// GET and HEAD only (405 with `Allow` otherwise, before any routing), and the security
 /// headers on every answer.
 async fn guard(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let path = request.uri().path().to_owned();
     let mut response = if request.method() == Method::GET || request.method() == Method::HEAD {
         next.run(request).await
     } else {
@@ -249,6 +251,12 @@ async fn guard(request: Request, next: Next) -> Response {
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-cache"));
+    tracing::debug!(
+        path,
+        status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "answered"
+    );
     response
 }
 
@@ -315,8 +323,8 @@ async fn overview_page(
     let overview = api::overview(&state.db, &state.cache, &state.config, now)
         .await
         .map_err(Failure::Html)?;
-    let mut rows: Vec<&api::OverviewRow> = overview.rows.iter().collect();
-    rows.sort_by_key(|r| html::rank(&r.summary));
+    let mut rows: Vec<&api::SiteSummary> = overview.json.sites.iter().collect();
+    rows.sort_by_key(|s| html::rank(s));
     let pages = rows.len().div_ceil(html::PAGE_SIZE).max(1);
     if page == 0 || page as usize > pages {
         return Err(Failure::Html(ApiError::BadRequest(format!(
@@ -324,9 +332,9 @@ async fn overview_page(
         ))));
     }
     let start = (page as usize - 1) * html::PAGE_SIZE;
-    let shown: Vec<&api::OverviewRow> =
+    let shown: Vec<&api::SiteSummary> =
         rows.into_iter().skip(start).take(html::PAGE_SIZE).collect();
-    Ok(html::overview(&overview.json, &shown, page as usize, pages).into_response())
+    Ok(html::overview(&overview, &shown, page as usize, pages).into_response())
 }
 
 async fn site_page(

@@ -197,7 +197,7 @@ pub struct PhaseRow {
     pub means_ms: [Option<f64>; 5],
 }
 
-const STACK_WIDTH: f64 = 600.0;
+const STACK_WIDTH: f64 = 480.0;
 const STACK_LABEL: f64 = 48.0;
 const STACK_ROW: f64 = 26.0;
 const STACK_BAR: f64 = 18.0;
@@ -263,7 +263,8 @@ pub struct Series {
 
 const CHART_WIDTH: f64 = 720.0;
 const CHART_HEIGHT: f64 = 180.0;
-const CHART_LEFT: f64 = 56.0;
+/// Room for the y labels: `500 ms` at 20 px, the size phones get (`sitewatch.css`).
+const CHART_LEFT: f64 = 84.0;
 const CHART_BOTTOM: f64 = 20.0;
 const CHART_TOP: f64 = 8.0;
 
@@ -534,8 +535,8 @@ mod tests {
         let svg = phase_stack(&rows);
         // Zero and missing phases draw nothing: 4 + 3 + 0 segments.
         assert_eq!(svg.matches("<rect ").count(), 7);
-        // The longest row fills the room: 100 ms over 482 units; 10 ms is 48.2.
-        assert!(svg.contains("x=\"48.0\" y=\"0.0\" width=\"48.2\""), "{svg}");
+        // The longest row fills the room: 100 ms over 362 units; 10 ms is 36.2.
+        assert!(svg.contains("x=\"48.0\" y=\"0.0\" width=\"36.2\""), "{svg}");
         assert!(
             svg.contains("<title>7d TTFB: 35.0 ms mean</title>"),
             "{svg}"
@@ -581,8 +582,8 @@ mod tests {
         // Two points then a gap: one polyline; a lone point: a circle each.
         assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
         assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
-        // Top of the axis: 50 ms → 50 (nice), x from 56 to 716 in 5 steps.
-        assert!(svg.contains("points=\"56.0,129.6 188.0,99.2\""), "{svg}");
+        // Top of the axis: 50 ms → 50 (nice), x from 84 to 716 in 5 steps.
+        assert!(svg.contains("points=\"84.0,129.6 210.4,99.2\""), "{svg}");
         assert!(svg.contains(">50.0 ms</text>"), "{svg}");
         assert_eq!(svg.matches("class=\"grid\"").count(), 5);
     }
