@@ -271,7 +271,7 @@ const CHART_TOP: f64 = 8.0;
 /// The y-axis top: the smallest of 1, 2, 2.5, 5 × 10^k at or above `max` (0 for an empty chart
 /// is drawn as 1).
 pub fn nice_ceiling(max: f64) -> f64 {
-    if !(max > 0.0) || !max.is_finite() {
+    if max.is_nan() || max <= 0.0 || !max.is_finite() {
         return 1.0;
     }
     let magnitude = 10f64.powf(max.log10().floor());
