@@ -130,13 +130,29 @@ pub async fn produce(
                 "file change"
             }
         };
-        // Lua evaluation and starting hook workers block: keep them off the runtime's threads.
+        // Lua evaluation and starting hook workers block: keep them off the runtime's threads,
+        // on a plain thread rather than a blocking task (the runtime would wait for that at
+        // shutdown), and keep listening for shutdown meanwhile. Both steps are bounded by the
+        // load wall-clock limit.
         let (path, current, prober) = (
             options.config_path.clone(),
             version.clone(),
             Arc::clone(&prober),
         );
-        let loaded = tokio::task::spawn_blocking(move || load_again(&path, &current, prober)).await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sitewatch-reload".into())
+            .spawn(move || {
+                let _ = reply.send(load_again(&path, &current, prober));
+            });
+        let loaded = match spawned {
+            Err(error) => Err(error.to_string()),
+            Ok(_) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = fatal.cancelled() => break,
+                loaded = answer => loaded.map_err(|_| "the reload thread stopped".to_string()),
+            },
+        };
         match loaded {
             Ok(Ok(None)) => tracing::debug!(trigger = why, "configuration unchanged"),
             Ok(Ok(Some((config, checker)))) => {
@@ -158,9 +174,9 @@ pub async fn produce(
                     "reload failed, keeping the running configuration:\n{error}"
                 );
             }
-            Err(join) => {
+            Err(error) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "failed").increment(1);
-                tracing::error!(trigger = why, %join, "reload failed, keeping the running configuration");
+                tracing::error!(trigger = why, %error, "reload failed, keeping the running configuration");
             }
         }
     }

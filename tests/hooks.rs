@@ -581,7 +581,9 @@ async fn message_handlers_cannot_escape_the_budget() {
     let hooks = [
         format!("function(r) xpcall({spin}, {spin}) end"),
         format!("function(r) xpcall(error, {spin}) end"),
-        format!("function(r) return xpcall({spin}, function(e) return xpcall({spin}, {spin}) end) end"),
+        format!(
+            "function(r) return xpcall({spin}, function(e) return xpcall({spin}, {spin}) end) end"
+        ),
         format!("function(r) while true do xpcall({spin}, {spin}) end end"),
         format!("function(r) error(setmetatable({{}}, {{ __tostring = {spin} }})) end"),
     ];
@@ -596,7 +598,30 @@ async fn message_handlers_cannot_escape_the_budget() {
         let started = Instant::now();
         let verdict = pool.call(name, 0, input(name)).await;
         assert_fails(&verdict, "hook exceeded its instruction budget");
-        assert!(started.elapsed() < PROMPT, "{name} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < PROMPT,
+            "{name} took {:?}",
+            started.elapsed()
+        );
         good_still_works(&pool).await;
     }
+}
+
+/// A worker whose evaluation is stuck inside one library call is abandoned once the load
+/// wall-clock limit has passed: starting the pool fails instead of hanging.
+#[test]
+fn start_gives_up_on_an_evaluation_stuck_in_a_library_call() {
+    let text = "local _ = string.find(string.rep('a', 700), '.-.-.-b')\n";
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(HookPool::start(&source(text), limits(1)).map(|_| ()));
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(40))
+        .expect("HookPool::start still running after 40s");
+    let err = result.unwrap_err();
+    assert!(matches!(err, HookError::StartTimeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("within 20s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(40));
 }

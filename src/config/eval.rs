@@ -106,6 +106,7 @@ pub(crate) fn evaluate(sandbox: &Sandbox, source: &ConfigSource) -> Evaluation {
         return failed_setup(&main_file, e);
     }
     let _ = sandbox.set_memory_limit(LOAD_MEMORY_LIMIT);
+    sandbox.track_calls(true);
     sandbox
         .budget
         .arm(LOAD_INSTRUCTION_BUDGET, LOAD_WALL_TIME, true);
@@ -116,6 +117,7 @@ pub(crate) fn evaluate(sandbox: &Sandbox, source: &ConfigSource) -> Evaluation {
         .set_mode(ChunkMode::Text)
         .exec();
     let trip = sandbox.budget.disarm();
+    sandbox.track_calls(false);
     let last_location = sandbox.budget.last_location();
     let mut eval = std::mem::take(&mut state.borrow_mut().eval);
     if let Err(error) = result {

@@ -30,6 +30,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::lua::sandbox::{Sandbox, LOAD_MEMORY_LIMIT, LOAD_WALL_TIME};
+use crate::lua::stuck::{self, Unfinished, STUCK_GRACE};
+
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, ErrorSubject};
 pub use types::*;
 
@@ -65,16 +68,80 @@ pub fn scripts_dir(config_path: &Path) -> PathBuf {
 
 /// Evaluates and validates `text` as if read from `path_label` (used in messages and to resolve
 /// relative TLS paths), loading scripts from `scripts_dir`.
+///
+/// Runs on a thread of its own so the documented wall-clock limit holds even when the file is
+/// stuck inside one library call, where the instruction hook cannot stop it: such an evaluation
+/// is abandoned (see `crate::lua::stuck`) and reported as a limit error at the line it was on.
 pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Config, ConfigErrors> {
-    let source = Arc::new(ConfigSource {
+    let source = ConfigSource {
         path: path_label.to_path_buf(),
         text: text.to_string(),
         scripts_dir: scripts_dir.to_path_buf(),
         scripts: Default::default(),
-    });
-    let evaluation = match crate::lua::sandbox::Sandbox::new(crate::lua::sandbox::LOAD_MEMORY_LIMIT)
-    {
-        Ok(sandbox) => eval::evaluate(&sandbox, &source),
+    };
+    let main_file = path_label.display().to_string();
+    let (cell_tx, cell_rx) = std::sync::mpsc::channel();
+    let outcome = stuck::run_isolated(
+        "sitewatch-config",
+        LOAD_WALL_TIME + STUCK_GRACE,
+        move || evaluate_and_validate(source, cell_tx),
+    );
+    let at_start = || Location {
+        file: main_file.clone(),
+        line: 0,
+    };
+    let limit = |location: Location, limit: String| {
+        Err(ConfigErrors::from(ConfigError::at(
+            &location,
+            ConfigErrorKind::Limit { limit },
+        )))
+    };
+    match outcome {
+        Ok(result) => result,
+        Err(Unfinished::TimedOut) => {
+            let location = cell_rx
+                .try_recv()
+                .ok()
+                .and_then(|cell| cell.lock().clone())
+                .unwrap_or_else(at_start);
+            limit(
+                location,
+                format!(
+                    "took longer than {}s (stuck inside one library call, such as a Lua pattern \
+                     that backtracks; it was abandoned)",
+                    LOAD_WALL_TIME.as_secs()
+                ),
+            )
+        }
+        Err(Unfinished::TooManyStuck) => limit(
+            at_start(),
+            format!(
+                "refused: {} earlier evaluations are still stuck inside a library call; restart \
+                 sitewatch",
+                stuck::abandoned()
+            ),
+        ),
+        Err(Unfinished::Spawn(e)) => Err(ConfigErrors::from(ConfigError::new(
+            Some(at_start()),
+            None,
+            ConfigErrorKind::Sandbox {
+                message: format!("cannot start the evaluating thread: {e}"),
+            },
+        ))),
+    }
+}
+
+/// The evaluation and validation [`load_str`] runs on its own thread; `location_cell` receives
+/// where the evaluation is, for a report if it gets stuck.
+fn evaluate_and_validate(
+    source: ConfigSource,
+    location_cell: std::sync::mpsc::Sender<LocationCell>,
+) -> Result<Config, ConfigErrors> {
+    let path_label = source.path.clone();
+    let text = source.text.clone();
+    let source = Arc::new(source);
+    let sandbox = match Sandbox::new(LOAD_MEMORY_LIMIT) {
+        Ok(sandbox) => sandbox,
         Err(e) => {
             return Err(ConfigErrors::from(ConfigError::new(
                 None,
@@ -85,7 +152,9 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
             )))
         }
     };
-    let (validated, mut errors) = validate::validate(&evaluation, &base_dir(path_label));
+    let _ = location_cell.send(sandbox.budget.location_cell());
+    let evaluation = eval::evaluate(&sandbox, &source);
+    let (validated, mut errors) = validate::validate(&evaluation, &base_dir(&path_label));
     let mut all = evaluation.errors;
     all.append(&mut errors);
     if !all.is_empty() {
@@ -102,13 +171,16 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
         ..ConfigSource::clone(&source)
     });
     Ok(Config {
-        version: version(text, &evaluation.scripts, &validated.sites),
+        version: version(&text, &evaluation.scripts, &validated.sites),
         sites: validated.sites,
         source,
         notifiers: validated.notifiers,
         maintenance: validated.maintenance,
     })
 }
+
+/// Where a running evaluation is (see `Budget::location_cell`).
+type LocationCell = Arc<parking_lot::Mutex<Option<Location>>>;
 
 /// The directory `sites.lua` is in (`.` for a bare file name).
 fn base_dir(path: &Path) -> PathBuf {

@@ -32,6 +32,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::config::{ConfigErrors, ConfigSource};
+use crate::lua::sandbox::LOAD_WALL_TIME;
+use crate::lua::stuck;
 use crate::probe::CertInfo;
 use crate::result::Timings;
 pub use verdict::{HookVerdict, MAX_METRICS, MAX_REASON_LEN};
@@ -47,7 +49,7 @@ pub const DEFAULT_HOOK_MEMORY: usize = 32 * 1024 * 1024;
 /// How long past its wall time a call may go before the watchdog answers for it: the instruction
 /// hook normally stops a call within microseconds of its deadline, so a call this late is stuck
 /// inside one library function.
-pub const STUCK_GRACE: Duration = Duration::from_secs(1);
+pub const STUCK_GRACE: Duration = stuck::STUCK_GRACE;
 /// How often the watchdog looks for stuck calls.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
 
@@ -108,6 +110,8 @@ pub enum HookError {
     Inconsistent { path: PathBuf },
     #[error("cannot start hook worker thread")]
     Spawn(#[source] std::io::Error),
+    #[error("hook workers did not finish evaluating {path} within {}s (stuck inside a library call?)", limit.as_secs())]
+    StartTimeout { path: PathBuf, limit: Duration },
     #[error("hook worker {worker} stopped while starting")]
     WorkerLost { worker: usize },
     #[error("invalid hook limits: {0}")]
@@ -127,6 +131,20 @@ struct Job {
 #[derive(Default)]
 struct Slot {
     current: Mutex<Option<Busy>>,
+    phase: Mutex<Phase>,
+}
+
+/// Where a worker thread is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Phase {
+    /// Evaluating the configuration.
+    #[default]
+    Starting,
+    /// Taking calls from the queue.
+    Serving,
+    /// Given up on while stuck (counted by `crate::lua::stuck` until it returns); it exits as
+    /// soon as it can.
+    Abandoned,
 }
 
 /// The call in progress on a worker.
@@ -191,16 +209,37 @@ impl HookPool {
             let ready_tx = ready_tx.clone();
             std::thread::Builder::new()
                 .name(format!("sitewatch-hook-{worker}"))
+                .stack_size(stuck::EVALUATION_STACK)
                 .spawn(move || worker_main(worker, source, limits, queue, slot, ready_tx))
                 .map_err(HookError::Spawn)?;
         }
         drop(ready_tx);
 
         let mut table: Option<Vec<(String, usize)>> = None;
+        // Evaluating is bounded like loading the configuration; a worker stuck past that inside
+        // one library call is abandoned.
+        let deadline = Instant::now() + LOAD_WALL_TIME + STUCK_GRACE;
         for _ in 0..limits.workers {
-            let (worker, ready) = ready_rx
-                .recv()
-                .map_err(|_| HookError::WorkerLost { worker: 0 })?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (worker, ready) = match ready_rx.recv_timeout(left) {
+                Ok(ready) => ready,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    for slot in &slots {
+                        let mut phase = slot.phase.lock();
+                        if *phase == Phase::Starting {
+                            *phase = Phase::Abandoned;
+                            stuck::abandon();
+                        }
+                    }
+                    return Err(HookError::StartTimeout {
+                        path: source.path.clone(),
+                        limit: LOAD_WALL_TIME,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(HookError::WorkerLost { worker: 0 })
+                }
+            };
             let sites = ready.map_err(|e| match e {
                 HookError::WorkerLost { .. } => HookError::WorkerLost { worker },
                 other => other,
@@ -282,10 +321,21 @@ fn worker_main(
     let mut worker = match Worker::new(&source, &limits) {
         Ok(worker) => worker,
         Err(e) => {
+            if *slot.phase.lock() == Phase::Abandoned {
+                stuck::recovered();
+            }
             let _ = ready.send((id, Err(e)));
             return;
         }
     };
+    {
+        let mut phase = slot.phase.lock();
+        if *phase == Phase::Abandoned {
+            stuck::recovered();
+            return;
+        }
+        *phase = Phase::Serving;
+    }
     let _ = ready.send((id, Ok(worker.site_table())));
     drop(ready);
     loop {

@@ -11,10 +11,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use mlua::{
-    ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table,
+    ChunkMode, DebugEvent, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table,
     Value, VmState,
 };
 
@@ -56,6 +59,52 @@ local log_info = log.info
 G.dofile, G.loadfile, G.collectgarbage, G.rawset, G.warn = nil, nil, nil, nil, nil
 string.dump = nil
 getmetatable("").__metatable = false
+
+-- Library loops that run no Lua instruction cannot be stopped by the budget. Two never end for
+-- some arguments: string.rep copies nothing n times for an empty string and separator, and
+-- table.move over a huge range of a plain table moves nils for ever. The wrappers keep Lua's
+-- results and errors; the long cases return at once or go in budgeted chunks.
+do
+  local rep, move, tointeger, maxinteger = string.rep, table.move, math.tointeger, math.maxinteger
+  local rawequal = rawequal
+  local MOVE_CHUNK = 4096
+  string.rep = function(s, n, sep)
+    if s == "" and (sep == nil or sep == "") and tointeger(n) then return "" end
+    return rep(s, n, sep)
+  end
+  table.move = function(a1, f, e, t, a2)
+    local fi, ei, ti = tointeger(f), tointeger(e), tointeger(t)
+    if not (fi and ei and ti) or ei - fi < MOVE_CHUNK or ei - fi == maxinteger then
+      return move(a1, f, e, t, a2)
+    end
+    -- Checks the tables the way Lua does, on an empty range.
+    move(a1, fi, fi - 1, ti, a2)
+    if ti > maxinteger - (ei - fi) then
+      error("bad argument #4 to 'move' (destination wrap around)", 2)
+    end
+    if ti > fi and ti <= ei and (a2 == nil or rawequal(a1, a2) or a1 == a2) then
+      local hi = ei
+      while true do
+        local lo = fi
+        if hi - fi >= MOVE_CHUNK then lo = hi - MOVE_CHUNK + 1 end
+        move(a1, lo, hi, ti + (lo - fi), a2)
+        if lo == fi then break end
+        hi = lo - 1
+      end
+    else
+      local lo = fi
+      while true do
+        local hi = ei
+        if ei - lo >= MOVE_CHUNK then hi = lo + MOVE_CHUNK - 1 end
+        move(a1, lo, hi, ti + (lo - fi), a2)
+        if hi == ei then break end
+        lo = hi + 1
+      end
+    end
+    if a2 == nil then return a1 end
+    return a2
+  end
+end
 
 -- A budget error must not be swallowed by pcall: re-raise it once the protected call returns.
 local function settle(ok, ...)
@@ -143,9 +192,10 @@ pub(crate) struct Budget {
     /// Set once a limit is broken; stays set (and keeps raising) until disarmed, so `pcall`
     /// cannot swallow it.
     tripped: Cell<Option<Trip>>,
-    /// At load time the position of the last check is kept, to place a memory error.
+    /// At load time the position of the last check is kept, to place a memory error — and, shared
+    /// with the thread waiting for the evaluation, a call stuck past the wall-clock limit.
     track_location: Cell<bool>,
-    last_location: RefCell<Option<Location>>,
+    last_location: Arc<Mutex<Option<Location>>>,
 }
 
 impl Budget {
@@ -154,7 +204,7 @@ impl Budget {
         self.deadline.set(Instant::now().checked_add(wall_time));
         self.tripped.set(None);
         self.track_location.set(track_location);
-        self.last_location.borrow_mut().take();
+        self.last_location.lock().take();
         self.armed.set(true);
     }
 
@@ -170,7 +220,13 @@ impl Budget {
 
     /// Where Lua code was running at the last check (only when armed with `track_location`).
     pub(crate) fn last_location(&self) -> Option<Location> {
-        self.last_location.borrow().clone()
+        self.last_location.lock().clone()
+    }
+
+    /// The cell [`Budget::last_location`] reads, for another thread to read it while this one is
+    /// stuck inside a library call.
+    pub(crate) fn location_cell(&self) -> Arc<Mutex<Option<Location>>> {
+        Arc::clone(&self.last_location)
     }
 
     fn on_check(&self, debug: &mlua::Debug) -> mlua::Result<VmState> {
@@ -201,6 +257,23 @@ impl Budget {
         }
     }
 
+    /// A function is being called: when it is library code (a C function, or sitewatch's own
+    /// Lua such as the wrapped `table.move`), its caller's position is where the evaluation
+    /// will be until it returns.
+    fn on_call(&self, lua: &Lua, debug: &mlua::Debug) {
+        if !self.armed.get() || !self.track_location.get() {
+            return;
+        }
+        let source = debug.source();
+        let user_code = source.source.as_deref().is_some_and(|s| s.starts_with('@'));
+        if user_code {
+            return;
+        }
+        if let Some(caller) = lua.inspect_stack(1) {
+            self.record_location(&caller);
+        }
+    }
+
     fn record_location(&self, debug: &mlua::Debug) {
         let line = debug.curr_line();
         let source = debug.source();
@@ -210,7 +283,7 @@ impl Budget {
         if line <= 0 {
             return;
         }
-        let mut last = self.last_location.borrow_mut();
+        let mut last = self.last_location.lock();
         match last.as_mut() {
             Some(location) if location.file == file => location.line = line as u32,
             _ => {
@@ -221,6 +294,22 @@ impl Budget {
             }
         }
     }
+}
+
+/// Installs the hook that enforces `budget` (and, with `calls`, records call sites).
+fn set_budget_hook(lua: &Lua, budget: &Rc<Budget>, calls: bool) {
+    let budget = Rc::clone(budget);
+    let mut triggers = HookTriggers::new().every_nth_instruction(CHECK_EVERY);
+    if calls {
+        triggers = triggers.on_calls();
+    }
+    lua.set_hook(triggers, move |lua, debug| match debug.event() {
+        DebugEvent::Call | DebugEvent::TailCall => {
+            budget.on_call(lua, &debug);
+            Ok(VmState::Continue)
+        }
+        _ => budget.on_check(&debug),
+    });
 }
 
 fn trip_error(trip: Trip) -> mlua::Error {
@@ -253,11 +342,7 @@ impl Sandbox {
         lua.set_memory_limit(memory_limit)?;
         let memory_limit = Rc::new(Cell::new(memory_limit));
         let budget = Rc::new(Budget::default());
-        let hook_budget = Rc::clone(&budget);
-        lua.set_hook(
-            HookTriggers::new().every_nth_instruction(CHECK_EVERY),
-            move |_, debug| hook_budget.on_check(&debug),
-        );
+        set_budget_hook(&lua, &budget, false);
         let current_site = Rc::new(RefCell::new(String::new()));
         let globals = lua.globals();
         globals.raw_set("json", json_table(&lua, &memory_limit)?)?;
@@ -269,8 +354,7 @@ impl Sandbox {
             None => Ok(()),
         })?;
         let tripped_budget = Rc::clone(&budget);
-        let tripped =
-            lua.create_function(move |_, ()| Ok(tripped_budget.tripped().is_some()))?;
+        let tripped = lua.create_function(move |_, ()| Ok(tripped_budget.tripped().is_some()))?;
         let freeze: Function = lua
             .load(PRELUDE)
             .set_name("=sitewatch prelude")
@@ -290,6 +374,13 @@ impl Sandbox {
         self.lua.set_memory_limit(bytes)?;
         self.memory_limit.set(bytes);
         Ok(())
+    }
+
+    /// Also records where each library function is called from, so an evaluation stuck inside
+    /// one can be placed (the instruction count alone may not have run yet). For loading only:
+    /// a hook on every call costs too much for hook calls.
+    pub(crate) fn track_calls(&self, on: bool) {
+        set_budget_hook(&self.lua, &self.budget, on);
     }
 
     /// Makes globals and library tables read-only; for hook workers, after evaluation.
@@ -575,6 +666,67 @@ mod tests {
         assert_eq!(got, "ok");
         let got = run_bounded("xpcall(print, nil)");
         assert!(got.contains("bad argument #2"), "{got}");
+    }
+
+    #[test]
+    fn endless_library_loops_are_bounded() {
+        let cases = [
+            // Lua would copy nothing 2^62 times.
+            (
+                "assert(string.rep('', 1 << 62) == '' and (''):rep(1 << 62, '') == '')",
+                "ok",
+            ),
+            (
+                "assert(string.rep('', -1) == '' and string.rep('ab', 3, ',') == 'ab,ab,ab')",
+                "ok",
+            ),
+            (
+                "assert(string.rep(5, 2) == '55' and string.rep('', '3') == '')",
+                "ok",
+            ),
+            (
+                "string.rep('', 1.5)",
+                "number has no integer representation",
+            ),
+            // A plain table moved over a huge range runs in budgeted chunks.
+            ("table.move({}, 1, 1 << 62, 2)", "budget"),
+            (
+                "table.move({}, 1, math.maxinteger, 2)",
+                "destination wrap around",
+            ),
+            (
+                "table.move({}, math.mininteger, math.maxinteger, 1)",
+                "too many elements to move",
+            ),
+            (
+                "table.move(nil, 1, 1 << 40, 2)",
+                "bad argument #1 to 'move'",
+            ),
+        ];
+        for (code, want) in cases {
+            let mut got = run_bounded(code);
+            // Instructions or time, whichever a loaded machine breaks first.
+            if got == "Instructions" || got == "WallTime" {
+                got = "budget".into();
+            }
+            assert!(got.contains(want), "{code}: got {got}");
+        }
+        // Chunked moves give what Lua's own loop gives, overlapping or not.
+        let got = run_bounded(
+            "local n = 10000 \
+             local function fill() local t = {} for i = 1, n do t[i] = i end return t end \
+             local up = table.move(fill(), 1, n, 3) \
+             assert(up[1] == 1 and up[2] == 2 and up[3] == 1 and up[n + 2] == n, 'up') \
+             local down = table.move(fill(), 3, n, 1) \
+             assert(down[1] == 3 and down[n - 2] == n and down[n] == n, 'down') \
+             local far = table.move(fill(), 1, n, 5001) \
+             assert(far[5001] == 1 and far[n + 5000] == n and far[5000] == 5000, 'far') \
+             local other = table.move(fill(), 1, n, 1, {}) \
+             assert(#other == n and other[n] == n, 'other') \
+             local back = table.move(fill(), 1, n, 5001) \
+             assert(back[5001] == 1 and back[10000] == 5000, 'back')",
+        );
+        assert_eq!(got, "ok");
     }
 
     #[test]
