@@ -14,7 +14,7 @@ pub const DEFAULT_GROUP: &str = "sitewatch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("cannot read env file {path}: {source}")]
+    #[error("cannot read env file {path}")]
     EnvFile {
         path: PathBuf,
         #[source]

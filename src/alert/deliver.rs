@@ -13,6 +13,7 @@
 //! alert objects (labels identify the incident; `endsAt` on resolve), and every open incident
 //! is re-sent every [`ALERTMANAGER_RESEND`], as Alertmanager clients must.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use serde_json::json;
@@ -175,7 +176,8 @@ impl Sender {
         headers: &[(String, String)],
     ) -> Result<(), String> {
         if self.mode == Mode::Print {
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "{} POST {url} Idempotency-Key: {dedup_key}\n{body}",
                 self.notifier.name
             );

@@ -25,6 +25,7 @@ pub mod notice;
 pub mod outbox;
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -304,8 +305,22 @@ impl AlertWriter {
                     _ => serde_json::to_string(&notice).map_err(|e| e.to_string()),
                 };
                 match body {
-                    Ok(body) => println!("{name} {} {}\n{body}", notice.kind, notice.dedup_key),
-                    Err(error) => println!("{name} {} {}: {error}", notice.kind, notice.dedup_key),
+                    Ok(body) => {
+                        let _ = writeln!(
+                            std::io::stdout(),
+                            "{name} {} {}\n{body}",
+                            notice.kind,
+                            notice.dedup_key
+                        );
+                    }
+                    Err(error) => {
+                        let _ = writeln!(
+                            std::io::stdout(),
+                            "{name} {} {}: {error}",
+                            notice.kind,
+                            notice.dedup_key
+                        );
+                    }
                 }
             }
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sitewatch::alert::AlertOptions;
 use sitewatch::consume::{self, ConsumeOptions};
@@ -253,11 +254,13 @@ pub struct ConsumeArgs {
     /// Do not apply pending migrations at startup.
     #[arg(long)]
     no_migrate: bool,
-    /// Messages per transaction at most.
-    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_ROWS)]
+    /// Messages per transaction at most (1-100000).
+    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_ROWS,
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
     batch_rows: usize,
-    /// Milliseconds a batch may wait to fill before it is written.
-    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_WAIT.as_millis() as u64)]
+    /// Milliseconds a batch may wait for more messages while they keep arriving (0-60000).
+    #[arg(long, default_value_t = consume::DEFAULT_MAX_BATCH_WAIT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
     batch_wait_ms: u64,
 }
 
@@ -384,20 +387,25 @@ pub struct ProduceArgs {
     /// Probe only shard i of n (stable hash of the site name), e.g. 0/3.
     #[arg(long, default_value = "0/1", value_name = "I/N")]
     shard: Shard,
-    /// Checks running at once, all sites together.
-    #[arg(long, default_value_t = schedule::DEFAULT_MAX_CONCURRENCY)]
+    /// Checks running at once, all sites together (1-100000).
+    #[arg(long, default_value_t = schedule::DEFAULT_MAX_CONCURRENCY,
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
     max_concurrency: usize,
-    /// Checks running at once against one host:port.
-    #[arg(long, default_value_t = schedule::DEFAULT_MAX_PER_HOST)]
+    /// Checks running at once against one host:port (1-10000).
+    #[arg(long, default_value_t = schedule::DEFAULT_MAX_PER_HOST,
+          value_parser = clap::value_parser!(u64).range(1..=10_000).map(|n| n as usize))]
     max_per_host: usize,
-    /// Partitions of the topic when sitewatch creates it.
-    #[arg(long, default_value_t = TopicSpec::default().partitions)]
+    /// Partitions of the topic when sitewatch creates it (1-10000).
+    #[arg(long, default_value_t = TopicSpec::default().partitions,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
     topic_partitions: i32,
-    /// Replication factor of the topic when sitewatch creates it.
-    #[arg(long, default_value_t = TopicSpec::default().replication)]
+    /// Replication factor of the topic when sitewatch creates it (1-32).
+    #[arg(long, default_value_t = TopicSpec::default().replication,
+          value_parser = clap::value_parser!(i32).range(1..=32))]
     topic_replication: i32,
-    /// Seconds shutdown waits for queued results to reach Kafka.
-    #[arg(long, default_value_t = publish::DEFAULT_FLUSH_TIMEOUT.as_secs())]
+    /// Seconds shutdown waits for queued results to reach Kafka (0-3600).
+    #[arg(long, default_value_t = publish::DEFAULT_FLUSH_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
     flush_timeout_secs: u64,
     /// Do not reload when sites.lua or scripts/ change (SIGHUP still reloads).
     #[arg(long)]

@@ -17,8 +17,13 @@ use crate::exit::{fail, Exit};
 /// Loads and validates, printing every error to stderr.
 pub fn load_or_report(path: &Path) -> Result<Config, ConfigErrors> {
     config::load(path).inspect_err(|errors| {
-        eprintln!("{errors}");
-        eprintln!("{}: {} error(s)", path.display(), errors.len());
+        let _ = writeln!(std::io::stderr(), "{errors}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}: {} error(s)",
+            path.display(),
+            errors.len()
+        );
     })
 }
 
@@ -26,7 +31,8 @@ pub fn load_or_report(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn validate(path: &Path) -> Exit {
     match load_or_report(path) {
         Ok(config) => {
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "{}: {} site(s), config version {}",
                 path.display(),
                 config.sites.len(),
@@ -119,9 +125,15 @@ pub async fn migrate(env_file: Option<&PathBuf>) -> Exit {
     match migrated.await {
         Ok(report) => {
             for applied in &report.applied {
-                println!("applied {:04} {}", applied.version, applied.name);
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "applied {:04} {}",
+                    applied.version,
+                    applied.name
+                );
             }
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "{} migration(s) applied, {} already applied",
                 report.applied.len(),
                 report.already_applied
@@ -145,7 +157,7 @@ pub async fn prune(env_file: Option<&PathBuf>, retention: store::Retention) -> E
     match pruned.await {
         Ok(report) => {
             let days: Vec<String> = report.days_dropped.iter().map(|d| d.to_string()).collect();
-            println!(
+            let _ = writeln!(std::io::stdout(), 
                 "dropped {} day partition(s) with {} result(s){}; deleted {} hourly and {} daily rollup(s)",
                 days.len(),
                 report.rows_dropped,
@@ -228,14 +240,16 @@ pub async fn rebuild(
     };
     match rebuilt.await {
         Ok(report) => {
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "rebuilt the rollups of {} day(s) from {} result(s)",
                 report.days_rebuilt.len(),
                 report.rows
             );
             if !report.days_skipped.is_empty() {
                 let days: Vec<String> = report.days_skipped.iter().map(|d| d.to_string()).collect();
-                println!(
+                let _ = writeln!(
+                    std::io::stdout(),
                     "kept the rollups of {} day(s) without raw rows: {}",
                     days.len(),
                     days.join(", ")

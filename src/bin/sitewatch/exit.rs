@@ -1,5 +1,6 @@
 //! The one table of process exit codes, and how each failure maps to one.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use sitewatch::alert::AlertError;
@@ -20,6 +21,9 @@ pub enum Exit {
     ConfigInvalid = 2,
     /// sitewatch's own failure: unreachable broker or database, bad settings, a fatal error.
     Failure = 3,
+    /// The command line itself is wrong (unknown flag, value out of range): EX_USAGE, so it is
+    /// never mistaken for an invalid configuration.
+    Usage = 64,
 }
 
 impl From<Exit> for ExitCode {
@@ -89,7 +93,7 @@ impl Status for crate::telemetry::MetricsError {}
 
 /// Prints the error with its chain of causes and returns its exit code.
 pub fn fail(error: &dyn Status) -> Exit {
-    eprintln!("sitewatch: {}", ErrorChain(error));
+    let _ = writeln!(std::io::stderr(), "sitewatch: {}", ErrorChain(error));
     error.exit()
 }
 

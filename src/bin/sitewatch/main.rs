@@ -8,17 +8,27 @@ mod signals;
 mod telemetry;
 
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use sitewatch::{alert, consume, produce, run};
 
 use cli::{Cli, Command};
 use exit::{fail, finish, Exit};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return match error.use_stderr() {
+                true => Exit::Usage.into(),
+                false => Exit::Ok.into(), // --help, --version
+            };
+        }
+    };
     telemetry::init_tracing(cli.log_format);
     let env_file = cli.env_file.as_ref();
     let exit = match cli.command {
@@ -98,7 +108,10 @@ fn block_on(work: impl Future<Output = Exit>) -> Exit {
     {
         Ok(runtime) => runtime.block_on(work),
         Err(error) => {
-            eprintln!("sitewatch: cannot start the async runtime: {error}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "sitewatch: cannot start the async runtime: {error}"
+            );
             Exit::Failure
         }
     }

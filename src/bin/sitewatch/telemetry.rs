@@ -1,6 +1,8 @@
 //! Logs (tracing to stderr, text or JSON) and the Prometheus endpoint.
 
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cli::LogFormat;
 
@@ -31,14 +33,41 @@ pub fn serve_metrics(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
     Ok(())
 }
 
+/// Logs on stderr: text (coloured only on a terminal, and never with `NO_COLOR` set) or JSON.
+/// Writes go through [`LossyStderr`], so a full disk or a closed pipe never stops monitoring.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(colour)
+        .with_writer(|| LossyStderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Log lines lost because stderr could not take them (full disk, closed pipe).
+pub static LOST_LOG_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// stderr that drops (and counts) what it cannot write instead of failing: logging must never
+/// be what stops a monitor. SIGPIPE is ignored by Rust programs, so a closed pipe is an error
+/// here, not a signal.
+pub struct LossyStderr;
+
+impl Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            LOST_LOG_LINES.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }

@@ -1,0 +1,82 @@
+//! The binary as a newcomer meets it: usage errors, numeric flags out of range, logs written to
+//! a file or a closed pipe. No infrastructure needed.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+fn sitewatch(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sitewatch")
+}
+
+#[test]
+fn usage_errors_exit_64_and_name_the_flag() {
+    let cases: [(&[&str], &str); 7] = [
+        (&["produce", "--max-per-host", "0"], "--max-per-host"),
+        (&["produce", "--max-concurrency", "0"], "--max-concurrency"),
+        (&["run", "--max-per-host", "100001"], "--max-per-host"),
+        (&["consume", "--batch-rows", "0"], "--batch-rows"),
+        (&["produce", "--topic-partitions=0"], "--topic-partitions"),
+        (&["prune", "--older-than", "6m"], "less than an hour"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let out = sitewatch(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let help = sitewatch(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
+}
+
+fn lua_site(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let config = dir.join("sites.lua");
+    std::fs::write(
+        &config,
+        format!(r#"site {{ name = "local", url = "{url}", timeout = "2s" }}"#),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_to_a_file_have_no_colour_and_a_closed_stderr_is_not_fatal() {
+    // A refused connection: the probe logs it at debug, and the check exits 1 (site down).
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}/", support::closed_port());
+    let config = lua_site(dir.path(), &url);
+    let config = config.to_str().unwrap().to_owned();
+    let log = dir.path().join("log.txt");
+    let run = |stderr: Stdio| {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+                .args(["check", "--config", &config])
+                .env("RUST_LOG", "debug")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .status()
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let status = run(Stdio::from(std::fs::File::create(&log).unwrap()));
+    assert_eq!(status.code(), Some(1));
+    let text = std::fs::read(&log).unwrap();
+    assert!(!text.is_empty(), "debug logs were written");
+    assert!(!text.contains(&0x1b), "no escape bytes in a log file");
+
+    // stderr a pipe whose reader is gone: writes fail, the check still runs to its exit code.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = run(Stdio::from(writer));
+    assert_eq!(status.code(), Some(1), "not 101 (panic) or 134 (abort)");
+}
