@@ -157,13 +157,17 @@ pub async fn prune(env_file: Option<&PathBuf>, retention: store::Retention) -> E
     match pruned.await {
         Ok(report) => {
             let days: Vec<String> = report.days_dropped.iter().map(|d| d.to_string()).collect();
-            let _ = writeln!(std::io::stdout(), 
-                "dropped {} day partition(s) with {} result(s){}; deleted {} hourly and {} daily rollup(s)",
+            let listed = match days.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", days.join(", ")),
+            };
+            let (hourly, daily) = (report.hourly_rollups_deleted, report.daily_rollups_deleted);
+            let _ = writeln!(
+                std::io::stdout(),
+                "dropped {} day partition(s) with {} result(s){listed}; \
+                 deleted {hourly} hourly and {daily} daily rollup(s)",
                 days.len(),
                 report.rows_dropped,
-                if days.is_empty() { String::new() } else { format!(" ({})", days.join(", ")) },
-                report.hourly_rollups_deleted,
-                report.daily_rollups_deleted
             );
             Exit::Ok
         }
