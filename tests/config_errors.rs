@@ -1275,3 +1275,26 @@ fn long_library_calls_at_load_time_end_at_the_wall_clock_limit() {
         assert!(started.elapsed() < Duration::from_secs(5), "{text}");
     }
 }
+
+/// A table nested thousands of levels deep is refused by json.encode, not written by a
+/// recursion that overflows the thread's stack (which aborted the whole process).
+#[test]
+fn deeply_nested_tables_do_not_overflow_the_stack() {
+    let cases = [
+        "local t = {} for _ = 1, 5000 do t = { t } end\nlocal _ = json.encode(t)\n",
+        "local t = {} for _ = 1, 100000 do t = { x = t } end\nlocal _ = json.encode(t)\n",
+        "local t = json.null for i = 1, 3000 do t = { [tostring(i)] = t, list = { t } } end\nlocal _ = json.encode({ t })\n",
+    ];
+    let texts: Vec<String> = cases.iter().map(|c| c.to_string()).collect();
+    assert_all_fail_within(
+        &texts,
+        2,
+        "json.encode: tables nested deeper than 128 levels",
+    );
+    // Just inside the limit is fine.
+    let text = "local t = 1 for _ = 1, 127 do t = { t } end\nlocal s = json.encode(t)\nassert(#s == 255)\nsite { name = 'a', url = 'https://a.example/' }\n";
+    load_all_within(&[text.to_string()], LOAD_BOUND)
+        .pop()
+        .unwrap()
+        .unwrap();
+}

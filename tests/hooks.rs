@@ -625,3 +625,22 @@ fn start_gives_up_on_an_evaluation_stuck_in_a_library_call() {
     assert!(err.to_string().contains("within 20s"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(40));
 }
+
+/// Deep tables in a hook: json.encode refuses them instead of overflowing the worker's stack
+/// (which aborted the process), and Lua ↔ Rust recursion through `__tostring` is stopped by
+/// Lua's call depth limit.
+#[tokio::test]
+async fn deep_recursion_fails_the_hook_not_the_process() {
+    let cases = [
+        ("nest", "function(r) local t = {} for _ = 1, 5000 do t = { t } end return json.encode(t) end", "json.encode: tables nested deeper than 128 levels"),
+        ("nestmap", "function(r) local t = {} for _ = 1, 100000 do t = { a = t } end return json.encode(t) end", "json.encode: tables nested deeper than 128 levels"),
+        ("tostring", "function(r) local t t = setmetatable({}, { __tostring = function() log.info(t) return 'x' end }) log.info(t) end", "stack overflow"),
+        ("printed", "function(r) local t t = setmetatable({}, { __tostring = function() print(t) return 'x' end }) print(t) end", "stack overflow"),
+    ];
+    let pool = HookPool::start(&source(&sites(&cases.map(|c| (c.0, c.1)))), limits(1)).unwrap();
+    for (name, _, reason) in cases {
+        let verdict = pool.call(name, 0, input(name)).await;
+        assert_fails(&verdict, reason);
+        good_still_works(&pool).await;
+    }
+}

@@ -1,15 +1,27 @@
-//! `json.decode` for the sandbox, built for the hook hot path.
+//! `json.decode` and `json.encode` for the sandbox, built for the hook hot path and for hostile
+//! input.
 //!
 //! Decoding goes through a reusable [`Tape`]: serde_json parses the text into a flat list of
 //! tokens (no Lua involved, buffers reused between calls), then one protected Lua call builds
 //! the tables from the tape with the raw C API. Going value by value through mlua instead costs
 //! one protected call per table slot once a memory limit is set — about ten times slower for a
 //! typical 2 KB health document.
+//!
+//! Encoding ([`encode`]) walks Lua values in Rust, so it runs no Lua instruction: its own limits
+//! stand in for the budget — nesting depth ([`MAX_ENCODE_DEPTH`]; a deeper table would overflow
+//! the thread's stack), output size (what the Lua heap can still take) and work (every value
+//! written counts as an instruction, through the `charge` callback).
 
 use std::os::raw::c_int;
 
-use mlua::{ffi, Lua, LuaSerdeExt, Value};
+use mlua::{ffi, Lua, LuaSerdeExt, Table, Value};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+/// Deepest nesting `json.encode` writes: the same as the decoder accepts (serde_json's
+/// recursion limit).
+pub(crate) const MAX_ENCODE_DEPTH: usize = 128;
+/// Values written between two calls of the encoder's `charge` callback.
+const ENCODE_CHARGE_EVERY: u64 = 256;
 
 /// Least heap one decoded token takes in Lua (one 16-byte slot); with the state's headroom it
 /// bounds how many tokens are worth parsing before the build would run out of memory anyway.
@@ -253,6 +265,204 @@ impl<'de> Visitor<'de> for Seed<'_> {
         tape.tokens[at] = Token::Object(n);
         Ok(())
     }
+}
+
+/// Why a value could not be encoded.
+#[derive(Debug)]
+pub(crate) enum EncodeError {
+    /// A value JSON has no form for, a cycle, or nesting too deep: the message says which.
+    Invalid(String),
+    /// The text would not fit in `max_len` bytes (the Lua heap's headroom).
+    TooLarge,
+    /// `charge` refused more work (a broken budget).
+    Budget(mlua::Error),
+}
+
+/// `json.encode`: `value` as JSON text of at most `max_len` bytes, object keys sorted. A table
+/// is an array when it has a sequence part or the array metatable `json.decode` gives arrays
+/// (its `1..#t` values are written), else an object (its keys must be strings, numbers or
+/// booleans). Metamethods are not run. `charge(n)` is called as values are written and may
+/// stop the encoding with its error.
+pub(crate) fn encode(
+    lua: &Lua,
+    value: &Value,
+    max_len: usize,
+    charge: &mut dyn FnMut(u64) -> mlua::Result<()>,
+) -> Result<String, EncodeError> {
+    let mut encoder = Encoder {
+        out: String::new(),
+        max_len,
+        array_metatable: lua.array_metatable().to_pointer(),
+        path: Vec::new(),
+        uncharged: 0,
+        charge,
+    };
+    encoder.value(value)?;
+    Ok(encoder.out)
+}
+
+struct Encoder<'a> {
+    out: String,
+    max_len: usize,
+    array_metatable: *const std::ffi::c_void,
+    /// Tables being written, outermost first: the depth, and what makes a cycle.
+    path: Vec<*const std::ffi::c_void>,
+    uncharged: u64,
+    charge: &'a mut dyn FnMut(u64) -> mlua::Result<()>,
+}
+
+impl Encoder<'_> {
+    fn push(&mut self, text: &str) -> Result<(), EncodeError> {
+        if self.out.len() + text.len() > self.max_len {
+            return Err(EncodeError::TooLarge);
+        }
+        self.out.push_str(text);
+        Ok(())
+    }
+
+    fn string(&mut self, text: &str) -> Result<(), EncodeError> {
+        // Quoting needs at least the text and two quotes: refuse before copying a huge string.
+        if self.out.len() + text.len() + 2 > self.max_len {
+            return Err(EncodeError::TooLarge);
+        }
+        let quoted = serde_json::to_string(text).unwrap_or_default();
+        self.push(&quoted)
+    }
+
+    fn value(&mut self, value: &Value) -> Result<(), EncodeError> {
+        self.uncharged += 1;
+        if self.uncharged >= ENCODE_CHARGE_EVERY {
+            (self.charge)(self.uncharged).map_err(EncodeError::Budget)?;
+            self.uncharged = 0;
+        }
+        match value {
+            Value::Nil => self.push("null"),
+            Value::LightUserData(ud) if ud.0.is_null() => self.push("null"),
+            Value::Boolean(b) => self.push(if *b { "true" } else { "false" }),
+            Value::Integer(i) => self.push(&i.to_string()),
+            Value::Number(n) => self.push(&number(*n)),
+            Value::String(s) => {
+                let bytes = s.as_bytes();
+                if self.out.len() + bytes.len() + 2 > self.max_len {
+                    return Err(EncodeError::TooLarge);
+                }
+                self.string(&String::from_utf8_lossy(&bytes))
+            }
+            Value::Table(t) => self.table(t),
+            other => Err(EncodeError::Invalid(format!(
+                "cannot encode a {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    fn table(&mut self, table: &Table) -> Result<(), EncodeError> {
+        let pointer = table.to_pointer();
+        if self.path.contains(&pointer) {
+            return Err(EncodeError::Invalid("a table contains itself".into()));
+        }
+        if self.path.len() >= MAX_ENCODE_DEPTH {
+            return Err(EncodeError::Invalid(format!(
+                "tables nested deeper than {MAX_ENCODE_DEPTH} levels"
+            )));
+        }
+        self.path.push(pointer);
+        let is_array = table.raw_len() > 0
+            || table
+                .metatable()
+                .is_some_and(|mt| mt.to_pointer() == self.array_metatable);
+        let result = if is_array {
+            self.array(table)
+        } else {
+            self.object(table)
+        };
+        self.path.pop();
+        result
+    }
+
+    fn array(&mut self, table: &Table) -> Result<(), EncodeError> {
+        self.push("[")?;
+        for i in 1..=table.raw_len() {
+            if i > 1 {
+                self.push(",")?;
+            }
+            let item: Value = table
+                .raw_get(i)
+                .map_err(|e| EncodeError::Invalid(e.to_string()))?;
+            self.value(&item)?;
+        }
+        self.push("]")
+    }
+
+    fn object(&mut self, table: &Table) -> Result<(), EncodeError> {
+        let mut entries: Vec<(Key, Value)> = Vec::new();
+        let mut invalid = None;
+        let walked = table.for_each(|key: Value, value: Value| {
+            match Key::of(&key) {
+                Some(key) => entries.push((key, value)),
+                None => {
+                    invalid = Some(key.type_name());
+                    return Err(mlua::Error::runtime("stop"));
+                }
+            }
+            Ok(())
+        });
+        if let Some(kind) = invalid {
+            return Err(EncodeError::Invalid(format!(
+                "object keys must be strings, numbers or booleans, not a {kind}"
+            )));
+        }
+        walked.map_err(|e| EncodeError::Invalid(e.to_string()))?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        self.push("{")?;
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if i > 0 {
+                self.push(",")?;
+            }
+            self.string(&key.text())?;
+            self.push(":")?;
+            self.value(value)?;
+        }
+        self.push("}")
+    }
+}
+
+/// An object key, ordered numbers first (by value), then strings (by bytes), then booleans.
+#[derive(Debug, PartialEq, PartialOrd)]
+enum Key {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl Key {
+    fn of(value: &Value) -> Option<Key> {
+        match value {
+            Value::Integer(i) => Some(Key::Number(*i as f64)),
+            Value::Number(n) if n.is_finite() => Some(Key::Number(*n)),
+            Value::String(s) => Some(Key::Text(s.to_string_lossy())),
+            Value::Boolean(b) => Some(Key::Bool(*b)),
+            _ => None,
+        }
+    }
+
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.partial_cmp(other).unwrap_or(std::cmp::Ordering::Equal)
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Key::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => (*n as i64).to_string(),
+            Key::Number(n) => number(*n),
+            Key::Text(text) => text.clone(),
+            Key::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// A float as serde_json writes it; `null` for NaN and infinities, which JSON has no form for.
+fn number(n: f64) -> String {
+    serde_json::to_string(&n).unwrap_or_else(|_| "null".to_string())
 }
 
 #[cfg(test)]

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use mlua::{
-    ChunkMode, DebugEvent, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table,
-    Value, VmState,
+    ChunkMode, DebugEvent, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue,
+    StdLib, Table, Value, VmState,
 };
 
-use super::json::{DecodeError, Tape};
+use super::json::{self, DecodeError, EncodeError, Tape};
 use crate::config::Location;
 
 /// Instructions `sites.lua` (with its scripts) may run while being evaluated. Generous: a
@@ -218,6 +218,33 @@ impl Budget {
         self.tripped.get()
     }
 
+    /// Counts `instructions` of work done in Rust on Lua's behalf (where the hook cannot see
+    /// it) and checks the deadline; the error when a limit is broken, as the hook would raise.
+    pub(crate) fn charge(&self, instructions: u64) -> mlua::Result<()> {
+        if !self.armed.get() {
+            return Ok(());
+        }
+        if let Some(trip) = self.tripped.get() {
+            return Err(trip_error(trip));
+        }
+        let left = self.remaining.get().saturating_sub(instructions);
+        self.remaining.set(left);
+        let trip = if left == 0 {
+            Some(Trip::Instructions)
+        } else if self.deadline.get().is_some_and(|d| Instant::now() >= d) {
+            Some(Trip::WallTime)
+        } else {
+            None
+        };
+        match trip {
+            Some(trip) => {
+                self.tripped.set(Some(trip));
+                Err(trip_error(trip))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Where Lua code was running at the last check (only when armed with `track_location`).
     pub(crate) fn last_location(&self) -> Option<Location> {
         self.last_location.lock().clone()
@@ -236,25 +263,8 @@ impl Budget {
         if self.track_location.get() {
             self.record_location(debug);
         }
-        if let Some(trip) = self.tripped.get() {
-            return Err(trip_error(trip));
-        }
-        let left = self.remaining.get().saturating_sub(u64::from(CHECK_EVERY));
-        self.remaining.set(left);
-        let trip = if left == 0 {
-            Some(Trip::Instructions)
-        } else if self.deadline.get().is_some_and(|d| Instant::now() >= d) {
-            Some(Trip::WallTime)
-        } else {
-            None
-        };
-        match trip {
-            Some(trip) => {
-                self.tripped.set(Some(trip));
-                Err(trip_error(trip))
-            }
-            None => Ok(VmState::Continue),
-        }
+        self.charge(u64::from(CHECK_EVERY))
+            .map(|()| VmState::Continue)
     }
 
     /// A function is being called: when it is library code (a C function, or sitewatch's own
@@ -345,7 +355,7 @@ impl Sandbox {
         set_budget_hook(&lua, &budget, false);
         let current_site = Rc::new(RefCell::new(String::new()));
         let globals = lua.globals();
-        globals.raw_set("json", json_table(&lua, &memory_limit)?)?;
+        globals.raw_set("json", json_table(&lua, &memory_limit, &budget)?)?;
         globals.raw_set("regex", regex_table(&lua)?)?;
         globals.raw_set("log", log_table(&lua, &current_site)?)?;
         let check_budget = Rc::clone(&budget);
@@ -462,7 +472,11 @@ fn string_arg(
 }
 
 /// `json.decode(s)`, `json.encode(v)` and `json.null`.
-fn json_table(lua: &Lua, memory_limit: &Rc<Cell<usize>>) -> mlua::Result<Table> {
+fn json_table(
+    lua: &Lua,
+    memory_limit: &Rc<Cell<usize>>,
+    budget: &Rc<Budget>,
+) -> mlua::Result<Table> {
     let json = lua.create_table()?;
     let tape = RefCell::new(Tape::default());
     let limit = Rc::clone(memory_limit);
@@ -487,11 +501,23 @@ fn json_table(lua: &Lua, memory_limit: &Rc<Cell<usize>>) -> mlua::Result<Table> 
             result
         })?,
     )?;
+    let limit = Rc::clone(memory_limit);
+    let budget = Rc::clone(budget);
     json.raw_set(
         "encode",
-        lua.create_function(|lua, value: Value| {
-            serde_json::to_string(&value.to_serializable().sort_keys(true))
-                .map_err(|e| raise(lua, format!("json.encode: {e}")))
+        lua.create_function(move |lua, value: Value| {
+            let headroom = match limit.get() {
+                0 => usize::MAX,
+                limit => limit.saturating_sub(lua.used_memory()),
+            };
+            match json::encode(lua, &value, headroom, &mut |n| budget.charge(n)) {
+                Ok(text) => lua.create_string(text),
+                Err(EncodeError::TooLarge) => {
+                    Err(mlua::Error::MemoryError("not enough memory".into()))
+                }
+                Err(EncodeError::Budget(error)) => Err(error),
+                Err(EncodeError::Invalid(why)) => Err(raise(lua, format!("json.encode: {why}"))),
+            }
         })?,
     )?;
     json.raw_set("null", lua.null())?;
@@ -727,6 +753,43 @@ mod tests {
              assert(back[5001] == 1 and back[10000] == 5000, 'back')",
         );
         assert_eq!(got, "ok");
+    }
+
+    #[test]
+    fn json_encode_is_bounded() {
+        let nest = "local t = {} for _ = 1, 5000 do t = { t } end";
+        let cases = [
+            (format!("{nest} json.encode(t)"), "json.encode: tables nested deeper than 128 levels"),
+            (format!("{nest} pcall(json.encode, t) return json.encode({{ok = 1}})"), "ok"),
+            ("local t = {} t.self = t json.encode(t)".into(), "json.encode: a table contains itself"),
+            ("local t = { 1 } t[2] = t json.encode(t)".into(), "json.encode: a table contains itself"),
+            ("json.encode({ f = print })".into(), "json.encode: cannot encode a function"),
+            ("json.encode({ [{}] = 1 })".into(), "object keys must be strings, numbers or booleans"),
+            // Shared (not cyclic) tables 60 levels deep: 2^60 values to write.
+            ("local t = {} for _ = 1, 60 do t = { a = t, b = t } end json.encode(t)".into(), "budget"),
+            // One 1 MiB string written 64 times: more than the heap can take.
+            ("local s = string.rep('x', 1 << 20) local t = {} for i = 1, 64 do t[i] = s end json.encode(t)".into(), "not enough memory"),
+        ];
+        for (code, want) in cases {
+            let code: &'static str = Box::leak(code.into_boxed_str());
+            let mut got = run_bounded(code);
+            if got == "Instructions" || got == "WallTime" {
+                got = "budget".into();
+            }
+            assert!(got.contains(want), "{code}: got {got}");
+        }
+        let same = [
+            r#"assert(json.encode({b = 1, a = "x", [3] = true}) == '{"3":true,"a":"x","b":1}')"#,
+            r#"assert(json.encode({1, 2, {x = json.null}}) == '[1,2,{"x":null}]')"#,
+            r#"assert(json.encode(json.decode('{"a":[],"b":{}}')) == '{"a":[],"b":{}}')"#,
+            r#"assert(json.encode({1.5, 3.0, 0/0, 1e300}) == '[1.5,3.0,null,1e+300]', json.encode({1.5, 3.0, 0/0, 1e300}))"#,
+            r#"assert(json.encode('a"\n') == [["a\"\n"]])"#,
+            r#"assert(json.encode(nil) == 'null' and json.encode(false) == 'false' and json.encode(7) == '7')"#,
+            r#"assert(json.encode({}) == '{}')"#,
+        ];
+        for code in same {
+            assert_eq!(run_bounded(code), "ok", "{code}");
+        }
     }
 
     #[test]
