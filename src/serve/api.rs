@@ -870,7 +870,9 @@ pub async fn overview(
         .unwrap_or(0);
     let days = BAR_DAYS.max(longest_slo_days);
     let from_day = days_period(now, days).from_us;
+    let started = Instant::now();
     let (counts, states) = Counts::read(cache, db, &names, from_day, now).await?;
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
     let periods: Vec<(&str, Period)> = Window::ALL
         .iter()
         .map(|w| (w.name(), w.period(now)))
@@ -889,6 +891,12 @@ pub async fn overview(
             summary_of(config, site, states.get(&site.name), uptime, slo, now)
         })
         .collect();
+    tracing::debug!(
+        read_ms,
+        merged_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms,
+        sites = names.len(),
+        "overview"
+    );
     let count = |state: &str| {
         summaries
             .iter()
