@@ -106,6 +106,11 @@ impl ConsumerProcess {
         }
     }
 
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
     fn kill_9(&mut self) {
         self.assert_running();
         self.child.kill().unwrap(); // SIGKILL
@@ -918,5 +923,48 @@ async fn a_duplicate_id_is_stored_once() {
     );
     // The duplicates were absorbed by the fallback path: counted once in rollups and states.
     insight::assert_insight_matches_raw(db.client().await).await;
+    stack::drop_database(&url).await;
+}
+
+/// A consumer frozen in the middle of its batch transaction (SIGSTOP: a paused VM, a stuck
+/// process) holds the consumer_offsets row locks. PostgreSQL's session limits abort its
+/// transaction, so the member that takes its partitions over stores everything, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_consumer_does_not_stall_the_group() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(1).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let (messages, ids) = bulk(BULK);
+    publish(&producer(), &topic, &messages).await;
+    let mut db = Db::new(&url);
+
+    let mut frozen = ConsumerProcess::start("frozen", &topic, &group, &url, &[]);
+    let deadline = Instant::now() + WAIT;
+    while !consumer_transaction_open(&mut db).await {
+        frozen.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "no COPY seen\n{}",
+            frozen.log_tail()
+        );
+    }
+    frozen.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let mut survivor = ConsumerProcess::start("survivor", &topic, &group, &url, &[]);
+    wait_until!("the survivor to store everything", survivor.log_tail(), {
+        survivor.assert_running();
+        db.rows().await >= BULK as i64
+    });
+    eprintln!(
+        "took over a frozen member's partition in {:?}",
+        started.elapsed()
+    );
+    frozen.signal(libc::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(2)).await; // a duplicate would show up now
+    frozen.kill_9();
+    assert!(survivor.terminate().success(), "{}", survivor.log_tail());
+    assert_exactly_once(&mut db, &ids).await;
+    assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
     stack::drop_database(&url).await;
 }

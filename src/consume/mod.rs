@@ -190,6 +190,11 @@ pub async fn run_with(
         max_batch_wait_ms = options.max_batch_wait.as_millis() as u64,
         "consuming"
     );
+    store::limit_consumer_session(&client)
+        .await
+        .map_err(|source| ConsumeError::Startup {
+            source: Box::new(source),
+        })?;
     let mut sink = Sink::new(db, client, &kafka.group, &kafka.topic, writer);
     let mut batcher = Batcher::new();
     let result = consume(

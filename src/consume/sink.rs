@@ -89,7 +89,11 @@ impl<'a> Sink<'a> {
     async fn client(&mut self) -> Result<&mut Client, StoreError> {
         let client = match self.client.take() {
             Some(client) if !client.is_closed() => client,
-            _ => store::connect(self.settings).await?,
+            _ => {
+                let client = store::connect(self.settings).await?;
+                store::limit_consumer_session(&client).await?;
+                client
+            }
         };
         Ok(self.client.insert(client))
     }

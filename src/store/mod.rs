@@ -194,6 +194,26 @@ fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|source| source.downcast_ref::<native_tls::Error>().is_some())
 }
 
+/// Server-side limits of a consumer's session. A consumer whose process is frozen (SIGSTOP, a
+/// paused VM) or whose connection is orphaned by the network would otherwise hold its
+/// transaction — and the consumer_offsets row locks every other member waits for — forever.
+/// PostgreSQL aborts a transaction left idle for 15 s and a statement running for 30 s; a wait
+/// for a lock gives up after 10 s, and the waiter then ends sessions stalled mid-statement
+/// (`write::end_stalled_sessions`: a COPY whose client froze is neither idle nor cancelled by
+/// `statement_timeout`). A batch transaction is never idle for long (its statements follow each
+/// other within milliseconds) and its client gives up on a write after 30 s.
+pub const CONSUMER_SESSION_LIMITS: &str =
+    "SET idle_in_transaction_session_timeout = '15s'; SET statement_timeout = '30s'; \
+     SET lock_timeout = '10s'";
+
+/// Applies [`CONSUMER_SESSION_LIMITS`] to `client`'s session.
+pub async fn limit_consumer_session(client: &Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(CONSUMER_SESSION_LIMITS)
+        .await
+        .map_err(StoreError::query("setting the consumer's session limits"))
+}
+
 /// Connects to PostgreSQL and spawns the connection task. TLS uses the system roots plus the CA
 /// in `settings.ca`; under `sslmode=require` the chain and host name are verified, under
 /// `sslmode=disable` no TLS is attempted.

@@ -132,9 +132,16 @@ pub async fn write_batch(
             .transaction()
             .await
             .map_err(StoreError::query("starting the batch transaction"))?;
-        let fenced = advance_offsets(&tx, group, topic, &offsets)
-            .await
-            .map_err(StoreError::query("advancing consumer_offsets"))?;
+        let fenced = match advance_offsets(&tx, group, topic, &offsets).await {
+            Ok(fenced) => fenced,
+            Err(error) => {
+                let _ = tx.rollback().await;
+                if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                    end_stalled_sessions(client).await?;
+                }
+                return Err(StoreError::query("advancing consumer_offsets")(error));
+            }
+        };
         if !fenced.is_empty() {
             let _ = tx.rollback().await;
             return Ok(WriteOutcome::Fenced { partitions: fenced });
@@ -208,6 +215,38 @@ pub async fn write_batch(
             dead_letters,
         }));
     }
+}
+
+/// A batch transaction open this long belongs to a stalled session: its own client gives up on
+/// a write after 30 s, so only a frozen process or an orphaned connection keeps one open.
+const STALLED_TRANSACTION: &str = "45 seconds";
+
+/// Ends this role's sitewatch sessions (same database and application name) whose transaction
+/// has been open longer than [`STALLED_TRANSACTION`]. Called when the offset rows stayed
+/// locked past the session's `lock_timeout`: a frozen consumer (SIGSTOP, a paused VM) blocked
+/// in the middle of a COPY is neither idle in its transaction nor running a statement the
+/// server can time out, and would hold the group's offset locks forever. Its transaction is
+/// rolled back, so nothing it wrote survives, and its member re-reads its positions.
+pub(crate) async fn end_stalled_sessions(client: &Client) -> Result<(), StoreError> {
+    let ended: i64 = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND usename = current_user \
+               AND application_name = current_setting('application_name') \
+               AND pid <> pg_backend_pid() \
+               AND xact_start < now() - $1::text::interval",
+            &[&STALLED_TRANSACTION],
+        )
+        .await
+        .map_err(StoreError::query("ending stalled sessions"))?
+        .get(0);
+    if ended > 0 {
+        tracing::warn!(
+            ended,
+            "consumer_offsets locked by a stalled sitewatch session: ended it"
+        );
+    }
+    Ok(())
 }
 
 /// Days ahead of today whose `check_results` partition the consumer keeps created.
