@@ -1,6 +1,8 @@
-//! Part 3, ingest: 1,000,000 realistic CheckResults (~1 KB of JSON each) published to a fresh
-//! 6-partition topic, then stored by the real `sitewatch consume` binary into a fresh database;
-//! rows/s from the consumer's start until all 1,000,000 rows are committed, final count checked.
+//! Part 3, ingest: 1,000,000 realistic CheckResults (~1 KB of JSON each; 1,000 sites checked
+//! every 15 s, about 4 hours) published to a fresh 6-partition topic, then stored by the real
+//! `sitewatch consume` binary — rows, rollups, site state and state changes — into a fresh
+//! database; rows/s from the consumer's start until all 1,000,000 rows are committed, final count
+//! checked.
 //!
 //! The ceiling, in the same run: the same rows by binary COPY into the same table (fresh
 //! database, same migrations) from this process — batches of 5,000, one transaction each, only
@@ -57,6 +59,9 @@ impl Options {
 const COPY_BATCH: usize = 5_000;
 /// Distinct sites the generated results belong to (Kafka keys).
 const SITES: u64 = 1_000;
+/// How often each generated site is checked: 1,000,000 results span about 4 hours, so the
+/// consumer's rollups see 1,000 sites move through hours and days as a backlog does.
+const INTERVAL_MS: u64 = 15_000;
 
 /// splitmix64: deterministic pseudo-random bits from an index.
 fn mix(mut x: u64) -> u64 {
@@ -76,7 +81,11 @@ pub fn sample_result(i: u64, base: DateTime<Utc>) -> CheckResult {
         ["eu", "us", "ap"][(site_no % 3) as usize]
     );
     let url = format!("https://{site}.example.com/healthz");
-    let scheduled_at = base + chrono::Duration::milliseconds(i as i64);
+    // Site n is due at n × 15 ms into every 15 s round.
+    let scheduled_at = base
+        + chrono::Duration::milliseconds(
+            ((i / SITES) * INTERVAL_MS + site_no * (INTERVAL_MS / SITES)) as i64,
+        );
     let started_at = scheduled_at + chrono::Duration::microseconds((r % 3000) as i64);
     let ms = |shift: u32, scale: u64| ((r >> shift) % scale) as f64 / 1000.0;
     let timings = Timings {
@@ -271,7 +280,17 @@ fn publish(
             producer.poll(Duration::ZERO);
         }
     }
-    producer.flush(Duration::from_secs(120))?;
+    // Not producer.flush(120 s): rdkafka 0.37 counts that timeout down by 100 ms per poll however
+    // soon the poll returns, so with delivery reports arriving all the time it gives up early.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while producer.in_flight_count() > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "publishing to {topic}: {} messages still in flight after 120 s",
+            producer.in_flight_count()
+        );
+        producer.poll(Duration::from_millis(100));
+    }
     Ok((start.elapsed().as_secs_f64(), bytes as f64 / rows as f64))
 }
 
@@ -287,6 +306,14 @@ async fn copy_ceiling(
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
         .get(0);
+    // The day partitions the rows need (the consumer creates its own), untimed.
+    let last = base + chrono::Duration::milliseconds((rows / SITES * INTERVAL_MS) as i64);
+    client
+        .execute(
+            "SELECT sitewatch_ensure_partitions($1, $2)",
+            &[&base, &last],
+        )
+        .await?;
     let backend_cpu0 = common::backend_cpu(Some(backend as u32));
     let cpu0 = common::self_cpu_seconds();
     let statement = format!("COPY check_results ({COLUMNS}) FROM STDIN (FORMAT binary)");
@@ -431,7 +458,9 @@ pub async fn run(options: &Options) -> Result<Value> {
     let (kafka, db) = common::load_stack_env()?;
     let tag = common::run_tag();
     let topic = format!("sitewatch.bench.ingest.{tag}");
-    let base = Utc::now() - chrono::Duration::hours(1);
+    // The results end about now.
+    let base =
+        Utc::now() - chrono::Duration::milliseconds((options.rows / SITES * INTERVAL_MS) as i64);
     common::create_topic(&kafka, &topic, options.partitions).await?;
     let rows = options.rows;
     say!(

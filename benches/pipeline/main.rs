@@ -5,6 +5,8 @@
 //! pipeline scale    real `sitewatch produce`, 10,000 sites @ 10 s, Kafka        → target/bench/scale.json
 //! pipeline ingest   1M results → real `sitewatch consume` vs. binary COPY       → target/bench/ingest.json
 //! pipeline e2e      real `sitewatch run`, 1,000 sites @ 1 s, probe → row        → target/bench/e2e.json
+//! pipeline insight  90 days × 1,000 sites of rollups: real `sitewatch report`,
+//!                   one site's daily series                                    → target/bench/insight.json
 //! pipeline report [--complete]   summary.json, the table, docs/performance.md
 //! pipeline rowcost  the consumer's per-row CPU, step by step (diagnostic, prints JSON)
 //! pipeline sample   one generated ingest message (prints JSON)
@@ -17,13 +19,14 @@
 mod common;
 mod e2e;
 mod ingest;
+mod insight;
 mod probe;
 mod report;
 mod scale;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: pipeline (probe|scale|ingest|e2e|report [--complete]|rowcost|sample) [--quick]  — run it through dev/bench";
+const USAGE: &str = "usage: pipeline (probe|scale|ingest|e2e|insight|report [--complete]|rowcost|sample) [--quick]  — run it through dev/bench";
 
 fn main() -> ExitCode {
     // cargo bench appends --bench; criterion-style filters are not used here.
@@ -74,6 +77,13 @@ fn main() -> ExitCode {
                 e2e::Options::quick()
             } else {
                 e2e::Options::full()
+            }))
+        }),
+        "insight" => runtime().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(insight::run(&if quick {
+                insight::Options::quick()
+            } else {
+                insight::Options::full()
             }))
         }),
         "rowcost" => {

@@ -10,7 +10,11 @@ use serde_json::{json, Map, Value};
 
 use crate::common;
 
-pub const PARTS: [&str; 5] = ["probe", "scale", "ingest", "e2e", "hooks"];
+pub const PARTS: [&str; 6] = ["probe", "scale", "ingest", "e2e", "insight", "hooks"];
+
+/// How long a complete `dev/bench` takes on the reference machine (build included), for the
+/// generated section's "Reproduce with" line.
+const MINUTES: u32 = 10;
 
 /// Start and end markers of the generated section of docs/performance.md.
 const BEGIN: &str = "<!-- dev/bench:begin (generated; edit outside these markers) -->";
@@ -94,6 +98,9 @@ pub fn summary(parts: &Map<String, Value>, complete: bool) -> Value {
         "rss_mib_10k_sites": fig("scale", "/rss_peak_mib"),
         "produce_cpu_cores_1k": fig("scale", "/cpu_cores"),
         "ingest_rows_per_s": fig("ingest", "/ingest_rows_per_s"),
+        // The consumer writes rollups, site state and state changes in the rows' transaction;
+        // the same figure under the name that says so.
+        "ingest_with_rollups_rows_per_s": fig("ingest", "/ingest_rows_per_s"),
         "copy_ceiling_rows_per_s": fig("ingest", "/copy_ceiling_rows_per_s"),
         "ingest_ratio": fig("ingest", "/ingest_ratio"),
         "ingest_steady_rows_per_s": fig("ingest", "/sitewatch/steady_rows_per_s"),
@@ -101,6 +108,13 @@ pub fn summary(parts: &Map<String, Value>, complete: bool) -> Value {
         "e2e_p99_ms": fig("e2e", "/e2e_ms/p99"),
         "e2e_lag_p99_ms": fig("e2e", "/lag_ms/p99"),
         "e2e_missed_ticks": fig("e2e", "/missed_ticks_window"),
+        "report_p50_ms_90d": fig("insight", "/report/wall_ms/p50"),
+        "report_p99_ms_90d": fig("insight", "/report/wall_ms/p99"),
+        "report_library_p50_ms_90d": fig("insight", "/report/library_ms/p50"),
+        "report_library_p99_ms_90d": fig("insight", "/report/library_ms/p99"),
+        "site_p50_ms_90d": fig("insight", "/site_series/ms/p50"),
+        "site_p99_ms_90d": fig("insight", "/site_series/ms/p99"),
+        "insight_build_s": fig("insight", "/build/seconds"),
         "hook_us_per_call": fig("hooks", "/hook_us_per_call"),
         "hook_pipelined_us_per_call": fig("hooks", "/pipelined_us_per_call"),
         "hook_worker_cpu_us_per_call": fig("hooks", "/worker_cpu_us_per_call"),
@@ -338,10 +352,10 @@ fn rows(s: &Value, parts: &Map<String, Value>) -> Vec<Row> {
         },
         Row {
             part: "ingest",
-            metric: "sitewatch consume rows/s (from process start)".into(),
-            value: fmt_num(g("ingest_rows_per_s"), 0),
+            metric: "sitewatch consume rows/s, with rollups (from process start)".into(),
+            value: fmt_num(g("ingest_with_rollups_rows_per_s"), 0),
             target: "",
-            status: info(g("ingest_rows_per_s")),
+            status: info(g("ingest_with_rollups_rows_per_s")),
         },
         Row {
             part: "ingest",
@@ -354,8 +368,8 @@ fn rows(s: &Value, parts: &Map<String, Value>) -> Vec<Row> {
             part: "ingest",
             metric: "sitewatch ÷ ceiling".into(),
             value: fmt_num(g("ingest_ratio"), 2),
-            target: "≥ 0.8",
-            status: check(g("ingest_ratio"), |x| x >= 0.8),
+            target: "≥ 0.7",
+            status: check(g("ingest_ratio"), |x| x >= 0.7),
         },
         Row {
             part: "ingest",
@@ -373,10 +387,18 @@ fn rows(s: &Value, parts: &Map<String, Value>) -> Vec<Row> {
         },
         Row {
             part: "e2e",
-            metric: "probe finished → row visible p99 ms".into(),
+            metric: format!(
+                "probe finished → row visible p99 ms ({} probes/s)",
+                fmt_num(
+                    p("e2e", "/sites")
+                        .zip(p("e2e", "/interval_s"))
+                        .map(|(n, s)| n / s),
+                    0
+                )
+            ),
             value: fmt_num(g("e2e_p99_ms"), 1),
-            target: "≤ 1,000",
-            status: check(g("e2e_p99_ms"), |x| x <= 1000.0),
+            target: "≤ 250",
+            status: check(g("e2e_p99_ms"), |x| x <= 250.0),
         },
         Row {
             part: "e2e",
@@ -388,6 +410,52 @@ fn rows(s: &Value, parts: &Map<String, Value>) -> Vec<Row> {
             ),
             target: "",
             status: info(g("e2e_lag_p99_ms")),
+        },
+        Row {
+            part: "insight",
+            metric: format!(
+                "`sitewatch report --since {}d --json`, {} sites: wall p50 ms",
+                fmt_num(p("insight", "/days"), 0),
+                fmt_num(p("insight", "/sites"), 0)
+            ),
+            value: fmt_num(g("report_p50_ms_90d"), 0),
+            target: "",
+            status: info(g("report_p50_ms_90d")),
+        },
+        Row {
+            part: "insight",
+            metric: "  wall p99 ms (whole process, warm cache)".into(),
+            value: fmt_num(g("report_p99_ms_90d"), 0),
+            target: "",
+            status: info(g("report_p99_ms_90d")),
+        },
+        Row {
+            part: "insight",
+            metric: "  of which report::report p50 / p99 ms (its debug log)".into(),
+            value: format!(
+                "{} / {}",
+                fmt_num(g("report_library_p50_ms_90d"), 0),
+                fmt_num(g("report_library_p99_ms_90d"), 0)
+            ),
+            target: "",
+            status: info(g("report_library_p99_ms_90d")),
+        },
+        Row {
+            part: "insight",
+            metric: format!(
+                "one site's {}-day daily series p50 ms (in-process)",
+                fmt_num(p("insight", "/days"), 0)
+            ),
+            value: fmt_num(g("site_p50_ms_90d"), 2),
+            target: "",
+            status: info(g("site_p50_ms_90d")),
+        },
+        Row {
+            part: "insight",
+            metric: "  p99 ms".into(),
+            value: fmt_num(g("site_p99_ms_90d"), 2),
+            target: "",
+            status: info(g("site_p99_ms_90d")),
         },
         Row {
             part: "hooks",
@@ -538,8 +606,8 @@ fn update_doc(path: &Path, s: &Value, parts: &Map<String, Value>, rows: &[Row]) 
          ## Latest figures\n\n\
          Measured {date} by `dev/bench` on {cpu}, {cores} cores, {mem} GiB RAM, {os} (kernel {kernel}); \
          {rustc}; nginx {nginx}; wrk {wrk}; PostgreSQL {pg}; Kafka {kafka} (the `dev/stack` broker). \
-         All on one machine, everything on 127.0.0.1. Reproduce with `dev/bench` (about 6 minutes; \
-         `dev/bench probe|scale|ingest|e2e|hooks` runs one part); raw figures in `target/bench/summary.json`.\n\n",
+         All on one machine, everything on 127.0.0.1. Reproduce with `dev/bench` (about {MINUTES} minutes; \
+         `dev/bench probe|scale|ingest|e2e|insight|hooks` runs one part); raw figures in `target/bench/summary.json`.\n\n",
         cpu = m["cpu"].as_str().unwrap_or("?"),
         cores = m["cores"],
         mem = m["memory_gib"],
@@ -571,7 +639,7 @@ fn update_doc(path: &Path, s: &Value, parts: &Map<String, Value>, rows: &[Row]) 
          {rss_end} MiB. Ingest: {rows} rows of {bytes} JSON bytes on average, median of {rounds} \
          rounds (COPY first, then sitewatch first), per-round ratios {ratios}; consume used \
          {ccpu} cores and its PostgreSQL backend {pgcpu}, the COPY loader's backend {copy_pgcpu}. \
-         E2e: {e2e_count} results; {method}.\n",
+         E2e: {e2e_count} results; {method}. {insight}\n",
         offered = num("probe", "/sitewatch/offered_per_s", 0),
         saturation = num("probe", "/saturation/offered_per_s", 0),
         nginx_cpu = num("probe", "/sitewatch/nginx_cpu_cores", 2),
@@ -586,6 +654,7 @@ fn update_doc(path: &Path, s: &Value, parts: &Map<String, Value>, rows: &[Row]) 
         copy_pgcpu = num("ingest", "/ceiling/pg_backend_cpu_share", 2),
         e2e_count = num("e2e", "/e2e_ms/count", 0),
         method = pf("e2e", "/method").as_str().unwrap_or("?"),
+        insight = insight_details(&pf("insight", "")),
     ));
     section.push_str(END);
     let old = std::fs::read_to_string(path).unwrap_or_default();
@@ -596,4 +665,81 @@ fn update_doc(path: &Path, s: &Value, parts: &Map<String, Value>, rows: &[Row]) 
     };
     std::fs::write(path, new)?;
     Ok(())
+}
+
+/// The insight part's sentence of "Details of this run": the data set, where a report's wall
+/// time went, and what the server spent on each of its queries.
+fn insight_details(insight: &Value) -> String {
+    if insight.is_null() {
+        return String::new();
+    }
+    let num = |pointer: &str, decimals: usize| {
+        fmt_num(insight.pointer(pointer).and_then(Value::as_f64), decimals)
+    };
+    let gib = |table: &str| {
+        fmt_num(
+            insight
+                .pointer(&format!("/build/tables/{table}/mib"))
+                .and_then(Value::as_f64)
+                .map(|mib| mib / 1024.0),
+            2,
+        )
+    };
+    let queries = insight
+        .pointer("/report/server/queries")
+        .and_then(Value::as_array)
+        .map(|queries| {
+            queries
+                .iter()
+                .map(|q| {
+                    let jit = match q["jit_ms"].as_f64() {
+                        Some(ms) => format!(", JIT {} ms", fmt_num(Some(ms), 0)),
+                        None => String::new(),
+                    };
+                    format!(
+                        "{} {} rows in {} ms ({} ms in the plan{jit}, the rest producing and \
+                         sending the rows)",
+                        q["reads"].as_str().unwrap_or("?"),
+                        fmt_num(q["rows"].as_f64(), 0),
+                        fmt_num(q["duration_ms"].as_f64(), 0),
+                        fmt_num(q["plan_ms"].as_f64(), 0),
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| "n/a".into());
+    format!(
+        "Insight: a fresh database of {sites} sites × {days} days, built server-side in {build} s: \
+         {hourly} hourly rollups ({hourly_gib} GiB, histograms of {hist} entries on average), \
+         {daily} daily ({daily_gib} GiB), {changes} state changes, {raw} raw rows of the last \
+         {raw_days} days ({raw_gib} GiB). The report read {rollup_rows} rollup rows; {runs} runs \
+         after {warmup} untimed; per run (p50) {before} ms before `report::report` (process start, \
+         sites.lua, TLS connect; `sitewatch validate` of the same file takes {validate} ms, a connection \
+         {connect} ms in-process) and {after} ms \
+         after it (printing, exit); server side, once with auto_explain: {queries}. The site \
+         series: {site_queries} random sites over one connection, {site_rows} rows each.",
+        sites = num("/sites", 0),
+        days = num("/days", 0),
+        build = num("/build/seconds", 0),
+        hourly = num("/build/tables/rollup_hourly/rows", 0),
+        hourly_gib = gib("rollup_hourly"),
+        hist = num("/build/mean_hist_entries/hourly_total_hist", 0),
+        daily = num("/build/tables/rollup_daily/rows", 0),
+        daily_gib = gib("rollup_daily"),
+        changes = num("/build/tables/state_changes/rows", 0),
+        raw = num("/build/tables/check_results/rows", 0),
+        raw_days = num("/raw_days", 0),
+        raw_gib = gib("check_results"),
+        rollup_rows = num("/report/rollup_rows", 0),
+        runs = num("/report/runs", 0),
+        warmup = num("/report/warmup_runs", 0),
+        before = num("/report/before_library_ms_p50", 1),
+        validate = num("/report/validate_config_ms_p50", 1),
+        connect = num("/report/connect_ms_p50_in_process", 1),
+        after = num("/report/after_library_ms_p50", 1),
+        site_queries = num("/site_series/queries", 0),
+        site_rows = num("/site_series/rows_per_query", 0),
+    )
 }
