@@ -331,12 +331,76 @@ impl Clock {
     }
 }
 
-/// Whether a reloaded site is the same as the running one (its position in the file aside).
+/// Whether a reloaded site probes the same way as the running one: same [`probe_fingerprint`].
+/// Its position in the file, its SLO, alert rule and status-page flag do not matter here.
 fn same_definition(old: &Site, new: &Site) -> bool {
-    let mut new = new.clone();
-    new.location = old.location.clone();
-    // Regexes and JSONPath queries compare by their Debug form (their source text).
-    format!("{old:?}") == format!("{new:?}")
+    probe_fingerprint(old) == probe_fingerprint(new)
+}
+
+/// A digest of everything that decides how a site is probed and judged, field by field in a
+/// stable spelling (regexes and JSONPath queries by their source text). Destructuring makes a
+/// new `Site` field a compile error here until it is placed on one side or the other.
+pub fn probe_fingerprint(site: &Site) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let Site {
+        name,
+        url,
+        interval,
+        timeout,
+        request,
+        tls,
+        expect,
+        retries,
+        max_redirects,
+        body_cap,
+        hooks,
+        slo: _,
+        alert: _,
+        status_page: _,
+        location: _,
+    } = site;
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(name.as_bytes());
+    field(url.as_str().as_bytes());
+    field(&interval.as_nanos().to_le_bytes());
+    field(&timeout.as_nanos().to_le_bytes());
+    field(request.method.as_str().as_bytes());
+    for (header, value) in &request.headers {
+        field(header.as_str().as_bytes());
+        field(value.as_bytes());
+    }
+    field(request.body.as_deref().unwrap_or_default());
+    for pem in [&tls.ca_pem, &tls.client_cert_pem, &tls.client_key_pem] {
+        field(pem.as_deref().unwrap_or_default());
+    }
+    field(&[u8::from(tls.insecure)]);
+    let statuses: Vec<String> = expect.status.iter().map(ToString::to_string).collect();
+    field(statuses.join(",").as_bytes());
+    for regex in [&expect.body, &expect.body_not] {
+        field(regex.as_ref().map_or("", |r| r.as_str()).as_bytes());
+    }
+    for limit in [expect.max_time, expect.warn_time] {
+        field(&limit.map_or(u128::MAX, |d| d.as_nanos()).to_le_bytes());
+    }
+    field(&expect.cert_days.map_or(u64::MAX, u64::from).to_le_bytes());
+    field(&expect.max_body.unwrap_or(u64::MAX).to_le_bytes());
+    for header in &expect.headers {
+        field(header.name.as_bytes());
+        field(header.pattern.as_str().as_bytes());
+    }
+    for json in &expect.json {
+        field(json.path.as_bytes());
+        field(json.equals.to_string().as_bytes());
+    }
+    field(&retries.to_le_bytes());
+    field(&max_redirects.to_le_bytes());
+    field(&body_cap.to_le_bytes());
+    field(hooks.join("\n").as_bytes());
+    h.finalize().into()
 }
 
 struct SiteLoop<J: Job> {
@@ -412,6 +476,32 @@ impl<J: Job> SiteLoop<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_change_with_what_probes_and_only_with_that() {
+        let base = Site::with_defaults("a", url::Url::parse("https://a.example/").unwrap());
+        let same = |f: &dyn Fn(&mut Site)| {
+            let mut site = base.clone();
+            f(&mut site);
+            probe_fingerprint(&site) == probe_fingerprint(&base)
+        };
+        assert!(same(&|s| s.location.line = 99));
+        assert!(same(&|s| s.alert.after = 9));
+        assert!(same(&|s| s.status_page = !s.status_page));
+        assert!(!same(&|s| s.interval = Duration::from_secs(7)));
+        assert!(!same(
+            &|s| s.expect.body = Some(regex::Regex::new("ok").unwrap())
+        ));
+        assert!(!same(&|s| s.expect.max_body = Some(10)));
+        assert!(!same(&|s| s.tls.insecure = true));
+        assert!(!same(&|s| s.hooks.push("script:x".into())));
+        assert!(!same(
+            &|s| s.url = url::Url::parse("https://b.example/").unwrap()
+        ));
+        assert!(!same(
+            &|s| s.request.body = Some(bytes::Bytes::from_static(b"x"))
+        ));
+    }
     use std::sync::Mutex as StdMutex;
 
     /// Records every tick per site; each run takes `busy` of (paused) time.

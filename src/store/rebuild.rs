@@ -72,6 +72,8 @@ pub async fn rebuild_rollups(
 }
 
 /// Replaces the rollups of one UTC day with those computed from its raw rows; returns the rows.
+/// One function on purpose (a little over 80 lines): clear, stream and fold, write — the steps of
+/// one day inside the rebuild's transaction, read top to bottom.
 async fn rebuild_day(tx: &Transaction<'_>, day: NaiveDate) -> Result<u64, StoreError> {
     let start = day.and_time(NaiveTime::MIN).and_utc();
     let end = start + Duration::days(1);
