@@ -74,6 +74,19 @@ pub fn format(duration: Duration) -> String {
     out
 }
 
+/// A span of seconds as people say it: `1d 2h`, `3h 4m`, `5m 6s`, `7s` (negative counts as 0).
+/// For messages and pages; [`format`] is for values an operator writes back into a config.
+pub fn human(secs: f64) -> String {
+    let s = secs.max(0.0).round() as i64;
+    let (d, h, m, sec) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 /// The shortest age `prune` accepts: retention is about days, and a sub-hour value is almost
 /// always a typo (`6m` for six months).
 pub const MIN_RETENTION: Duration = Duration::from_secs(3_600);

@@ -155,16 +155,9 @@ fn seconds(us: i64) -> i64 {
     us.max(0) / 1_000_000
 }
 
-/// `1h 2m`, `7m 30s`, `45s`: a duration as people say it.
+/// `1h 2m`, `7m 30s`, `45s`: a span of microseconds as people say it.
 pub fn human(us: i64) -> String {
-    let s = seconds(us);
-    let (d, h, m, sec) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
-    }
+    crate::duration::human(seconds(us) as f64)
 }
 
 #[cfg(test)]

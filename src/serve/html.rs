@@ -78,17 +78,7 @@ fn state_label(s: &SiteSummary) -> Markup {
     }
 }
 
-/// Seconds as `1d 2h`, `3h 4m`, `5m 6s`, `7s`.
-pub fn duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as i64;
-    let (d, h, m, sec) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
-    }
-}
+use crate::duration::human as duration;
 
 fn uptime_cell(pct: Option<f64>) -> Markup {
     html! { span class=(Band::of(pct).class()) { (svg::pct(pct)) @if pct.is_some() { " %" } } }
