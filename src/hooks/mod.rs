@@ -119,7 +119,7 @@ pub enum HookError {
 }
 
 /// One hook call on its way to a worker.
-struct Job {
+struct PendingCall {
     /// Index of the site in the workers' tables.
     site: usize,
     index: usize,
@@ -165,7 +165,7 @@ struct SiteHooks {
 /// A pool of hook workers evaluated from one configuration. Dropping it stops the workers (each
 /// after its current call) and the watchdog.
 pub struct HookPool {
-    jobs: mpsc::Sender<Job>,
+    calls: mpsc::Sender<PendingCall>,
     sites: HashMap<String, SiteHooks>,
     /// Dropped with the pool, which ends the watchdog.
     _stop_watchdog: mpsc::Sender<()>,
@@ -196,7 +196,7 @@ impl HookPool {
                 "instructions, wall_time and memory_bytes must be positive",
             ));
         }
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (calls, queue) = mpsc::channel::<PendingCall>();
         let queue = Arc::new(Mutex::new(queue));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
         let mut slots = Vec::with_capacity(limits.workers);
@@ -269,7 +269,7 @@ impl HookPool {
             .map_err(HookError::Spawn)?;
 
         Ok(HookPool {
-            jobs,
+            calls,
             sites,
             _stop_watchdog: stop_watchdog,
             workers: limits.workers,
@@ -290,13 +290,13 @@ impl HookPool {
             ));
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let call = PendingCall {
             site: hooks.index,
             index,
             input,
             reply,
         };
-        if self.jobs.send(job).is_err() {
+        if self.calls.send(call).is_err() {
             return HookVerdict::fail("the hook workers have stopped");
         }
         answer
@@ -314,7 +314,7 @@ fn worker_main(
     id: usize,
     source: ConfigSource,
     limits: HookLimits,
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    queue: Arc<Mutex<mpsc::Receiver<PendingCall>>>,
     slot: Arc<Slot>,
     ready: mpsc::Sender<(usize, Ready)>,
 ) {
@@ -346,7 +346,7 @@ fn worker_main(
                 Err(_) => return, // the pool is gone
             }
         };
-        let Job {
+        let PendingCall {
             site,
             index,
             input,
@@ -394,7 +394,7 @@ fn answer(slot: &Slot, verdict: HookVerdict) {
 /// the queued calls too instead of letting them wait.
 fn watchdog(
     slots: Vec<Arc<Slot>>,
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    queue: Arc<Mutex<mpsc::Receiver<PendingCall>>>,
     wall_time: Duration,
     stop: mpsc::Receiver<()>,
 ) {
