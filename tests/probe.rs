@@ -865,3 +865,48 @@ async fn invalid_tls_options_fail_as_tls() {
         f.message
     );
 }
+
+/// A body cap far beyond the ceiling (a Site built in code; sites.lua refuses it) with a server
+/// that announces a petabyte and never stops: the body stops at the ceiling instead of reserving
+/// or growing memory until the allocator aborts the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_body_cap_is_held_to_the_ceiling() {
+    const MIB: u64 = 1 << 20;
+    let endless = |length: Option<&'static str>| {
+        serve(
+            "127.0.0.1:0",
+            move |_req: Received, mut conn: Conn| async move {
+                let headers: Vec<(&str, &str)> = match length {
+                    Some(length) => vec![("Content-Length", length)],
+                    None => vec![("Connection", "close")],
+                };
+                if conn.head(200, &headers).await.is_err() {
+                    return;
+                }
+                let block = vec![b'z'; 64 * 1024];
+                while conn.write(&block).await.is_ok() {}
+            },
+        )
+    };
+    let announced = endless(Some("1000000000000000")).await;
+    let unannounced = endless(None).await;
+    let p = prober();
+    let base = rss_bytes();
+    let sampler = RssSampler::start();
+    for server in [&announced, &unannounced] {
+        for cap in [u64::MAX, 1 << 40] {
+            let mut s = with_timeout(site(&server.url("/")), Duration::from_secs(20));
+            s.body_cap = cap;
+            let attempt = p.probe(&s).await;
+            let r = ok(&attempt);
+            assert!(r.body_truncated);
+            assert_eq!(r.body.len() as u64, sitewatch::config::MAX_BODY_CAP);
+        }
+    }
+    let growth = sampler.peak().saturating_sub(base);
+    assert!(
+        growth < 128 * MIB,
+        "RSS grew by {} MiB reading capped bodies",
+        growth / MIB
+    );
+}

@@ -80,7 +80,7 @@ struct Worker {
 impl Worker {
     fn new(source: &ConfigSource, limits: HookLimits) -> Result<Worker, String> {
         let sandbox = Sandbox::new(LOAD_MEMORY_LIMIT).map_err(|e| e.to_string())?;
-        let evaluation = eval::evaluate(&sandbox, source);
+        let evaluation = eval::evaluate_keeping(&sandbox, source, eval::KEEP_FUNCTIONS);
         if let Some(error) = evaluation.errors.first() {
             return Err(format!("{}: {error}", source.path.display()));
         }

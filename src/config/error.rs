@@ -7,6 +7,16 @@ use std::path::PathBuf;
 
 use super::types::Location;
 
+/// Most problems one report lists; an evaluation stops once it has found this many (a loop
+/// calling `env()` millions of times would otherwise pile them up), and validation stops
+/// recording.
+pub(crate) const MAX_ERRORS: usize = 1000;
+/// Longest value (a name, a URL, a key as written) quoted in a message, in characters; longer
+/// ones are cut with `...`, so a 1 MiB site name makes a short line, not a 1 MiB one.
+pub(crate) const MAX_QUOTED_CHARS: usize = 100;
+/// Longest message text taken from elsewhere (a Lua error, a library's reason), in characters.
+pub(crate) const MAX_MESSAGE_CHARS: usize = 500;
+
 /// What is wrong. Messages are one line; [`ConfigError`] adds `file:line: site "name": ` (or
 /// `notifier "name": `, `maintenance "name": `).
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +190,102 @@ pub enum ConfigErrorKind {
     /// The Lua state itself could not be set up (a bug or an exhausted machine).
     #[error("cannot set up the Lua sandbox: {message}")]
     Sandbox { message: String },
+    /// The list was cut at [`MAX_ERRORS`].
+    #[error("more problems were found than the {shown} shown")]
+    TooMany { shown: usize },
+}
+
+/// Cuts `text` to at most `max` characters, marking the cut with `...`.
+pub(crate) fn cut(text: &mut String, max: usize) {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push_str("...");
+    }
+}
+
+/// [`cut`] for a path written in the configuration.
+fn cut_path(path: &mut PathBuf) {
+    let mut text = path.to_string_lossy().into_owned();
+    if text.chars().nth(MAX_MESSAGE_CHARS).is_some() {
+        cut(&mut text, MAX_MESSAGE_CHARS);
+        *path = PathBuf::from(text);
+    }
+}
+
+impl ConfigErrorKind {
+    /// The kind with every text it quotes cut to length (see [`MAX_QUOTED_CHARS`]).
+    fn bounded(mut self) -> Self {
+        use ConfigErrorKind as K;
+        let (quoted, messages): (Vec<&mut String>, Vec<&mut String>) = match &mut self {
+            K::Syntax { message } | K::Lua { message } | K::Sandbox { message } => {
+                (vec![], vec![message])
+            }
+            K::Limit { limit } => (vec![], vec![limit]),
+            K::NotATable { found, .. }
+            | K::NotifierBody { found }
+            | K::ScriptNotFunction { found, .. } => (vec![found], vec![]),
+            K::UnknownKey { key, .. } => (vec![key], vec![]),
+            K::WrongType { key, found, .. } => (vec![key, found], vec![]),
+            K::Duration { key, value, reason }
+            | K::Size { key, value, reason }
+            | K::Number { key, value, reason }
+            | K::Status { key, value, reason } => (vec![key, value], vec![reason]),
+            K::Url { value, reason } => (vec![value], vec![reason]),
+            K::Regex {
+                key,
+                pattern,
+                message,
+                ..
+            } => (vec![key, pattern], vec![message]),
+            K::JsonPath { query, message } => (vec![query], vec![message]),
+            K::JsonValue { key, reason } => (vec![key], vec![reason]),
+            K::Method { value } | K::NotifierType { value } | K::TimeOfDay { value } => {
+                (vec![value], vec![])
+            }
+            K::TimeZone { value } => (vec![value], vec![]),
+            K::HeaderName { name, .. } | K::HeaderValue { name, .. } => (vec![name], vec![]),
+            K::Name { name, reason } | K::InvalidName { name, reason, .. } => {
+                (vec![name], vec![reason])
+            }
+            K::UnknownNotifier { name, known } => (vec![name], vec![known]),
+            K::Repeated { key, value } => (vec![key, value], vec![]),
+            K::UnknownSite { name } | K::EnvUnset { name } | K::ScriptName { name } => {
+                (vec![name], vec![])
+            }
+            K::ScriptMissing { name, path, .. } => {
+                cut_path(path);
+                (vec![name], vec![])
+            }
+            K::ScriptFailed { name, message } => (vec![name], vec![message]),
+            K::Weekday { value, reason } | K::Timestamp { value, reason } => {
+                (vec![value], vec![reason])
+            }
+            K::TlsFile { path, .. } | K::TlsNotPem { path, .. } => {
+                cut_path(path);
+                (vec![], vec![])
+            }
+            K::TimeoutNotBelowInterval { .. }
+            | K::WarnNotBelowMax { .. }
+            | K::Read { .. }
+            | K::DefaultsTwice { .. }
+            | K::DefaultsAfterSite { .. }
+            | K::Missing { .. }
+            | K::DuplicateName { .. }
+            | K::Duplicate { .. }
+            | K::NotifierWithoutBody
+            | K::WebhookOnly { .. }
+            | K::ScheduleConflict { .. }
+            | K::TlsPair
+            | K::TooMany { .. } => (vec![], vec![]),
+        };
+        for text in quoted {
+            cut(text, MAX_QUOTED_CHARS);
+        }
+        for text in messages {
+            cut(text, MAX_MESSAGE_CHARS);
+        }
+        self
+    }
 }
 
 /// One problem, with where it was written and which site it concerns.
@@ -218,10 +324,24 @@ impl ConfigError {
         subject: Option<ErrorSubject>,
         kind: ConfigErrorKind,
     ) -> Self {
+        let subject = subject.map(|subject| match subject {
+            ErrorSubject::Site(mut name) => {
+                cut(&mut name, MAX_QUOTED_CHARS);
+                ErrorSubject::Site(name)
+            }
+            ErrorSubject::Notifier(mut name) => {
+                cut(&mut name, MAX_QUOTED_CHARS);
+                ErrorSubject::Notifier(name)
+            }
+            ErrorSubject::Maintenance(mut name) => {
+                cut(&mut name, MAX_QUOTED_CHARS);
+                ErrorSubject::Maintenance(name)
+            }
+        });
         ConfigError {
             location,
             subject,
-            kind,
+            kind: kind.bounded(),
         }
     }
 
@@ -264,6 +384,25 @@ impl ConfigErrors {
             let key = |e: &ConfigError| e.location.as_ref().map(|l| (l.file.clone(), l.line));
             key(a).cmp(&key(b))
         });
+        if errors.len() > MAX_ERRORS {
+            // What stopped the evaluation (a Lua error, a broken limit) stays in the report.
+            let stopped = errors[MAX_ERRORS - 1..].iter().position(|e| {
+                matches!(
+                    e.kind,
+                    ConfigErrorKind::Lua { .. }
+                        | ConfigErrorKind::Limit { .. }
+                        | ConfigErrorKind::Syntax { .. }
+                )
+            });
+            let stopped = stopped.map(|i| errors.swap_remove(MAX_ERRORS - 1 + i));
+            errors.truncate(MAX_ERRORS - 1);
+            errors.extend(stopped);
+            errors.push(ConfigError::new(
+                None,
+                None,
+                ConfigErrorKind::TooMany { shown: MAX_ERRORS },
+            ));
+        }
         ConfigErrors { errors }
     }
 

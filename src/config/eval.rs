@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use mlua::{ChunkMode, Function, Lua, Value};
+use mlua::{ChunkMode, Function, Lua, Table, Value};
 
-use super::error::{ConfigError, ConfigErrorKind, ErrorSubject};
-use super::raw::{Converter, Raw, RawTable};
+use super::error::{ConfigError, ConfigErrorKind, ErrorSubject, MAX_ERRORS};
+use super::raw::{Converter, Keep, Raw, RawTable, MAX_DECLARED_BYTES};
 use super::types::{ConfigSource, Location};
 use crate::lua::errors::{is_memory_error, lua_error_text, root_cause};
 use crate::lua::sandbox::{
@@ -76,13 +76,106 @@ pub(crate) struct Evaluation {
 }
 
 /// Evaluation state shared by the global functions while the file runs.
-#[derive(Default)]
 struct State {
     eval: Evaluation,
     /// `script(name)` results, so every use of a script shares one function.
     script_fns: HashMap<String, Function>,
     /// Function pointer → script name, to label hooks `script:<name>`.
     script_names: HashMap<usize, String>,
+    /// Bytes the declarations may still take outside the Lua heap ([`MAX_DECLARED_BYTES`]).
+    room: usize,
+    /// What the snapshots keep.
+    keep: Keep,
+}
+
+/// What one declaration costs beside its table: the record and its location.
+const DECLARATION_BYTES: usize = 128;
+/// Longest name `env()` looks up.
+const MAX_ENV_NAME: usize = 256;
+
+impl State {
+    fn new(keep: Keep) -> State {
+        State {
+            eval: Evaluation::default(),
+            script_fns: HashMap::new(),
+            script_names: HashMap::new(),
+            room: MAX_DECLARED_BYTES,
+            keep,
+        }
+    }
+
+    /// Takes room for one declaration at `location`, or stops the evaluation.
+    fn declare(&mut self, lua: &Lua, location: &Location) -> mlua::Result<()> {
+        match self
+            .room
+            .checked_sub(DECLARATION_BYTES + location.file.len())
+        {
+            Some(left) => {
+                self.room = left;
+                Ok(())
+            }
+            None => Err(too_large(lua)),
+        }
+    }
+
+    /// Snapshots a declaration's table, or stops the evaluation when the declarations have
+    /// outgrown [`MAX_DECLARED_BYTES`].
+    fn snapshot(&mut self, lua: &Lua, table: &Table) -> mlua::Result<RawTable> {
+        let State {
+            eval,
+            script_names,
+            room,
+            keep,
+            ..
+        } = self;
+        let mut converter = Converter::new(&mut eval.functions, script_names, room, *keep);
+        let raw = converter.table(table);
+        if converter.exhausted {
+            return Err(too_large(lua));
+        }
+        Ok(raw)
+    }
+
+    /// [`State::snapshot`] for a single value (a notifier's name).
+    fn snapshot_value(&mut self, lua: &Lua, value: Value) -> mlua::Result<Raw> {
+        let State {
+            eval,
+            script_names,
+            room,
+            ..
+        } = self;
+        let mut converter = Converter::new(&mut eval.functions, script_names, room, Keep::All);
+        let raw = converter.value(value);
+        if converter.exhausted {
+            return Err(too_large(lua));
+        }
+        Ok(raw)
+    }
+
+    /// Records a problem found while the file runs; past [`MAX_ERRORS`] the evaluation stops
+    /// (millions of `env()` errors would otherwise pile up).
+    fn report(&mut self, lua: &Lua, error: ConfigError) -> mlua::Result<()> {
+        if self.eval.errors.len() >= MAX_ERRORS {
+            return Err(raise(
+                lua,
+                format!("more than {MAX_ERRORS} errors; evaluation stopped"),
+            ));
+        }
+        self.eval.errors.push(error);
+        Ok(())
+    }
+}
+
+/// The error that stops an evaluation whose declarations outgrew [`MAX_DECLARED_BYTES`].
+fn too_large(lua: &Lua) -> mlua::Error {
+    raise(
+        lua,
+        format!(
+            "the declarations take more than {} MiB (the tables given to site{{}}, defaults{{}}, \
+             notifier and maintenance{{}}, as copied out of Lua)",
+            MAX_DECLARED_BYTES >> 20
+        ),
+    )
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -100,8 +193,17 @@ const LOAD_TIME_FUNCTIONS: &[&str] = &[
 /// Evaluates `source` in `sandbox` under the load-time budget. Leaves the
 /// [`LOAD_TIME_FUNCTIONS`] defined; workers replace them with [`disable_load_time_functions`].
 pub(crate) fn evaluate(sandbox: &Sandbox, source: &ConfigSource) -> Evaluation {
+    evaluate_keeping(sandbox, source, Keep::All)
+}
+
+/// What a worker that only calls functions (hooks, formatters) keeps of each declaration.
+pub(crate) const KEEP_FUNCTIONS: Keep = Keep::Only(&["name", "hooks", "format"]);
+
+/// [`evaluate`], keeping only what `keep` says of each declaration: a worker that needs the
+/// functions ([`KEEP_FUNCTIONS`]) does not copy everything out of Lua again.
+pub(crate) fn evaluate_keeping(sandbox: &Sandbox, source: &ConfigSource, keep: Keep) -> Evaluation {
     let main_file = source.path.display().to_string();
-    let state: Shared = Rc::default();
+    let state: Shared = Rc::new(RefCell::new(State::new(keep)));
     if let Err(e) = install(&sandbox.lua, &state, source, &sandbox.budget) {
         return failed_setup(&main_file, e);
     }
@@ -186,25 +288,26 @@ fn install(
         "site",
         lua.create_function(move |lua, value: Value| {
             let location = here(lua, &file);
-            let mut guard = st.borrow_mut();
-            let State {
-                eval, script_names, ..
-            } = &mut *guard;
+            let mut state = st.borrow_mut();
+            state.declare(lua, &location)?;
             match value {
                 Value::Table(table) => {
-                    let raw = Converter::new(&mut eval.functions, script_names).table(&table);
-                    eval.sites.push(Declaration {
+                    let raw = state.snapshot(lua, &table)?;
+                    state.eval.sites.push(Declaration {
                         location,
                         table: raw,
                     });
                 }
-                other => eval.errors.push(ConfigError::at(
-                    &location,
-                    ConfigErrorKind::NotATable {
-                        function: "site{}",
-                        found: other.type_name().to_string(),
-                    },
-                )),
+                other => state.report(
+                    lua,
+                    ConfigError::at(
+                        &location,
+                        ConfigErrorKind::NotATable {
+                            function: "site{}",
+                            found: other.type_name().to_string(),
+                        },
+                    ),
+                )?,
             }
             Ok(())
         })?,
@@ -216,10 +319,9 @@ fn install(
         "defaults",
         lua.create_function(move |lua, value: Value| {
             let location = here(lua, &file);
-            let mut guard = st.borrow_mut();
-            let State {
-                eval, script_names, ..
-            } = &mut *guard;
+            let mut state = st.borrow_mut();
+            state.declare(lua, &location)?;
+            let eval = &state.eval;
             let problem = if let Some(first) = &eval.defaults {
                 Some(ConfigErrorKind::DefaultsTwice {
                     first: first.location.clone(),
@@ -237,10 +339,10 @@ fn install(
                 })
             };
             match (problem, value) {
-                (Some(kind), _) => eval.errors.push(ConfigError::at(&location, kind)),
+                (Some(kind), _) => state.report(lua, ConfigError::at(&location, kind))?,
                 (None, Value::Table(table)) => {
-                    let raw = Converter::new(&mut eval.functions, script_names).table(&table);
-                    eval.defaults = Some(Declaration {
+                    let raw = state.snapshot(lua, &table)?;
+                    state.eval.defaults = Some(Declaration {
                         location,
                         table: raw,
                     });
@@ -258,11 +360,10 @@ fn install(
         lua.create_function(move |lua, name: Value| {
             let location = here(lua, &file);
             let (name, index) = {
-                let mut guard = st.borrow_mut();
-                let State {
-                    eval, script_names, ..
-                } = &mut *guard;
-                let name = Converter::new(&mut eval.functions, script_names).value(name);
+                let mut state = st.borrow_mut();
+                state.declare(lua, &location)?;
+                let name = state.snapshot_value(lua, name)?;
+                let eval = &mut state.eval;
                 eval.notifiers.push(NotifierDeclaration {
                     location,
                     name: name.clone(),
@@ -273,26 +374,26 @@ fn install(
             let (st, file) = (Rc::clone(&st), file.clone());
             lua.create_function(move |lua, value: Value| {
                 let location = here(lua, &file);
-                let mut guard = st.borrow_mut();
-                let State {
-                    eval, script_names, ..
-                } = &mut *guard;
+                let mut state = st.borrow_mut();
+                state.declare(lua, &location)?;
                 let body = match value {
-                    Value::Table(table) => NotifierBody::Table(
-                        Converter::new(&mut eval.functions, script_names).table(&table),
-                    ),
+                    Value::Table(table) => NotifierBody::Table(state.snapshot(lua, &table)?),
                     other => {
                         let subject = name.as_str().map(|n| ErrorSubject::Notifier(n.into()));
-                        eval.errors.push(ConfigError::new(
-                            Some(location.clone()),
-                            subject,
-                            ConfigErrorKind::NotifierBody {
-                                found: other.type_name().to_string(),
-                            },
-                        ));
+                        state.report(
+                            lua,
+                            ConfigError::new(
+                                Some(location.clone()),
+                                subject,
+                                ConfigErrorKind::NotifierBody {
+                                    found: other.type_name().to_string(),
+                                },
+                            ),
+                        )?;
                         NotifierBody::Invalid
                     }
                 };
+                let eval = &mut state.eval;
                 // The first call fills the declaration; calling the function again declares
                 // the same name again (reported as a duplicate).
                 match &mut eval.notifiers[index] {
@@ -320,25 +421,26 @@ fn install(
         "maintenance",
         lua.create_function(move |lua, value: Value| {
             let location = here(lua, &file);
-            let mut guard = st.borrow_mut();
-            let State {
-                eval, script_names, ..
-            } = &mut *guard;
+            let mut state = st.borrow_mut();
+            state.declare(lua, &location)?;
             match value {
                 Value::Table(table) => {
-                    let raw = Converter::new(&mut eval.functions, script_names).table(&table);
-                    eval.maintenance.push(Declaration {
+                    let raw = state.snapshot(lua, &table)?;
+                    state.eval.maintenance.push(Declaration {
                         location,
                         table: raw,
                     });
                 }
-                other => eval.errors.push(ConfigError::at(
-                    &location,
-                    ConfigErrorKind::NotATable {
-                        function: "maintenance{}",
-                        found: other.type_name().to_string(),
-                    },
-                )),
+                other => state.report(
+                    lua,
+                    ConfigError::at(
+                        &location,
+                        ConfigErrorKind::NotATable {
+                            function: "maintenance{}",
+                            found: other.type_name().to_string(),
+                        },
+                    ),
+                )?,
             }
             Ok(())
         })?,
@@ -350,21 +452,31 @@ fn install(
         "env",
         lua.create_function(move |lua, name: Value| {
             let name = match &name {
-                Value::String(s) => s.to_str().map(|s| s.to_string()).ok(),
+                Value::String(s) if s.as_bytes().len() <= MAX_ENV_NAME => {
+                    s.to_str().map(|s| s.to_string()).ok()
+                }
                 _ => None,
             };
             let name = match name {
                 Some(n) if !n.is_empty() && !n.contains(['=', '\0']) => n,
-                _ => return Err(raise(lua, "env() expects an environment variable name")),
+                _ => {
+                    return Err(raise(
+                        lua,
+                        format!(
+                            "env() expects an environment variable name (at most \
+                             {MAX_ENV_NAME} bytes, no '=')"
+                        ),
+                    ))
+                }
             };
             match std::env::var(&name) {
                 Ok(value) => Ok(value),
                 Err(_) => {
                     let location = here(lua, &file);
-                    st.borrow_mut().eval.errors.push(ConfigError::at(
-                        &location,
-                        ConfigErrorKind::EnvUnset { name },
-                    ));
+                    st.borrow_mut().report(
+                        lua,
+                        ConfigError::at(&location, ConfigErrorKind::EnvUnset { name }),
+                    )?;
                     Ok(String::new())
                 }
             }
@@ -398,9 +510,7 @@ fn install(
                 Ok(function) => function,
                 Err(kind) => {
                     st.borrow_mut()
-                        .eval
-                        .errors
-                        .push(ConfigError::at(&location, kind));
+                        .report(lua, ConfigError::at(&location, kind))?;
                     let message = format!("script {name:?} failed to load");
                     lua.create_function(move |lua, _: mlua::MultiValue| -> mlua::Result<()> {
                         Err(raise(lua, &message))
@@ -457,8 +567,14 @@ fn load_script(
         }));
     }
     let path = scripts_dir.join(format!("{name}.lua"));
-    let text = match pinned.map_or_else(|| std::fs::read_to_string(&path), |text| Ok(text.clone()))
-    {
+    let read = || {
+        super::files::read_limited(&path, super::files::MAX_SCRIPT_FILE).and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8")
+            })
+        })
+    };
+    let text = match pinned.map_or_else(read, |text| Ok(text.clone())) {
         Ok(text) => text,
         Err(source) => {
             return Ok(Err(ConfigErrorKind::ScriptMissing {
@@ -649,6 +765,28 @@ notifier "ops" { type = "webhook", url = "https://other.example/", format = func
         );
         assert_eq!(eval.errors.len(), 1, "{:?}", eval.errors);
         assert_eq!(eval.maintenance[0].location.line, 6);
+    }
+
+    #[test]
+    fn function_workers_keep_only_names_and_functions() {
+        let sandbox = Sandbox::new(LOAD_MEMORY_LIMIT).unwrap();
+        let source = ConfigSource {
+            path: PathBuf::from("sites.lua"),
+            text: "local big = string.rep('x', 1 << 20)\n\
+                   site { name = 'a', url = big, request = { body = big }, hooks = { function() end } }\n\
+                   notifier 'n' { type = 'webhook', url = big, format = function() end }\n"
+                .into(),
+            scripts_dir: PathBuf::from("/nonexistent"),
+            scripts: Default::default(),
+        };
+        let eval = evaluate_keeping(&sandbox, &source, KEEP_FUNCTIONS);
+        assert!(eval.errors.is_empty(), "{:?}", eval.errors);
+        let site = &eval.sites[0].table;
+        assert_eq!(site.get("name").and_then(Raw::as_str), Some("a"));
+        assert_eq!(site.get("url"), Some(&Raw::Other("not kept".into())));
+        assert_eq!(site.get("request"), Some(&Raw::Other("not kept".into())));
+        assert_eq!(hook_functions(&eval)[0].1.len(), 1);
+        assert_eq!(formatter_functions(&eval).len(), 1);
     }
 
     #[test]

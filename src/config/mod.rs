@@ -19,6 +19,7 @@
 
 pub(crate) mod error;
 pub(crate) mod eval;
+mod files;
 pub(crate) mod maintenance;
 mod parse;
 pub(crate) mod raw;
@@ -31,20 +32,27 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::lua::sandbox::{Sandbox, LOAD_MEMORY_LIMIT, LOAD_WALL_TIME};
-use crate::lua::stuck::{self, Unfinished, STUCK_GRACE};
+use crate::lua::stuck::{self, Milestone, Unfinished, STUCK_GRACE};
 
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, ErrorSubject};
 pub use types::*;
 
 /// Hex digits of the SHA-256 kept as [`Config::version`]: enough to tell configurations apart.
 const VERSION_HEX_LEN: usize = 16;
+/// How long validating what the evaluation declared may take (reading TLS files, compiling
+/// regexes; bounded by the size of the declarations) before the load is given up.
+const VALIDATE_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// Directory beside `sites.lua` that `script(name)` loads from.
 pub const SCRIPTS_DIR: &str = "scripts";
 
 /// Reads, evaluates and validates `path` (`sites.lua`); scripts come from `scripts/` beside it
 /// and relative TLS paths are resolved against its directory. Returns every error at once.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let text = files::read_limited(path, files::MAX_CONFIG_FILE).and_then(|bytes| {
+        String::from_utf8(bytes)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
+    });
+    let text = text.map_err(|source| {
         ConfigErrors::from(ConfigError::new(
             None,
             None,
@@ -84,7 +92,8 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
     let outcome = stuck::run_isolated(
         "sitewatch-config",
         LOAD_WALL_TIME + STUCK_GRACE,
-        move || evaluate_and_validate(source, cell_tx),
+        VALIDATE_TIME,
+        move |evaluated| evaluate_and_validate(source, cell_tx, evaluated),
     );
     let at_start = || Location {
         file: main_file.clone(),
@@ -98,7 +107,18 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
     };
     match outcome {
         Ok(result) => result,
-        Err(Unfinished::TimedOut) => {
+        Err(Unfinished::TimedOut {
+            passed_milestone: true,
+        }) => limit(
+            at_start(),
+            format!(
+                "was validated for longer than {}s; it was abandoned",
+                VALIDATE_TIME.as_secs()
+            ),
+        ),
+        Err(Unfinished::TimedOut {
+            passed_milestone: false,
+        }) => {
             let location = cell_rx
                 .try_recv()
                 .ok()
@@ -136,6 +156,7 @@ pub fn load_str(path_label: &Path, text: &str, scripts_dir: &Path) -> Result<Con
 fn evaluate_and_validate(
     source: ConfigSource,
     location_cell: std::sync::mpsc::Sender<LocationCell>,
+    evaluated: &Milestone<'_, Result<Config, ConfigErrors>>,
 ) -> Result<Config, ConfigErrors> {
     let path_label = source.path.clone();
     let text = source.text.clone();
@@ -154,6 +175,7 @@ fn evaluate_and_validate(
     };
     let _ = location_cell.send(sandbox.budget.location_cell());
     let evaluation = eval::evaluate(&sandbox, &source);
+    evaluated.reached();
     let (validated, mut errors) = validate::validate(&evaluation, &base_dir(&path_label));
     let mut all = evaluation.errors;
     all.append(&mut errors);

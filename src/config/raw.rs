@@ -8,6 +8,13 @@ use mlua::{Function, Table, Value};
 
 /// Deepest nesting converted; deeper tables (or cycles) become [`Raw::Other`].
 const MAX_DEPTH: usize = 32;
+/// Bytes the snapshots of one evaluation may hold outside the Lua heap: strings as copied, plus
+/// [`ENTRY_BYTES`] per table entry. Far above what 10,000 sites need (a few MiB), far below
+/// what would hurt: without it, one large string declared again and again would be copied
+/// again and again.
+pub(crate) const MAX_DECLARED_BYTES: usize = 64 * 1024 * 1024;
+/// What one snapshot entry costs beside its strings (the key and value themselves).
+const ENTRY_BYTES: usize = 64;
 
 /// A Lua value, detached from the state.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +103,16 @@ impl Raw {
     /// The value as written, for messages (`"10x"`, `10`, `true`, `table`).
     pub(crate) fn show(&self) -> String {
         match self {
-            Raw::Str(bytes) => format!("{:?}", String::from_utf8_lossy(bytes)),
+            Raw::Str(bytes) => {
+                // Cut before quoting: the value may be megabytes long.
+                let head = &bytes[..bytes.len().min(4 * super::error::MAX_QUOTED_CHARS + 4)];
+                let mut text = String::from_utf8_lossy(head).into_owned();
+                if head.len() < bytes.len() {
+                    text.push_str("...");
+                }
+                super::error::cut(&mut text, super::error::MAX_QUOTED_CHARS);
+                format!("{text:?}")
+            }
             Raw::Int(i) => i.to_string(),
             Raw::Num(n) => n.to_string(),
             Raw::Bool(b) => b.to_string(),
@@ -130,6 +146,17 @@ impl Raw {
     }
 }
 
+/// What a snapshot keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Everything: the configuration is validated from it.
+    All,
+    /// At the top of each declaration, only these keys (others become [`Raw::Other`]): a
+    /// worker that only needs the functions (`hooks`, `format`) and names does not copy the
+    /// rest again.
+    Only(&'static [&'static str]),
+}
+
 /// Converts Lua values, registering the functions it meets.
 pub(crate) struct Converter<'a> {
     /// Every function met so far; [`FnRef::id`] indexes it.
@@ -138,26 +165,59 @@ pub(crate) struct Converter<'a> {
     pub(crate) script_names: &'a std::collections::HashMap<usize, String>,
     /// Tables on the path being converted, to spot cycles.
     stack: Vec<usize>,
+    /// Bytes the evaluation's snapshots may still take (see [`MAX_DECLARED_BYTES`]).
+    room: &'a mut usize,
+    /// Set when `room` ran out: the snapshot is incomplete and the evaluation must stop.
+    pub(crate) exhausted: bool,
+    keep: Keep,
 }
 
 impl<'a> Converter<'a> {
     pub(crate) fn new(
         functions: &'a mut Vec<Function>,
         script_names: &'a std::collections::HashMap<usize, String>,
+        room: &'a mut usize,
+        keep: Keep,
     ) -> Self {
         Converter {
             functions,
             script_names,
             stack: Vec::new(),
+            room,
+            exhausted: false,
+            keep,
+        }
+    }
+
+    /// Takes `bytes` from the room left; false (and `exhausted`) when there is not enough.
+    fn take(&mut self, bytes: usize) -> bool {
+        match self.room.checked_sub(bytes) {
+            Some(left) if !self.exhausted => {
+                *self.room = left;
+                true
+            }
+            _ => {
+                self.exhausted = true;
+                false
+            }
         }
     }
 
     pub(crate) fn table(&mut self, table: &Table) -> RawTable {
         let pointer = table.to_pointer() as usize;
+        let top = self.stack.is_empty();
         self.stack.push(pointer);
         let mut entries = Vec::new();
         // `for_each` walks with raw `next`: no metamethod runs.
         let _ = table.for_each(|key: Value, value: Value| {
+            let key_bytes = match &key {
+                Value::String(s) => s.as_bytes().len(),
+                _ => 0,
+            };
+            if !self.take(ENTRY_BYTES.saturating_add(key_bytes)) {
+                // Stops the walk; the caller sees `exhausted`.
+                return Err(mlua::Error::runtime("declarations too large"));
+            }
             let key = match key {
                 Value::Integer(i) => RawKey::Index(i),
                 Value::String(s) => match s.to_str() {
@@ -167,7 +227,16 @@ impl<'a> Converter<'a> {
                 Value::Number(n) => RawKey::Other(n.to_string()),
                 other => RawKey::Other(other.type_name().to_string()),
             };
-            let value = self.value(value);
+            let kept = match (&self.keep, top, &key) {
+                (Keep::Only(keys), true, RawKey::Name(name)) => keys.contains(&name.as_str()),
+                (Keep::Only(_), true, _) => false,
+                _ => true,
+            };
+            let value = if kept {
+                self.value(value)
+            } else {
+                Raw::Other("not kept".into())
+            };
             entries.push((key, value));
             Ok(())
         });
@@ -182,7 +251,14 @@ impl<'a> Converter<'a> {
             Value::Boolean(b) => Raw::Bool(b),
             Value::Integer(i) => Raw::Int(i),
             Value::Number(n) => Raw::Num(n),
-            Value::String(s) => Raw::Str(s.as_bytes().to_vec()),
+            Value::String(s) => {
+                let bytes = s.as_bytes();
+                if self.take(bytes.len()) {
+                    Raw::Str(bytes.to_vec())
+                } else {
+                    Raw::Other("a string beyond the size limit".into())
+                }
+            }
             Value::LightUserData(ud) if ud.0.is_null() => Raw::Null,
             Value::Table(t) => {
                 let pointer = t.to_pointer() as usize;
@@ -220,7 +296,8 @@ mod tests {
             .unwrap();
         let mut functions = Vec::new();
         let names = Default::default();
-        let raw = Converter::new(&mut functions, &names).table(&table);
+        let mut room = MAX_DECLARED_BYTES;
+        let raw = Converter::new(&mut functions, &names, &mut room, Keep::All).table(&table);
         let keys: Vec<String> = raw.entries.iter().map(|(k, _)| k.to_string()).collect();
         assert_eq!(
             keys,

@@ -19,6 +19,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on body bytes read (after decompression).
 pub const DEFAULT_BODY_CAP: u64 = 1024 * 1024;
+/// Largest `body_cap` (and so `expect.max_body` + 1): a body is held in memory whole while it
+/// is checked, once per check in flight, and hooks see it in a Lua heap of 32 MiB anyway.
+pub const MAX_BODY_CAP: u64 = 16 * 1024 * 1024;
 /// Default number of redirects followed before the check fails as `redirect_loop`.
 pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
 

@@ -18,7 +18,7 @@ use regex::Regex;
 use serde_json_path::JsonPath;
 use url::Url;
 
-use super::error::{one_line, ConfigError, ConfigErrorKind as Kind, ErrorSubject};
+use super::error::{one_line, ConfigError, ConfigErrorKind as Kind, ErrorSubject, MAX_ERRORS};
 use super::eval::{Declaration, Evaluation, NotifierBody, NotifierDeclaration};
 use super::parse::{
     format_duration, parse_duration, parse_size, parse_time_of_day, parse_weekday, status_class,
@@ -29,13 +29,15 @@ use super::types::{
     AlertRule, Expect, FlapRule, HeaderExpectation, JsonExpectation, LatencyObjective, Location,
     MaintenanceSchedule, MaintenanceWindow, Notifier, NotifierKind, Request, Site, Slo,
     StatusMatcher, TlsOptions, DEFAULT_BODY_CAP, DEFAULT_INTERVAL, DEFAULT_MAX_REDIRECTS,
-    DEFAULT_SLO_WINDOW, DEFAULT_TIMEOUT, MAX_ALERT_NAME_LEN, MAX_MAINTENANCE,
+    DEFAULT_SLO_WINDOW, DEFAULT_TIMEOUT, MAX_ALERT_NAME_LEN, MAX_BODY_CAP, MAX_MAINTENANCE,
 };
 
 /// Most retries a site may ask for; each one can take a whole timeout.
 pub(crate) const MAX_RETRIES: i64 = 10;
 /// Most redirects a site may allow.
 pub(crate) const MAX_REDIRECTS_LIMIT: i64 = 100;
+/// Longest URL: it travels in every result.
+pub(crate) const MAX_URL_LEN: usize = 4096;
 /// Longest site name: it is a Kafka key, a label in logs and a database column.
 pub(crate) const MAX_SITE_NAME_LEN: usize = 128;
 /// Largest `alert.after`/`alert.recover_after`: beyond a thousand checks a streak means nothing.
@@ -214,6 +216,10 @@ struct Reporter<'a> {
 
 impl Reporter<'_> {
     fn push(&mut self, kind: Kind) {
+        // One past the cap is kept so the report says it was cut (see `ConfigErrors::new`).
+        if self.errors.len() > MAX_ERRORS {
+            return;
+        }
         self.errors.push(ConfigError::new(
             Some(self.location.clone()),
             self.subject.clone(),
@@ -1017,7 +1023,9 @@ fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Se
         })
         .map_or(DEFAULT_MAX_REDIRECTS, |(n, _)| n);
     let mut body_cap = layers
-        .field("body_cap", rep, |raw| size("body_cap", raw))
+        .field("body_cap", rep, |raw| {
+            size("body_cap", raw).and_then(|n| size_at_most("body_cap", raw, n, MAX_BODY_CAP))
+        })
         .map_or(DEFAULT_BODY_CAP, |(n, _)| n);
     if let Some(max_body) = expect.max_body {
         // A truncated body must prove the limit was exceeded.
@@ -1104,7 +1112,10 @@ fn expect(layers: Layers<'_>, rep: &mut Reporter<'_>) -> Expect {
         })
         .map(|(n, _)| n);
     let max_body = layers
-        .field("max_body", rep, |raw| size("expect.max_body", raw))
+        .field("max_body", rep, |raw| {
+            size("expect.max_body", raw)
+                .and_then(|n| size_at_most("expect.max_body", raw, n, MAX_BODY_CAP - 1))
+        })
         .map(|(n, _)| n);
     let headers = layers
         .get("headers")
@@ -1234,6 +1245,9 @@ fn parse_url(raw: &Raw) -> Result<Url, Kind> {
         value: text.to_string(),
         reason,
     };
+    if text.len() > MAX_URL_LEN {
+        return Err(invalid(format!("longer than {MAX_URL_LEN} bytes")));
+    }
     let url = Url::parse(text).map_err(|e| invalid(e.to_string()))?;
     match url.scheme() {
         "http" | "https" => {}
@@ -1287,6 +1301,18 @@ fn size(key: &str, raw: &Raw) -> Result<u64, Kind> {
         },
         other => Err(wrong_type(key, "a size such as \"512KB\"", other)),
     }
+}
+
+/// A size that must not exceed `max` bytes.
+fn size_at_most(key: &str, raw: &Raw, value: u64, max: u64) -> Result<u64, Kind> {
+    if value > max {
+        return Err(Kind::Size {
+            key: key.to_string(),
+            value: raw.show(),
+            reason: format!("must be at most {max} bytes ({} MiB)", MAX_BODY_CAP >> 20),
+        });
+    }
+    Ok(value)
 }
 
 /// A whole number from 0 to `max`.
@@ -1546,11 +1572,14 @@ fn read_pem(key: &'static str, raw: &Raw, base_dir: &Path) -> Result<Vec<u8>, Ki
         .as_str()
         .ok_or_else(|| wrong_type(&format!("tls.{key}"), "a file path", raw))?;
     let path = base_dir.join(text);
-    let bytes = std::fs::read(&path).map_err(|source| Kind::TlsFile {
-        key,
-        path: path.clone(),
-        source,
-    })?;
+    let bytes =
+        super::files::read_limited(&path, super::files::MAX_PEM_FILE).map_err(|source| {
+            Kind::TlsFile {
+                key,
+                path: path.clone(),
+                source,
+            }
+        })?;
     if !bytes
         .windows(b"-----BEGIN ".len())
         .any(|w| w == b"-----BEGIN ")

@@ -38,7 +38,7 @@ impl Worker {
         };
         let sandbox = Sandbox::new(LOAD_MEMORY_LIMIT).map_err(sandbox_error)?;
         let build_r = r_table::builder(&sandbox.lua).map_err(sandbox_error)?;
-        let evaluation = eval::evaluate(&sandbox, source);
+        let evaluation = eval::evaluate_keeping(&sandbox, source, eval::KEEP_FUNCTIONS);
         if !evaluation.errors.is_empty() {
             return Err(HookError::Evaluate {
                 path: source.path.clone(),

@@ -34,11 +34,17 @@ pub(crate) const LOAD_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 /// The budget hook runs every this many VM instructions: small enough that a deadline is noticed
 /// within microseconds of pure Lua, large enough that the check costs nothing measurable.
 pub(crate) const CHECK_EVERY: u32 = 1_000;
-/// Compiled patterns `regex.match` keeps per state; the cache is emptied when it fills up.
-const REGEX_CACHE_CAPACITY: usize = 256;
+/// Compiled patterns `regex.match` keeps per state; the cache is emptied when it fills up. With
+/// the two limits below the cache holds at most 32 × (256 KiB + 256 KiB + 64 KiB) ≈ 18 MiB
+/// outside the Lua heap.
+const REGEX_CACHE_CAPACITY: usize = 32;
 /// Compiled-size limit of one `regex.match` pattern, so a pattern cannot eat the worker's memory
 /// outside the Lua heap.
-const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// Limit of the lazy DFA's cache of one `regex.match` pattern (it grows as the pattern runs).
+const REGEX_DFA_LIMIT: usize = 256 * 1024;
+/// Longest `regex.match` pattern, in bytes (it is kept as the cache key).
+const MAX_REGEX_PATTERN: usize = 64 * 1024;
 /// Longest `log.*`/`print` message passed on to tracing; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 2048;
 /// Tracing target of messages logged from Lua.
@@ -46,9 +52,10 @@ const LOG_TARGET: &str = "sitewatch::lua";
 
 /// Lua source run once in every new state, before any user code: removes what a sandbox must not
 /// have and wraps what it may only have in a safe form. Receives `check` (raises if the budget
-/// is exhausted) and `tripped` (whether it is), and returns `freeze`.
+/// is exhausted), `tripped` (whether it is) and `charge` (counts work done in library code as
+/// instructions), and returns `freeze`.
 const PRELUDE: &str = r##"
-local check, tripped = ...
+local check, tripped, charge = ...
 local G = _G
 local error, getmetatable, ipairs, next, select, tostring, type =
       error, getmetatable, ipairs, next, select, tostring, type
@@ -63,7 +70,8 @@ getmetatable("").__metatable = false
 -- Library loops that run no Lua instruction cannot be stopped by the budget. Two never end for
 -- some arguments: string.rep copies nothing n times for an empty string and separator, and
 -- table.move over a huge range of a plain table moves nils for ever. The wrappers keep Lua's
--- results and errors; the long cases return at once or go in budgeted chunks.
+-- results and errors; the long cases return at once or go in chunks, each element moved
+-- counted as an instruction.
 do
   local rep, move, tointeger, maxinteger = string.rep, table.move, math.tointeger, math.maxinteger
   local rawequal = rawequal
@@ -87,6 +95,7 @@ do
       while true do
         local lo = fi
         if hi - fi >= MOVE_CHUNK then lo = hi - MOVE_CHUNK + 1 end
+        charge(hi - lo + 1)
         move(a1, lo, hi, ti + (lo - fi), a2)
         if lo == fi then break end
         hi = lo - 1
@@ -96,6 +105,7 @@ do
       while true do
         local hi = ei
         if ei - lo >= MOVE_CHUNK then hi = lo + MOVE_CHUNK - 1 end
+        charge(hi - lo + 1)
         move(a1, lo, hi, ti + (lo - fi), a2)
         if hi == ei then break end
         lo = hi + 1
@@ -365,11 +375,13 @@ impl Sandbox {
         })?;
         let tripped_budget = Rc::clone(&budget);
         let tripped = lua.create_function(move |_, ()| Ok(tripped_budget.tripped().is_some()))?;
+        let charge_budget = Rc::clone(&budget);
+        let charge = lua.create_function(move |_, n: u64| charge_budget.charge(n))?;
         let freeze: Function = lua
             .load(PRELUDE)
             .set_name("=sitewatch prelude")
             .set_mode(ChunkMode::Text)
-            .call((check, tripped))?;
+            .call((check, tripped, charge))?;
         Ok(Sandbox {
             lua,
             budget,
@@ -535,6 +547,12 @@ fn regex_table(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(move |lua, (subject, pattern): (Value, Value)| {
             let subject = string_arg(lua, &subject, "regex.match", 1)?;
             let pattern = string_arg(lua, &pattern, "regex.match", 2)?;
+            if pattern.as_bytes().len() > MAX_REGEX_PATTERN {
+                return Err(raise(
+                    lua,
+                    format!("regex.match: the pattern is longer than {MAX_REGEX_PATTERN} bytes"),
+                ));
+            }
             let pattern = pattern
                 .to_str()
                 .map_err(|_| raise(lua, "regex.match: the pattern is not valid UTF-8"))?;
@@ -542,13 +560,18 @@ fn regex_table(lua: &Lua) -> mlua::Result<Table> {
             if !cache.contains_key(&*pattern) {
                 let compiled = regex::bytes::RegexBuilder::new(&pattern)
                     .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_DFA_LIMIT)
                     .build()
                     .map_err(|e| {
+                        let mut shown = pattern.to_string();
+                        crate::config::error::cut(
+                            &mut shown,
+                            crate::config::error::MAX_QUOTED_CHARS,
+                        );
                         raise(
                             lua,
                             format!(
-                                "regex.match: invalid regex {:?}: {}",
-                                &*pattern,
+                                "regex.match: invalid regex {shown:?}: {}",
                                 crate::config::error::one_line(&e.to_string())
                             ),
                         )

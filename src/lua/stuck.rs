@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -62,52 +62,82 @@ enum Phase {
 /// How a bounded run ended when it did not finish.
 #[derive(Debug)]
 pub(crate) enum Unfinished {
-    /// Still running after the limit: the thread is abandoned.
-    TimedOut,
+    /// Still running after the limit: the thread is abandoned. `passed_milestone`: the work
+    /// had reported its [`Milestone`] (so it was in its second part).
+    TimedOut { passed_milestone: bool },
     /// Not started: [`MAX_ABANDONED_THREADS`] are already stuck.
     TooManyStuck,
     /// The thread could not be started.
     Spawn(std::io::Error),
 }
 
-/// Runs `work` on a thread of its own and waits at most `limit` for it. A thread still running
-/// then is abandoned (see the module doc); a panic in `work` is resumed here.
+/// What the thread of [`run_isolated`] sends back.
+enum Message<T> {
+    Milestone,
+    Done(std::thread::Result<T>),
+}
+
+/// Handed to the work of [`run_isolated`]: reporting it starts the second limit.
+pub(crate) struct Milestone<'a, T>(&'a mpsc::Sender<Message<T>>);
+
+impl<T> Milestone<'_, T> {
+    pub(crate) fn reached(&self) {
+        let _ = self.0.send(Message::Milestone);
+    }
+}
+
+/// Runs `work` on a thread of its own and waits at most `limit` for it to finish or report
+/// its [`Milestone`], then at most `then` for it to finish. A thread still running then is
+/// abandoned (see the module doc); a panic in `work` is resumed here.
 pub(crate) fn run_isolated<T: Send + 'static>(
     name: &str,
     limit: Duration,
-    work: impl FnOnce() -> T + Send + 'static,
+    then: Duration,
+    work: impl FnOnce(&Milestone<'_, T>) -> T + Send + 'static,
 ) -> Result<T, Unfinished> {
     if !may_abandon() {
         return Err(Unfinished::TooManyStuck);
     }
     let phase = Arc::new(Mutex::new(Phase::Running));
-    let (tx, rx) = mpsc::sync_channel(1);
+    let (tx, rx) = mpsc::channel();
     let thread_phase = Arc::clone(&phase);
     std::thread::Builder::new()
         .name(name.to_string())
         .stack_size(EVALUATION_STACK)
         .spawn(move || {
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let milestone = Milestone(&tx);
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&milestone)));
             let mut phase = thread_phase.lock();
             if *phase == Phase::Abandoned {
                 recovered();
             }
             *phase = Phase::Done;
-            let _ = tx.send(out);
+            let _ = tx.send(Message::Done(out));
         })
         .map_err(Unfinished::Spawn)?;
-    let out = match rx.recv_timeout(limit) {
-        Ok(out) => out,
-        Err(_) => {
-            let mut phase = phase.lock();
-            if *phase != Phase::Done {
-                *phase = Phase::Abandoned;
-                abandon();
-                return Err(Unfinished::TimedOut);
+    let mut deadline = Instant::now() + limit;
+    let mut passed_milestone = false;
+    let out = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Message::Milestone) => {
+                passed_milestone = true;
+                deadline = Instant::now() + then;
             }
-            drop(phase);
-            // Finished just as the wait ended: the result is in the channel.
-            rx.recv().map_err(|_| Unfinished::TimedOut)?
+            Ok(Message::Done(out)) => break out,
+            Err(_) => {
+                let mut phase = phase.lock();
+                if *phase != Phase::Done {
+                    *phase = Phase::Abandoned;
+                    abandon();
+                    return Err(Unfinished::TimedOut { passed_milestone });
+                }
+                drop(phase);
+                // Finished just as the wait ended: the result is in the channel.
+                match rx.recv() {
+                    Ok(Message::Done(out)) => break out,
+                    _ => return Err(Unfinished::TimedOut { passed_milestone }),
+                }
+            }
         }
     };
     match out {
@@ -122,13 +152,30 @@ mod tests {
 
     #[test]
     fn finished_work_is_returned_and_stuck_work_abandoned() {
-        assert_eq!(run_isolated("t", Duration::from_secs(5), || 7).unwrap(), 7);
+        let long = Duration::from_secs(5);
+        assert_eq!(run_isolated("t", long, long, |_| 7).unwrap(), 7);
+        // The second limit starts at the milestone.
+        let short = Duration::from_millis(200);
+        let slow_second_part = run_isolated("t", short, long, |milestone| {
+            milestone.reached();
+            std::thread::sleep(Duration::from_millis(400));
+            8
+        });
+        assert_eq!(slow_second_part.unwrap(), 8);
         let (release, wait) = mpsc::channel::<()>();
         let before = abandoned();
-        let stuck = run_isolated("t", Duration::from_millis(50), move || {
+        let stuck = run_isolated("t", Duration::from_millis(50), long, move |_| {
             let _ = wait.recv();
         });
-        assert!(matches!(stuck, Err(Unfinished::TimedOut)), "{stuck:?}");
+        assert!(
+            matches!(
+                stuck,
+                Err(Unfinished::TimedOut {
+                    passed_milestone: false
+                })
+            ),
+            "{stuck:?}"
+        );
         assert!(abandoned() > before);
         drop(release);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

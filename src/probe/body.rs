@@ -88,14 +88,20 @@ enum State {
     RawDeflate(DeflateDecoder<Capped>),
 }
 
+/// Most bytes reserved up front from a `Content-Length`: the server says it, so it is only a
+/// hint; past this the buffer grows as bytes actually arrive.
+const MAX_PREALLOCATION: usize = 256 * 1024;
+
 impl BodySink {
-    /// `size_hint` (Content-Length, if known) only pre-sizes the buffer, never beyond `cap`.
+    /// `size_hint` (Content-Length, if known) only pre-sizes the buffer, never beyond `cap` nor
+    /// [`MAX_PREALLOCATION`].
     pub(crate) fn new(encoding: Encoding, cap: u64, size_hint: Option<u64>) -> BodySink {
         let cap = usize::try_from(cap).unwrap_or(usize::MAX);
         let hint = size_hint
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(0)
-            .min(cap);
+            .min(cap)
+            .min(MAX_PREALLOCATION);
         let state = match encoding {
             Encoding::Identity => State::Identity {
                 single: None,

@@ -342,7 +342,9 @@ impl Prober {
         p.begin(Phase::Transfer);
         let (parts, mut body) = response.into_parts();
         let encoding = Encoding::from_header(parts.headers.get(CONTENT_ENCODING));
-        let mut sink = BodySink::new(encoding, site.body_cap, body.size_hint().exact());
+        // Validation caps body_cap; a Site built in code is held to the same ceiling.
+        let cap = site.body_cap.min(crate::config::MAX_BODY_CAP);
+        let mut sink = BodySink::new(encoding, cap, body.size_hint().exact());
         let truncated = loop {
             match drive(conn.as_mut(), &mut conn_done, body.frame()).await {
                 None => break false,
