@@ -702,3 +702,76 @@ async fn shipped_formatters_render_every_kind_and_bad_ones_fail_with_a_reason() 
     // The thread survives all of that.
     assert!(formatters.format("slack", &n).await.is_ok());
 }
+
+/// `alert --dry-run` prints the notifications the topic's results cause, formatted, and writes
+/// nothing to PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_what_would_be_sent_and_writes_nothing() {
+    let _stack = stack::StackLock::shared();
+    let site = Switch::new(false).await;
+    let hook = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(
+        &config,
+        format!(
+            r#"notifier "hook" {{ type = "webhook", url = "{hook}",
+                                  format = function(e) return "DRY " .. e.kind .. " " .. e.site end }}
+               site {{ name = "dry", url = "{url}", interval = "1s", timeout = "500ms",
+                       alert = {{ notify = {{ "hook" }}, after = 2 }} }}"#,
+            hook = hook.url("/hook"),
+            url = site.server.url("/"),
+        ),
+    )
+    .unwrap();
+    let (vars, database) = env("dry").await;
+    let config = config.to_str().unwrap();
+    let mut produce = Sitewatch::spawn(&["produce", "--config", config], &vars, dir.path());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    produce.terminate(Duration::from_secs(30));
+    let out = tokio::task::spawn_blocking({
+        let vars = vars.clone();
+        let config = config.to_owned();
+        move || {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+                .args(["alert", "--dry-run", "--config", &config])
+                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                let Some(Ok(line)) = lines.next() else { break };
+                let done = line.contains("DRY open dry");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            seen
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.iter().any(|l| l == "DRY open dry"), "{out:?}");
+    assert!(out.iter().any(|l| l.starts_with("hook open ")), "{out:?}");
+    assert!(hook.requests().is_empty(), "nothing sent");
+    let client = stack::client(&database).await;
+    let written: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM incidents) + (SELECT count(*) FROM notifications) \
+             + (SELECT count(*) FROM alert_state)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0, "a dry run writes nothing");
+    stack::drop_database(&database).await;
+}
