@@ -644,3 +644,55 @@ async fn deep_recursion_fails_the_hook_not_the_process() {
         good_still_works(&pool).await;
     }
 }
+
+/// Hooks stuck in long library calls on every worker at once: each is answered after its wall
+/// time plus the grace, its worker is abandoned and replaced, and other sites' hooks keep
+/// passing — not "every hook worker is stuck" until the calls return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_workers_are_replaced() {
+    let limits = HookLimits {
+        workers: 2,
+        wall_time: Duration::from_millis(100),
+        ..HookLimits::default()
+    };
+    // A few seconds each inside one C call (string.find, string.gsub, string.match).
+    let subject = "string.rep('a', 300)";
+    let hooks = [
+        format!("function(r) return string.find({subject}, '.-.-.-b') end"),
+        format!("function(r) return (string.gsub({subject}, '.-.-.-b', '')) end"),
+        format!("function(r) return string.match({subject}, '.-.-.-b') end"),
+    ];
+    let cases = [
+        ("find", &hooks[0]),
+        ("gsub", &hooks[1]),
+        ("match", &hooks[2]),
+    ];
+    let pool = HookPool::start(
+        &source(&sites(&cases.map(|(n, h)| (n, h.as_str())))),
+        limits,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let verdicts = futures::future::join_all(
+        cases
+            .iter()
+            .map(|(name, _)| pool.call(name, 0, input(name))),
+    )
+    .await;
+    for verdict in &verdicts {
+        assert_fails(verdict, "stuck inside a library call");
+    }
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+    // Both original workers are stuck; their replacements serve.
+    for _ in 0..5 {
+        let started = Instant::now();
+        good_still_works(&pool).await;
+        assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+    }
+    // And a stuck call again, on a replacement: replaced again.
+    assert_fails(
+        &pool.call("find", 0, input("find")).await,
+        "stuck inside a library call",
+    );
+    good_still_works(&pool).await;
+}

@@ -11,7 +11,9 @@
 //! A hook that errors or breaks a limit fails its assertion with the reason and the worker stays
 //! usable. A hook stuck inside a single library call (where the instruction hook cannot run,
 //! e.g. a pathological Lua pattern) is answered by a watchdog after its wall time plus
-//! [`STUCK_GRACE`]; that worker is lost until the call returns.
+//! [`STUCK_GRACE`]; the watchdog then abandons that worker and starts a replacement, as long as
+//! fewer than `crate::lua::stuck::MAX_ABANDONED_THREADS` threads are abandoned process-wide.
+//! The abandoned thread ends (and frees its Lua state) when its call returns.
 //!
 //! Layout: [`worker`] (one Lua state and its calls), [`verdict`] (the return contract that
 //! `scripts/sitewatch.d.lua` documents); this file holds the pool, its queue and the watchdog.
@@ -128,23 +130,39 @@ struct PendingCall {
 }
 
 /// What a worker is doing, shared with the watchdog.
-#[derive(Default)]
 struct Slot {
+    /// For logs: workers are numbered in the order they were started, replacements included.
+    id: usize,
     current: Mutex<Option<Busy>>,
     phase: Mutex<Phase>,
+    /// When the worker thread started: a worker still [`Phase::Starting`] long after is stuck
+    /// evaluating.
+    born: Instant,
+}
+
+impl Slot {
+    fn new(id: usize) -> Slot {
+        Slot {
+            id,
+            current: Mutex::new(None),
+            phase: Mutex::new(Phase::Starting),
+            born: Instant::now(),
+        }
+    }
 }
 
 /// Where a worker thread is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Evaluating the configuration.
-    #[default]
     Starting,
     /// Taking calls from the queue.
     Serving,
-    /// Given up on while stuck (counted by `crate::lua::stuck` until it returns); it exits as
-    /// soon as it can.
+    /// Given up on while stuck (counted by `crate::lua::stuck` until it returns) and replaced;
+    /// it exits as soon as it can.
     Abandoned,
+    /// Could not set up its Lua state; gone.
+    Dead,
 }
 
 /// The call in progress on a worker.
@@ -160,6 +178,18 @@ struct Busy {
 struct SiteHooks {
     index: usize,
     count: usize,
+}
+
+/// What the workers and the watchdog of one pool share.
+struct Shared {
+    source: ConfigSource,
+    limits: HookLimits,
+    queue: Mutex<mpsc::Receiver<PendingCall>>,
+    /// The sites and hook counts every worker must see, set once the first workers agreed; a
+    /// replacement worker that sees something else does not serve.
+    table: std::sync::OnceLock<Vec<(String, usize)>>,
+    /// Number of the next worker started, for logs.
+    next_id: std::sync::atomic::AtomicUsize,
 }
 
 /// A pool of hook workers evaluated from one configuration. Dropping it stops the workers (each
@@ -197,21 +227,17 @@ impl HookPool {
             ));
         }
         let (calls, queue) = mpsc::channel::<PendingCall>();
-        let queue = Arc::new(Mutex::new(queue));
+        let shared = Arc::new(Shared {
+            source: source.clone(),
+            limits: limits.clone(),
+            queue: Mutex::new(queue),
+            table: std::sync::OnceLock::new(),
+            next_id: std::sync::atomic::AtomicUsize::new(0),
+        });
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
         let mut slots = Vec::with_capacity(limits.workers);
-        for worker in 0..limits.workers {
-            let slot = Arc::new(Slot::default());
-            slots.push(Arc::clone(&slot));
-            let source = source.clone();
-            let limits = limits.clone();
-            let queue = Arc::clone(&queue);
-            let ready_tx = ready_tx.clone();
-            std::thread::Builder::new()
-                .name(format!("sitewatch-hook-{worker}"))
-                .stack_size(stuck::EVALUATION_STACK)
-                .spawn(move || worker_main(worker, source, limits, queue, slot, ready_tx))
-                .map_err(HookError::Spawn)?;
+        for _ in 0..limits.workers {
+            slots.push(spawn_worker(&shared, Some(ready_tx.clone())).map_err(HookError::Spawn)?);
         }
         drop(ready_tx);
 
@@ -254,18 +280,26 @@ impl HookPool {
                 }
             }
         }
+        let table = table.unwrap_or_default();
         let sites = table
-            .unwrap_or_default()
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(index, (name, count))| (name, SiteHooks { index, count }))
+            .map(|(index, (name, count))| {
+                (
+                    name.clone(),
+                    SiteHooks {
+                        index,
+                        count: *count,
+                    },
+                )
+            })
             .collect();
+        let _ = shared.table.set(table);
 
         let (stop_watchdog, stop_rx) = mpsc::channel::<()>();
-        let wall_time = limits.wall_time;
         std::thread::Builder::new()
             .name("sitewatch-hook-watchdog".into())
-            .spawn(move || watchdog(slots, queue, wall_time, stop_rx))
+            .spawn(move || watchdog(shared, slots, stop_rx))
             .map_err(HookError::Spawn)?;
 
         Ok(HookPool {
@@ -304,43 +338,86 @@ impl HookPool {
             .unwrap_or_else(|_| HookVerdict::fail("the hook worker stopped before answering"))
     }
 
-    /// Number of worker threads.
+    /// Number of worker threads serving (or starting to), replacements for stuck ones included.
     pub fn workers(&self) -> usize {
         self.workers
     }
 }
 
-fn worker_main(
-    id: usize,
-    source: ConfigSource,
-    limits: HookLimits,
-    queue: Arc<Mutex<mpsc::Receiver<PendingCall>>>,
-    slot: Arc<Slot>,
-    ready: mpsc::Sender<(usize, Ready)>,
-) {
-    let mut worker = match Worker::new(&source, &limits) {
+/// Starts one worker thread; `ready` hears from it once its Lua state is set up (replacements
+/// started by the watchdog have no one waiting).
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    ready: Option<mpsc::Sender<(usize, Ready)>>,
+) -> std::io::Result<Arc<Slot>> {
+    let id = shared
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = Arc::new(Slot::new(id));
+    let (thread_shared, thread_slot) = (Arc::clone(shared), Arc::clone(&slot));
+    std::thread::Builder::new()
+        .name(format!("sitewatch-hook-{id}"))
+        .stack_size(stuck::EVALUATION_STACK)
+        .spawn(move || worker_main(&thread_shared, &thread_slot, ready))?;
+    Ok(slot)
+}
+
+/// Leaves `phase` for a worker thread that is ending; an abandoned one is no longer stuck.
+fn end_worker(slot: &Slot, phase: Phase) {
+    let mut current = slot.phase.lock();
+    if *current == Phase::Abandoned {
+        stuck::recovered();
+    }
+    *current = phase;
+}
+
+fn worker_main(shared: &Shared, slot: &Slot, ready: Option<mpsc::Sender<(usize, Ready)>>) {
+    let id = slot.id;
+    let mut worker = match Worker::new(&shared.source, &shared.limits) {
         Ok(worker) => worker,
         Err(e) => {
-            if *slot.phase.lock() == Phase::Abandoned {
-                stuck::recovered();
+            if ready.is_none() {
+                tracing::error!(worker = id, error = %e, "replacement hook worker could not start");
             }
-            let _ = ready.send((id, Err(e)));
+            end_worker(slot, Phase::Dead);
+            if let Some(ready) = ready {
+                let _ = ready.send((id, Err(e)));
+            }
             return;
         }
     };
+    if ready.is_none() && shared.table.get() != Some(&worker.site_table()) {
+        tracing::error!(
+            worker = id,
+            "replacement hook worker sees other sites than the pool; not serving"
+        );
+        end_worker(slot, Phase::Dead);
+        return;
+    }
     {
         let mut phase = slot.phase.lock();
         if *phase == Phase::Abandoned {
             stuck::recovered();
+            *phase = Phase::Dead;
             return;
         }
         *phase = Phase::Serving;
     }
-    let _ = ready.send((id, Ok(worker.site_table())));
-    drop(ready);
+    if let Some(ready) = ready {
+        let _ = ready.send((id, Ok(worker.site_table())));
+    }
     loop {
+        // A worker replaced while stuck leaves once its call has returned.
+        if *slot.phase.lock() == Phase::Abandoned {
+            tracing::info!(
+                worker = id,
+                "a hook worker given up on has returned; it stops"
+            );
+            end_worker(slot, Phase::Dead);
+            return;
+        }
         let job = {
-            let queue = queue.lock();
+            let queue = shared.queue.lock();
             match queue.recv() {
                 Ok(job) => job,
                 Err(_) => return, // the pool is gone
@@ -362,67 +439,104 @@ fn worker_main(
             Ok(verdict) => verdict,
             Err(_) => {
                 tracing::error!(worker = id, site = %input.site, "hook runtime panicked; rebuilding the Lua state");
-                match Worker::new(&source, &limits) {
+                match Worker::new(&shared.source, &shared.limits) {
                     Ok(fresh) => worker = fresh,
                     Err(e) => {
                         tracing::error!(worker = id, error = %e, "hook worker cannot rebuild its Lua state; stopping");
-                        answer(&slot, HookVerdict::fail("the hook runtime panicked"));
+                        answer(slot, HookVerdict::fail("the hook runtime panicked"));
+                        end_worker(slot, Phase::Dead);
                         return;
                     }
                 }
                 HookVerdict::fail("the hook runtime panicked")
             }
         };
-        answer(&slot, verdict);
+        answer(slot, verdict);
     }
 }
 
 /// Sends the verdict of the current call unless the watchdog already answered it.
 fn answer(slot: &Slot, verdict: HookVerdict) {
     let current = slot.current.lock().take();
-    match current.and_then(|busy| busy.reply) {
-        Some(reply) => {
-            let _ = reply.send(verdict);
-        }
-        None => {
-            tracing::warn!("a hook call the watchdog gave up on has finished; its worker is back")
-        }
+    if let Some(reply) = current.and_then(|busy| busy.reply) {
+        let _ = reply.send(verdict);
     }
 }
 
-/// Answers calls stuck past their wall time + [`STUCK_GRACE`]; when every worker is stuck, fails
-/// the queued calls too instead of letting them wait.
-fn watchdog(
-    slots: Vec<Arc<Slot>>,
-    queue: Arc<Mutex<mpsc::Receiver<PendingCall>>>,
-    wall_time: Duration,
-    stop: mpsc::Receiver<()>,
-) {
-    let limit = wall_time + STUCK_GRACE;
-    let mut stuck = vec![false; slots.len()];
+/// Watches the workers: answers calls stuck past their wall time + [`STUCK_GRACE`], gives up on
+/// the stuck worker and starts a replacement (while fewer than
+/// [`stuck::MAX_ABANDONED_THREADS`] threads are abandoned, process-wide); when no worker can
+/// serve, fails the queued calls instead of letting them wait.
+fn watchdog(shared: Arc<Shared>, mut slots: Vec<Arc<Slot>>, stop: mpsc::Receiver<()>) {
+    let wall_time = shared.limits.wall_time;
+    let call_limit = wall_time + STUCK_GRACE;
+    let start_limit = LOAD_WALL_TIME + STUCK_GRACE;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(WATCHDOG_PERIOD) {
-        for (i, slot) in slots.iter().enumerate() {
-            let mut current = slot.current.lock();
-            stuck[i] = match current.as_mut() {
-                Some(busy) if busy.started.elapsed() > limit => {
-                    if let Some(reply) = busy.reply.take() {
-                        tracing::error!(
-                            worker = i,
-                            "hook call stuck inside a library call; answering it as failed"
-                        );
-                        let _ = reply.send(HookVerdict::fail(format!(
-                            "hook did not return within {wall_time:?} (stuck inside a library call)"
-                        )));
+        let mut stuck_slots = Vec::new();
+        let mut able = 0;
+        slots.retain(|slot| *slot.phase.lock() != Phase::Dead);
+        for slot in &slots {
+            let phase = *slot.phase.lock();
+            let is_stuck = match phase {
+                Phase::Starting => slot.born.elapsed() > start_limit,
+                Phase::Serving => {
+                    let mut current = slot.current.lock();
+                    match current.as_mut() {
+                        Some(busy) if busy.started.elapsed() > call_limit => {
+                            if let Some(reply) = busy.reply.take() {
+                                tracing::error!(
+                                    worker = slot.id,
+                                    "hook call stuck inside a library call; answering it as failed"
+                                );
+                                let _ = reply.send(HookVerdict::fail(format!(
+                                    "hook did not return within {wall_time:?} (stuck inside a library call)"
+                                )));
+                            }
+                            true
+                        }
+                        _ => false,
                     }
-                    true
                 }
-                _ => false,
+                Phase::Abandoned | Phase::Dead => continue,
             };
+            if is_stuck {
+                stuck_slots.push(Arc::clone(slot));
+            } else {
+                able += 1;
+            }
         }
-        let all_stuck = stuck.iter().all(|&s| s);
-        if all_stuck {
+        for slot in stuck_slots {
+            if !stuck::may_abandon() {
+                break;
+            }
+            {
+                let mut phase = slot.phase.lock();
+                if !matches!(*phase, Phase::Starting | Phase::Serving) {
+                    continue;
+                }
+                *phase = Phase::Abandoned;
+                stuck::abandon();
+            }
+            slots.retain(|s| !Arc::ptr_eq(s, &slot));
+            match spawn_worker(&shared, None) {
+                Ok(fresh) => {
+                    tracing::warn!(
+                        worker = slot.id,
+                        replacement = fresh.id,
+                        abandoned = stuck::abandoned(),
+                        "hook worker stuck inside a library call: abandoned and replaced"
+                    );
+                    slots.push(fresh);
+                    able += 1;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a replacement hook worker");
+                }
+            }
+        }
+        if able == 0 {
             // Nobody can take the queue: fail what is waiting rather than hang the callers.
-            if let Some(queue) = queue.try_lock() {
+            if let Some(queue) = shared.queue.try_lock() {
                 while let Ok(job) = queue.try_recv() {
                     let _ = job
                         .reply
