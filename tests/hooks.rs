@@ -696,3 +696,70 @@ async fn stuck_workers_are_replaced() {
     );
     good_still_works(&pool).await;
 }
+
+/// `pairs()` order differs from one Lua state to the next (each has its own hash seed): sites
+/// declared in that order must still start, and each call must reach its own site's hook.
+#[tokio::test]
+async fn sites_declared_in_pairs_order_are_matched_by_name() {
+    let texts = [
+        r#"
+local names = {}
+for i = 1, 60 do names["s" .. i] = true end
+for name in pairs(names) do
+  site { name = name, url = "https://" .. name .. ".example/",
+         hooks = { function(r) return r.site == name, "hook of " .. name .. " ran for " .. r.site end } }
+end
+"#,
+        r#"
+local specs = {}
+for i = 1, 60 do specs["s" .. i] = { n = i } end
+local function check(name) return function(r) return r.site == name, "hook of " .. name end end
+for name, spec in pairs(specs) do
+  site { name = name, url = "https://" .. name .. ".example/", hooks = { check(name), check(name) } }
+end
+"#,
+    ];
+    for text in texts {
+        // Several pools, several workers each: the orders differ between states.
+        for _ in 0..3 {
+            let pool = HookPool::start(&source(text), limits(4)).unwrap();
+            let calls = (1..=60).map(|i| {
+                let name = format!("s{i}");
+                let pool = &pool;
+                async move { (pool.call(&name, 0, input(&name)).await, name) }
+            });
+            for (verdict, name) in futures::future::join_all(calls).await {
+                assert_eq!(verdict, HookVerdict::pass(), "{name}");
+            }
+        }
+    }
+}
+
+/// A hooks list built in `pairs()` order cannot be matched by position: starting says so,
+/// naming the site, instead of calling the wrong function.
+#[test]
+fn hook_lists_in_pairs_order_are_refused_with_the_site_named() {
+    let text = r#"
+local fs = {}
+for i = 1, 40 do fs["h" .. i] = load("return function(r) return true end", "=h" .. i)() end
+local list = {}
+for _, f in pairs(fs) do list[#list + 1] = f end
+site { name = "shuffled", url = "https://s.example/", hooks = list }
+"#;
+    // Chunks named =h1.. have distinct sources, so each hook has its own identity.
+    let mut refused = 0;
+    for _ in 0..5 {
+        match HookPool::start(&source(text), limits(4)) {
+            Ok(_) => {}
+            Err(err) => {
+                assert!(matches!(err, HookError::Inconsistent { .. }), "{err:?}");
+                assert!(
+                    err.to_string().contains("the hooks of site \"shuffled\""),
+                    "{err}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "4 workers × 5 pools never shuffled 40 hooks");
+}

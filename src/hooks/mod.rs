@@ -39,7 +39,7 @@ use crate::lua::stuck;
 use crate::probe::CertInfo;
 use crate::result::Timings;
 pub use verdict::{HookVerdict, MAX_METRICS, MAX_REASON_LEN};
-use worker::Worker;
+use worker::{SiteTable, Worker};
 
 /// Instructions one hook call may run (about 20–50 ms of pure Lua).
 pub const DEFAULT_HOOK_INSTRUCTIONS: u64 = 10_000_000;
@@ -107,9 +107,10 @@ pub enum HookError {
     #[error("hook worker could not set up its Lua state: {message}")]
     Sandbox { message: String },
     #[error(
-        "hook workers disagree about the sites in {path} (did a script change while starting?)"
+        "hook workers disagree about {what} in {path}: build site and hook lists in a fixed order \
+         (ipairs or a numeric for, not pairs), and do not change scripts while starting"
     )]
-    Inconsistent { path: PathBuf },
+    Inconsistent { path: PathBuf, what: String },
     #[error("cannot start hook worker thread")]
     Spawn(#[source] std::io::Error),
     #[error("hook workers did not finish evaluating {path} within {}s (stuck inside a library call?)", limit.as_secs())]
@@ -185,9 +186,9 @@ struct Shared {
     source: ConfigSource,
     limits: HookLimits,
     queue: Mutex<mpsc::Receiver<PendingCall>>,
-    /// The sites and hook counts every worker must see, set once the first workers agreed; a
+    /// The sites and hooks every worker must see, set once the first workers agreed; a
     /// replacement worker that sees something else does not serve.
-    table: std::sync::OnceLock<Vec<(String, usize)>>,
+    table: std::sync::OnceLock<SiteTable>,
     /// Number of the next worker started, for logs.
     next_id: std::sync::atomic::AtomicUsize,
 }
@@ -211,8 +212,8 @@ impl std::fmt::Debug for HookPool {
     }
 }
 
-/// What a worker reports once its state is ready: the sites and their hook counts, in order.
-type Ready = Result<Vec<(String, usize)>, HookError>;
+/// What a worker reports once its state is ready: the sites by name and their hooks.
+type Ready = Result<SiteTable, HookError>;
 
 impl HookPool {
     /// Starts `limits.workers` workers, each evaluating `source` in its own sandbox, and waits
@@ -241,7 +242,7 @@ impl HookPool {
         }
         drop(ready_tx);
 
-        let mut table: Option<Vec<(String, usize)>> = None;
+        let mut table: Option<SiteTable> = None;
         // Evaluating is bounded like loading the configuration; a worker stuck past that inside
         // one library call is abandoned.
         let deadline = Instant::now() + LOAD_WALL_TIME + STUCK_GRACE;
@@ -273,9 +274,10 @@ impl HookPool {
             match &table {
                 None => table = Some(sites),
                 Some(first) if *first == sites => {}
-                Some(_) => {
+                Some(first) => {
                     return Err(HookError::Inconsistent {
                         path: source.path.clone(),
+                        what: disagreement(first, &sites),
                     })
                 }
             }
@@ -284,12 +286,12 @@ impl HookPool {
         let sites = table
             .iter()
             .enumerate()
-            .map(|(index, (name, count))| {
+            .map(|(index, (name, hooks))| {
                 (
                     name.clone(),
                     SiteHooks {
                         index,
-                        count: *count,
+                        count: hooks.len(),
                     },
                 )
             })
@@ -342,6 +344,18 @@ impl HookPool {
     pub fn workers(&self) -> usize {
         self.workers
     }
+}
+
+/// What two workers' tables disagree about, for the error.
+fn disagreement(a: &SiteTable, b: &SiteTable) -> String {
+    let names = |t: &SiteTable| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(a) != names(b) {
+        return "the sites".into();
+    }
+    a.iter().zip(b).find(|(x, y)| x != y).map_or_else(
+        || "the sites".into(),
+        |((name, _), _)| format!("the hooks of site {name:?}"),
+    )
 }
 
 /// Starts one worker thread; `ready` hears from it once its Lua state is set up (replacements

@@ -45,7 +45,10 @@ impl Worker {
                 errors: ConfigErrors::new(evaluation.errors),
             });
         }
-        let sites = eval::hook_functions(&evaluation);
+        // By name: `sites.lua` may declare them in `pairs()` order, which differs from one Lua
+        // state to the next (each has its own hash seed).
+        let mut sites = eval::hook_functions(&evaluation);
+        sites.sort_by(|a, b| a.0.cmp(&b.0));
         drop(evaluation);
         eval::disable_load_time_functions(&sandbox.lua).map_err(sandbox_error)?;
         sandbox.freeze().map_err(sandbox_error)?;
@@ -67,10 +70,12 @@ impl Worker {
         })
     }
 
-    pub(super) fn site_table(&self) -> Vec<(String, usize)> {
+    /// The sites by name, each with where its hooks were defined (`file:first-last line`), in
+    /// hooks-list order: what every worker of a pool must agree on.
+    pub(super) fn site_table(&self) -> SiteTable {
         self.sites
             .iter()
-            .map(|(name, hooks)| (name.clone(), hooks.len()))
+            .map(|(name, hooks)| (name.clone(), hooks.iter().map(defined_at).collect()))
             .collect()
     }
 
@@ -119,6 +124,20 @@ impl Worker {
         }
         verdict
     }
+}
+
+/// Sites by name with the definition place of each hook, in order.
+pub(super) type SiteTable = Vec<(String, Vec<String>)>;
+
+/// Where a hook function was defined, the same in every Lua state evaluating the same sources.
+fn defined_at(function: &Function) -> String {
+    let info = function.info();
+    format!(
+        "{}:{}-{}",
+        info.short_src.as_deref().unwrap_or("?"),
+        info.line_defined.unwrap_or(0),
+        info.last_line_defined.unwrap_or(0)
+    )
 }
 
 fn format_bytes(bytes: usize) -> String {
