@@ -763,3 +763,39 @@ site { name = "shuffled", url = "https://s.example/", hooks = list }
     }
     assert!(refused > 0, "4 workers × 5 pools never shuffled 40 hooks");
 }
+
+/// Whatever `sites.lua` does to its globals, validation and the hook workers prepare the state
+/// the same way: a file that validates starts a pool, and its hooks run.
+#[tokio::test]
+async fn what_validates_is_what_hook_workers_can_load() {
+    let site = "site { name = 'a', url = 'https://a.example/', hooks = { function(r) return string.upper('x') == 'X' and r.site == 'a' end } }\n";
+    let preludes = [
+        "setmetatable(_G, { __metatable = 'locked' })\n",
+        "setmetatable(_G, { __metatable = false, __index = function(_, k) error('undefined global ' .. tostring(k), 2) end })\n",
+        "setmetatable(string, { __metatable = 'mine' })\nsetmetatable(table, { __metatable = false })\n",
+        "setmetatable(json, { __metatable = 1, __index = function() return nil end })\n",
+    ];
+    for prelude in preludes {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sites.lua");
+        // The site first, so the hook is declared before the globals are locked.
+        std::fs::write(&path, format!("{site}{prelude}")).unwrap();
+        let config = sitewatch::config::load(&path);
+        let pool = config
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|c| HookPool::start(&c.source, limits(2)).map_err(|e| e.to_string()));
+        match pool {
+            Ok(pool) => assert_eq!(
+                pool.call("a", 0, input("a")).await,
+                HookVerdict::pass(),
+                "{prelude}"
+            ),
+            Err(error) => assert!(
+                config.is_err(),
+                "validation accepted what the workers could not load:\n{prelude}{error}"
+            ),
+        }
+        assert!(config.is_ok(), "{prelude}: {}", config.unwrap_err());
+    }
+}

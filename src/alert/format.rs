@@ -86,8 +86,7 @@ impl Worker {
         }
         let formatters = eval::formatter_functions(&evaluation).into_iter().collect();
         drop(evaluation);
-        eval::disable_load_time_functions(&sandbox.lua).map_err(|e| e.to_string())?;
-        sandbox.freeze().map_err(|e| e.to_string())?;
+        eval::prepare_for_calls(&sandbox).map_err(|e| e.to_string())?;
         let baseline = sandbox.lua.used_memory();
         sandbox
             .set_memory_limit(baseline.saturating_add(limits.memory_bytes))

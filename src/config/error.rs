@@ -190,6 +190,10 @@ pub enum ConfigErrorKind {
     /// The Lua state itself could not be set up (a bug or an exhausted machine).
     #[error("cannot set up the Lua sandbox: {message}")]
     Sandbox { message: String },
+    /// The evaluated state could not be made ready for hook calls (what every hook worker does
+    /// after evaluating).
+    #[error("cannot prepare the configuration for hooks: {message}")]
+    Prepare { message: String },
     /// The list was cut at [`MAX_ERRORS`].
     #[error("more problems were found than the {shown} shown")]
     TooMany { shown: usize },
@@ -217,9 +221,10 @@ impl ConfigErrorKind {
     fn bounded(mut self) -> Self {
         use ConfigErrorKind as K;
         let (quoted, messages): (Vec<&mut String>, Vec<&mut String>) = match &mut self {
-            K::Syntax { message } | K::Lua { message } | K::Sandbox { message } => {
-                (vec![], vec![message])
-            }
+            K::Syntax { message }
+            | K::Lua { message }
+            | K::Sandbox { message }
+            | K::Prepare { message } => (vec![], vec![message]),
             K::Limit { limit } => (vec![], vec![limit]),
             K::NotATable { found, .. }
             | K::NotifierBody { found }

@@ -260,6 +260,14 @@ fn failed_setup(main_file: &str, error: mlua::Error) -> Evaluation {
     }
 }
 
+/// Turns a state that evaluated the configuration into one that only calls its functions (hooks,
+/// formatters): the load-time globals say they are gone, globals and library tables are frozen.
+/// Configuration loading runs it too, so a file that validates is one every worker can prepare.
+pub(crate) fn prepare_for_calls(sandbox: &Sandbox) -> mlua::Result<()> {
+    disable_load_time_functions(&sandbox.lua)?;
+    sandbox.freeze()
+}
+
 /// Replaces the load-time-only globals with functions that say so; for hook workers.
 pub(crate) fn disable_load_time_functions(lua: &Lua) -> mlua::Result<()> {
     for &name in LOAD_TIME_FUNCTIONS {

@@ -174,7 +174,23 @@ fn evaluate_and_validate(
         }
     };
     let _ = location_cell.send(sandbox.budget.location_cell());
-    let evaluation = eval::evaluate(&sandbox, &source);
+    let mut evaluation = eval::evaluate(&sandbox, &source);
+    // What hook and formatter workers do next with their own evaluation: a file they could not
+    // prepare must not validate.
+    if evaluation.errors.is_empty() {
+        if let Err(error) = eval::prepare_for_calls(&sandbox) {
+            evaluation.errors.push(ConfigError::new(
+                Some(Location {
+                    file: path_label.display().to_string(),
+                    line: 0,
+                }),
+                None,
+                ConfigErrorKind::Prepare {
+                    message: crate::lua::errors::lua_error_text(&error, &[]).0,
+                },
+            ));
+        }
+    }
     evaluated.reached();
     let (validated, mut errors) = validate::validate(&evaluation, &base_dir(&path_label));
     let mut all = evaluation.errors;

@@ -50,8 +50,7 @@ impl Worker {
         let mut sites = eval::hook_functions(&evaluation);
         sites.sort_by(|a, b| a.0.cmp(&b.0));
         drop(evaluation);
-        eval::disable_load_time_functions(&sandbox.lua).map_err(sandbox_error)?;
-        sandbox.freeze().map_err(sandbox_error)?;
+        eval::prepare_for_calls(&sandbox).map_err(sandbox_error)?;
         sandbox.lua.gc_collect().map_err(sandbox_error)?;
         // Hook calls make short-lived garbage (r, decoded JSON): the generational collector
         // frees it young, for a fraction of the incremental collector's work.

@@ -52,10 +52,11 @@ const LOG_TARGET: &str = "sitewatch::lua";
 
 /// Lua source run once in every new state, before any user code: removes what a sandbox must not
 /// have and wraps what it may only have in a safe form. Receives `check` (raises if the budget
-/// is exhausted), `tripped` (whether it is) and `charge` (counts work done in library code as
-/// instructions), and returns `freeze`.
+/// is exhausted), `tripped` (whether it is), `charge` (counts work done in library code as
+/// instructions) and `force_setmetatable` (sets a metatable even over a protected one), and
+/// returns `freeze`.
 const PRELUDE: &str = r##"
-local check, tripped, charge = ...
+local check, tripped, charge, force_setmetatable = ...
 local G = _G
 local error, getmetatable, ipairs, next, select, tostring, type =
       error, getmetatable, ipairs, next, select, tostring, type
@@ -176,7 +177,9 @@ return function()
     if type(backing[name]) == "table" then backing[name] = readonly(backing[name], name) end
   end
   backing._G = G
-  raw_setmetatable(G, {
+  -- Forced: sites.lua may have protected _G's metatable (__metatable), which must not make the
+  -- workers fail where validation succeeded.
+  force_setmetatable(G, {
     __index = backing, __metatable = false,
     __newindex = function(_, k) error("cannot assign global '" .. tostring(k) .. "' from a hook (use a local)", 2) end,
     __pairs = pairs_of(backing),
@@ -377,11 +380,16 @@ impl Sandbox {
         let tripped = lua.create_function(move |_, ()| Ok(tripped_budget.tripped().is_some()))?;
         let charge_budget = Rc::clone(&budget);
         let charge = lua.create_function(move |_, n: u64| charge_budget.charge(n))?;
+        let force_setmetatable =
+            lua.create_function(|_, (table, metatable): (Table, Option<Table>)| {
+                table.set_metatable(metatable);
+                Ok(())
+            })?;
         let freeze: Function = lua
             .load(PRELUDE)
             .set_name("=sitewatch prelude")
             .set_mode(ChunkMode::Text)
-            .call((check, tripped, charge))?;
+            .call((check, tripped, charge, force_setmetatable))?;
         Ok(Sandbox {
             lua,
             budget,
