@@ -5,6 +5,8 @@
 //! pipeline scale    real `sitewatch produce`, 10,000 sites @ 10 s, Kafka        → target/bench/scale.json
 //! pipeline ingest   1M results → real `sitewatch consume` vs. binary COPY       → target/bench/ingest.json
 //! pipeline e2e      real `sitewatch run`, 1,000 sites @ 1 s, probe → row        → target/bench/e2e.json
+//! pipeline alert    real `sitewatch run`, 1,000 sites @ 1 s, 200 go down:
+//!                   failing check finished → webhook received                  → target/bench/alert.json
 //! pipeline insight  90 days × 1,000 sites of rollups: real `sitewatch report`,
 //!                   one site's daily series                                    → target/bench/insight.json
 //! pipeline report [--complete]   summary.json, the table, docs/performance.md
@@ -16,6 +18,10 @@
 //! it prints this usage and exits 0, so `cargo bench` or `cargo test --all-targets` never start a
 //! long run by accident. The per-call hook cost is benches/hooks.rs (criterion).
 
+// summary() in report.rs is one large json! literal.
+#![recursion_limit = "256"]
+
+mod alert;
 mod common;
 mod e2e;
 mod ingest;
@@ -26,7 +32,7 @@ mod scale;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: pipeline (probe|scale|ingest|e2e|insight|report [--complete]|rowcost|sample) [--quick]  — run it through dev/bench";
+const USAGE: &str = "usage: pipeline (probe|scale|ingest|e2e|alert|insight|report [--complete]|rowcost|sample) [--quick]  — run it through dev/bench";
 
 fn main() -> ExitCode {
     // cargo bench appends --bench; criterion-style filters are not used here.
@@ -77,6 +83,13 @@ fn main() -> ExitCode {
                 e2e::Options::quick()
             } else {
                 e2e::Options::full()
+            }))
+        }),
+        "alert" => runtime().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(alert::run(&if quick {
+                alert::Options::quick()
+            } else {
+                alert::Options::full()
             }))
         }),
         "insight" => runtime().map_err(anyhow::Error::from).and_then(|rt| {

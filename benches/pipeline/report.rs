@@ -10,7 +10,9 @@ use serde_json::{json, Map, Value};
 
 use crate::common;
 
-pub const PARTS: [&str; 6] = ["probe", "scale", "ingest", "e2e", "insight", "hooks"];
+pub const PARTS: [&str; 7] = [
+    "probe", "scale", "ingest", "e2e", "alert", "insight", "hooks",
+];
 
 /// How long a complete `dev/bench` takes on the reference machine (build included), for the
 /// generated section's "Reproduce with" line.
@@ -108,6 +110,10 @@ pub fn summary(parts: &Map<String, Value>, complete: bool) -> Value {
         "e2e_p99_ms": fig("e2e", "/e2e_ms/p99"),
         "e2e_lag_p99_ms": fig("e2e", "/lag_ms/p99"),
         "e2e_missed_ticks": fig("e2e", "/missed_ticks_window"),
+        "alert_latency_p50_ms": fig("alert", "/open_ms/p50"),
+        "alert_latency_p99_ms": fig("alert", "/open_ms/p99"),
+        "alert_notifications": fig("alert", "/open_ms/count"),
+        "alert_resolve_p99_ms": fig("alert", "/resolve_ms/p99"),
         "report_p50_ms_90d": fig("insight", "/report/wall_ms/p50"),
         "report_p99_ms_90d": fig("insight", "/report/wall_ms/p99"),
         "report_library_p50_ms_90d": fig("insight", "/report/library_ms/p50"),
@@ -412,6 +418,36 @@ fn rows(s: &Value, parts: &Map<String, Value>) -> Vec<Row> {
             status: info(g("e2e_lag_p99_ms")),
         },
         Row {
+            part: "alert",
+            metric: "failing check finished → webhook received p50 ms".into(),
+            value: fmt_num(g("alert_latency_p50_ms"), 0),
+            target: "",
+            status: info(g("alert_latency_p50_ms")),
+        },
+        Row {
+            part: "alert",
+            metric: format!(
+                "failing check finished → webhook received p99 ms ({} open notices, {} probes/s)",
+                fmt_num(g("alert_notifications"), 0),
+                fmt_num(
+                    p("alert", "/sites")
+                        .zip(p("alert", "/interval_s"))
+                        .map(|(n, s)| n / s),
+                    0
+                )
+            ),
+            value: fmt_num(g("alert_latency_p99_ms"), 0),
+            target: "≤ 2,000",
+            status: check(g("alert_latency_p99_ms"), |x| x <= 2000.0),
+        },
+        Row {
+            part: "alert",
+            metric: "first passing check → resolve received p99 ms".into(),
+            value: fmt_num(g("alert_resolve_p99_ms"), 0),
+            target: "",
+            status: info(g("alert_resolve_p99_ms")),
+        },
+        Row {
             part: "insight",
             metric: format!(
                 "`sitewatch report --since {}d --json`, {} sites: wall p50 ms",
@@ -607,7 +643,7 @@ fn update_doc(path: &Path, s: &Value, parts: &Map<String, Value>, rows: &[Row]) 
          Measured {date} by `dev/bench` on {cpu}, {cores} cores, {mem} GiB RAM, {os} (kernel {kernel}); \
          {rustc}; nginx {nginx}; wrk {wrk}; PostgreSQL {pg}; Kafka {kafka} (the `dev/stack` broker). \
          All on one machine, everything on 127.0.0.1. Reproduce with `dev/bench` (about {MINUTES} minutes; \
-         `dev/bench probe|scale|ingest|e2e|insight|hooks` runs one part); raw figures in `target/bench/summary.json`.\n\n",
+         `dev/bench probe|scale|ingest|e2e|alert|insight|hooks` runs one part); raw figures in `target/bench/summary.json`.\n\n",
         cpu = m["cpu"].as_str().unwrap_or("?"),
         cores = m["cores"],
         mem = m["memory_gib"],
@@ -639,7 +675,8 @@ fn update_doc(path: &Path, s: &Value, parts: &Map<String, Value>, rows: &[Row]) 
          {rss_end} MiB. Ingest: {rows} rows of {bytes} JSON bytes on average, median of {rounds} \
          rounds (COPY first, then sitewatch first), per-round ratios {ratios}; consume used \
          {ccpu} cores and its PostgreSQL backend {pgcpu}, the COPY loader's backend {copy_pgcpu}. \
-         E2e: {e2e_count} results; {method}. {insight}\n",
+         E2e: {e2e_count} results; {method}. Alert: {alert_switched} of {alert_sites} sites \
+         switched down over {alert_spread} s, then up (rule after = 1, recover_after = 1); {alert_method}. {insight}\n",
         offered = num("probe", "/sitewatch/offered_per_s", 0),
         saturation = num("probe", "/saturation/offered_per_s", 0),
         nginx_cpu = num("probe", "/sitewatch/nginx_cpu_cores", 2),
@@ -654,6 +691,10 @@ fn update_doc(path: &Path, s: &Value, parts: &Map<String, Value>, rows: &[Row]) 
         copy_pgcpu = num("ingest", "/ceiling/pg_backend_cpu_share", 2),
         e2e_count = num("e2e", "/e2e_ms/count", 0),
         method = pf("e2e", "/method").as_str().unwrap_or("?"),
+        alert_switched = num("alert", "/switched_down", 0),
+        alert_sites = num("alert", "/sites", 0),
+        alert_spread = num("alert", "/spread_s", 0),
+        alert_method = pf("alert", "/method").as_str().unwrap_or("?"),
         insight = insight_details(&pf("insight", "")),
     ));
     section.push_str(END);
