@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
+use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::assertions;
@@ -32,8 +32,56 @@ pub enum CheckError {
     Hooks(#[from] HookError),
 }
 
-/// `sitewatch check`: probes the selected sites (all when `only` is empty) once, concurrently,
-/// and returns their results in configuration order.
+/// File descriptors kept back from checks: standard streams, logs, the configuration and TLS
+/// files, Kafka's and the metrics listener's sockets, the runtime's own.
+pub const RESERVED_FILES: u64 = 128;
+/// File descriptors one check holds at most at once: its connection, and the socket the
+/// resolver (getaddrinfo) opens while it looks the name up.
+pub const FILES_PER_CHECK: u64 = 2;
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, as far as the
+/// system allows, and returns how many checks may run at once within it. Every process that
+/// runs checks calls it at start: running more checks than descriptors fail them with "too many
+/// open files" — outages that are not.
+pub fn open_files_budget() -> usize {
+    checks_within(raise_open_files_limit())
+}
+
+/// How many checks fit in `limit` open files.
+pub fn checks_within(limit: u64) -> usize {
+    let checks = limit.saturating_sub(RESERVED_FILES) / FILES_PER_CHECK;
+    usize::try_from(checks).unwrap_or(usize::MAX).max(1)
+}
+
+/// The soft `RLIMIT_NOFILE` after raising it to the hard limit (best effort: the old soft limit
+/// when that fails). An unlimited limit counts as `u64::MAX`.
+fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    let maximum = limit.maximum.unwrap_or(u64::MAX);
+    if current >= maximum {
+        return current;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::debug!(from = current, to = maximum, "raised the open files limit");
+            maximum
+        }
+        Err(error) => {
+            tracing::warn!(%error, limit = current, "cannot raise the open files limit");
+            current
+        }
+    }
+}
+
+/// `sitewatch check`: probes the selected sites (all when `only` is empty) once, as many at a
+/// time as the open files limit allows ([`open_files_budget`]), and returns their results in
+/// configuration order.
 pub async fn check_once(config: &Config, only: &[String]) -> Result<Vec<CheckResult>, CheckError> {
     if let Some(name) = only
         .iter()
@@ -47,11 +95,15 @@ pub async fn check_once(config: &Config, only: &[String]) -> Result<Vec<CheckRes
         .sites
         .iter()
         .filter(|site| only.is_empty() || only.contains(&site.name));
-    Ok(join_all(selected.map(|site| {
-        let checker = checker.clone();
-        async move { checker.check(site, Uuid::now_v7(), Utc::now()).await }
-    }))
-    .await)
+    let concurrency = open_files_budget();
+    Ok(futures::stream::iter(selected)
+        .map(|site| {
+            let checker = checker.clone();
+            async move { checker.check(site, Uuid::now_v7(), Utc::now()).await }
+        })
+        .buffered(concurrency)
+        .collect()
+        .await)
 }
 
 /// Everything needed to check sites of one configuration version. Cheap to clone.
@@ -247,4 +299,25 @@ pub fn probe_host() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_fit_in_the_open_files_limit() {
+        let cases = [
+            (1024, 448),
+            (256, 64),
+            (129, 1),
+            (64, 1),
+            (0, 1),
+            (1_048_576, 524_224),
+        ];
+        for (limit, want) in cases {
+            assert_eq!(checks_within(limit), want, "{limit}");
+        }
+        assert!(open_files_budget() >= 1);
+    }
 }

@@ -107,7 +107,18 @@ pub async fn produce(
         checker: RwLock::new(Checker::for_config(&config, Arc::clone(&prober))?),
         publisher: Arc::clone(&publisher),
     });
-    let mut scheduler = Scheduler::new(Arc::clone(&job), options.limits, shutdown.child_token());
+    // More checks at once than open files would fail them with "too many open files".
+    let mut limits = options.limits;
+    let budget = crate::check::open_files_budget();
+    if limits.max_concurrency > budget {
+        tracing::warn!(
+            asked = limits.max_concurrency,
+            allowed = budget,
+            "fewer checks at once than asked: the open files limit allows no more"
+        );
+        limits.max_concurrency = budget;
+    }
+    let mut scheduler = Scheduler::new(Arc::clone(&job), limits, shutdown.child_token());
     let Config { sites, version, .. } = config;
     let sites = in_shard(sites, options.shard);
     tracing::info!(sites = sites.len(), %version, shard = ?options.shard, "scheduling");

@@ -506,3 +506,61 @@ async fn a_check_scheduled_inside_a_maintenance_window_carries_its_name() {
     let line = String::from_utf8_lossy(&output.stdout);
     assert!(line.contains(r#""maintenance":"always""#), "{line}");
 }
+
+/// More sites than open files: `check` runs as many at a time as its open files limit allows
+/// instead of opening every connection at once, so no site is reported down with "too many open
+/// files". The child runs with soft = hard = 256 open files (it cannot raise them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_sites_than_open_files_are_all_checked() {
+    const LIMIT: u64 = 256;
+    const SITES: usize = 600;
+    let server = support::serve("127.0.0.1:0", |_request, mut conn| async move {
+        // Slow enough that connections overlap.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        conn.respond(200, &[("Content-Type", "text/plain")], b"ok")
+            .await
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    config(
+        dir.path(),
+        &format!(
+            "for i = 1, {SITES} do site {{ name = 's' .. i, url = '{}?' .. i }} end\n",
+            server.url("/")
+        ),
+    );
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"));
+    command
+        .args(["check", "--json"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn");
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().await.expect("run sitewatch");
+    let results = results(&output);
+    assert_eq!(
+        results.len(),
+        SITES,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let down: Vec<String> = results
+        .values()
+        .filter(|r| r.outcome != Outcome::Up)
+        .map(|r| format!("{}: {:?}", r.site, r.failure))
+        .take(5)
+        .collect();
+    assert!(down.is_empty(), "down: {down:#?}");
+    assert_eq!(output.status.code(), Some(0));
+}
