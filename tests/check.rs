@@ -564,3 +564,42 @@ async fn more_sites_than_open_files_are_all_checked() {
     assert!(down.is_empty(), "down: {down:#?}");
     assert_eq!(output.status.code(), Some(0));
 }
+
+/// Secrets in sitewatch's own environment never reach a request: env() refuses the variable
+/// (set or not) and the value appears nowhere in the output.
+#[tokio::test]
+async fn env_cannot_read_sitewatchs_own_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "s3cret-value-4217";
+    for name in [
+        "SITEWATCH_DATABASE_PASSWORD",
+        "PGPASSWORD",
+        "DATABASE_URL",
+        "Sitewatch_Kafka_Sasl_Password",
+    ] {
+        config(
+            dir.path(),
+            &format!("site {{ name = 'a', url = 'http://127.0.0.1:9/', request = {{ headers = {{ Authorization = 'Bearer ' .. env('{name}') }} }} }}\n"),
+        );
+        for args in [&["validate"][..], &["check", "--json"][..]] {
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"));
+            command
+                .args(args)
+                .current_dir(dir.path())
+                .env("RUST_LOG", "debug")
+                .env(name, secret);
+            let output = command.output().await.expect("run sitewatch");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{name} {args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("environment variable \"{name}\" is not available")),
+                "{stderr}"
+            );
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "{name} leaked"
+            );
+        }
+    }
+}

@@ -349,11 +349,11 @@ site { name = "c", url = "https://c.example/", tls = { ca = "certs/not.pem" } }
 
 #[test]
 fn env_of_an_unset_variable() {
-    let text = "\n\nsite { name = \"a\", url = \"https://a.example/\",\n  request = { headers = { Authorization = \"Bearer \" .. env(\"SITEWATCH_TEST_SURELY_UNSET\") } } }";
+    let text = "\n\nsite { name = \"a\", url = \"https://a.example/\",\n  request = { headers = { Authorization = \"Bearer \" .. env(\"SURELY_UNSET_API_TOKEN\") } } }";
     assert_error(
         text,
         4,
-        &["environment variable \"SITEWATCH_TEST_SURELY_UNSET\" is not set"],
+        &["environment variable \"SURELY_UNSET_API_TOKEN\" is not set"],
     );
     // A set variable is just a string.
     let config = load(
@@ -1479,4 +1479,36 @@ fn body_caps_have_a_ceiling() {
     let config = load("site { name = 'a', url = 'https://a.example/', body_cap = '16MiB' }\nsite { name = 'b', url = 'https://b.example/', expect = { max_body = 16777215 } }").unwrap();
     assert_eq!(config.sites[0].body_cap, 16 << 20);
     assert_eq!(config.sites[1].body_cap, 16 << 20);
+}
+
+/// env() refuses sitewatch's own variables and PostgreSQL's, set or not, whatever their case:
+/// a sites.lua author cannot copy the Kafka or database credentials into a request.
+#[test]
+fn env_refuses_sitewatch_and_postgresql_variables() {
+    let names = [
+        "SITEWATCH_KAFKA_SASL_PASSWORD",
+        "SITEWATCH_DATABASE_URL",
+        "sitewatch_kafka_brokers",
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "pguser",
+        "DATABASE_URL",
+    ];
+    for name in names {
+        let text = format!(
+            "site {{ name = 'a', url = 'https://a.example/',\n request = {{ body = env('{name}') }} }}"
+        );
+        assert_error(
+            &text,
+            2,
+            &[&format!(
+                "environment variable \"{name}\" is not available to sites.lua"
+            )],
+        );
+    }
+    // Others are read as before.
+    assert!(load(
+        "site { name = 'a', url = 'https://a.example/', request = { body = env('PATH') } }"
+    )
+    .is_ok());
 }

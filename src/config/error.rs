@@ -174,6 +174,9 @@ pub enum ConfigErrorKind {
     TlsPair,
     #[error("environment variable {name:?} is not set")]
     EnvUnset { name: String },
+    /// `env()` of a variable sites.lua may not read (see `eval::env_denied`).
+    #[error("environment variable {name:?} is not available to sites.lua: SITEWATCH_*, PG* and DATABASE_URL hold {owner} settings and secrets (use another name)")]
+    EnvDenied { name: String, owner: &'static str },
     #[error("script name {name:?} is invalid: use letters, digits, '_' and '-' only")]
     ScriptName { name: String },
     #[error("script {name:?}: cannot read {path}: {source}")]
@@ -257,6 +260,7 @@ impl ConfigErrorKind {
             K::UnknownSite { name } | K::EnvUnset { name } | K::ScriptName { name } => {
                 (vec![name], vec![])
             }
+            K::EnvDenied { name, .. } => (vec![name], vec![]),
             K::ScriptMissing { name, path, .. } => {
                 cut_path(path);
                 (vec![name], vec![])

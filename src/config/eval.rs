@@ -477,6 +477,14 @@ fn install(
                     ))
                 }
             };
+            if let Some(owner) = env_denied(&name) {
+                let location = here(lua, &file);
+                st.borrow_mut().report(
+                    lua,
+                    ConfigError::at(&location, ConfigErrorKind::EnvDenied { name, owner }),
+                )?;
+                return Ok(String::new());
+            }
             match std::env::var(&name) {
                 Ok(value) => Ok(value),
                 Err(_) => {
@@ -534,6 +542,30 @@ fn install(
         })?,
     )?;
     Ok(())
+}
+
+/// Prefixes of environment variables `env()` refuses (compared ignoring ASCII case), with whose
+/// they are: sitewatch's own settings (Kafka and database credentials among them) and
+/// PostgreSQL's. A `sites.lua` author must not be able to copy them into a request header.
+const DENIED_ENV_PREFIXES: &[(&str, &str)] =
+    &[("SITEWATCH_", "sitewatch's own"), ("PG", "PostgreSQL's")];
+/// Variables `env()` refuses by full name.
+const DENIED_ENV_NAMES: &[(&str, &str)] = &[("DATABASE_URL", "the database's")];
+
+/// Whose variable `name` is, when `env()` must refuse it.
+pub(crate) fn env_denied(name: &str) -> Option<&'static str> {
+    let starts = |prefix: &str| {
+        name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    DENIED_ENV_PREFIXES
+        .iter()
+        .find(|(prefix, _)| name.is_char_boundary(prefix.len()) && starts(prefix))
+        .or_else(|| {
+            DENIED_ENV_NAMES
+                .iter()
+                .find(|(full, _)| name.eq_ignore_ascii_case(full))
+        })
+        .map(|(_, owner)| *owner)
 }
 
 /// The location of the Lua code calling the running global, or the file when unknown.
@@ -795,6 +827,27 @@ notifier "ops" { type = "webhook", url = "https://other.example/", format = func
         assert_eq!(site.get("request"), Some(&Raw::Other("not kept".into())));
         assert_eq!(hook_functions(&eval)[0].1.len(), 1);
         assert_eq!(formatter_functions(&eval).len(), 1);
+    }
+
+    #[test]
+    fn denied_environment_variables() {
+        let cases = [
+            ("SITEWATCH_KAFKA_SASL_PASSWORD", Some("sitewatch's own")),
+            ("sitewatch_database_password", Some("sitewatch's own")),
+            ("PGPASSWORD", Some("PostgreSQL's")),
+            ("PGSERVICEFILE", Some("PostgreSQL's")),
+            ("pgpass", Some("PostgreSQL's")),
+            ("DATABASE_URL", Some("the database's")),
+            ("database_url", Some("the database's")),
+            ("API_TOKEN", None),
+            ("SITEWATCH", None),
+            ("DATABASE_URL_EXTRA", None),
+            ("P", None),
+            ("Pé", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(env_denied(name), want, "{name}");
+        }
     }
 
     #[test]
