@@ -1512,3 +1512,31 @@ fn env_refuses_sitewatch_and_postgresql_variables() {
     )
     .is_ok());
 }
+
+/// Credentials in a site's URL would be copied into every result (Kafka, PostgreSQL, logs):
+/// refused, and the message shows the URL without them.
+#[test]
+fn credentials_in_site_urls_are_refused_and_never_echoed() {
+    let urls = [
+        "http://user:hunter2@a.example/",
+        "https://user@a.example/health",
+        "http://:hunter2@a.example/",
+        "HTTPS://Admin:hunter2@a.example:8443/x?y=1",
+        "http://u%40x:hunter2%3A@a.example/",
+        // Broken as a URL, still not echoed.
+        "https://user:hunter2@exa mple.com/",
+        "ftp://user:hunter2@a.example/",
+    ];
+    for url in urls {
+        let text = format!("site {{ name = 'a', url = {url:?} }}");
+        let report = errors(&text).join("\n");
+        assert!(
+            report.starts_with("sites.lua:1: site \"a\": url"),
+            "{url}: {report}"
+        );
+        assert!(!report.contains("hunter2"), "{url}: {report}");
+        if !url.contains(' ') && !url.starts_with("ftp") {
+            assert!(report.contains("contains credentials"), "{url}: {report}");
+        }
+    }
+}

@@ -910,3 +910,25 @@ async fn a_huge_body_cap_is_held_to_the_ceiling() {
         growth / MIB
     );
 }
+
+/// A server's Location may carry credentials: they are not kept in the URL the result reports.
+#[tokio::test]
+async fn credentials_in_a_location_stay_out_of_the_result() {
+    let landing = hello_server("127.0.0.1:0").await;
+    let target = landing
+        .url("/landing")
+        .replace("http://", "http://user:hunter2@");
+    let first = serve("127.0.0.1:0", move |_req: Received, mut conn: Conn| {
+        let target = target.clone();
+        async move {
+            conn.respond(302, &[("Location", target.as_str())], b"")
+                .await
+        }
+    })
+    .await;
+    let attempt = prober().probe(&site(&first.url("/"))).await;
+    let r = ok(&attempt);
+    assert_eq!(r.final_url.as_str(), landing.url("/landing"));
+    assert!(!r.final_url.as_str().contains("hunter2"));
+    assert_eq!(landing.requests()[0].header("authorization"), None);
+}

@@ -951,7 +951,7 @@ fn site(
             rep.push(Kind::Missing { key: "url" });
             None
         }
-        Some(raw) => parse_url(raw).map_err(|kind| rep.push(kind)).ok(),
+        Some(raw) => site_url(raw).map_err(|kind| rep.push(kind)).ok(),
     };
     let layers = Layers {
         own: Some(table),
@@ -1237,12 +1237,44 @@ fn site_name(raw: &Raw) -> Result<String, Kind> {
     Ok(name.to_string())
 }
 
+/// A site's URL: [`parse_url`], without credentials. `user:password@` would travel in every
+/// result — to Kafka, PostgreSQL and logs.
+fn site_url(raw: &Raw) -> Result<Url, Kind> {
+    let url = parse_url(raw)?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Kind::Url {
+            value: redact_userinfo(url.as_str()),
+            reason: "it contains credentials (user:password@), which would be copied into every \
+                     result; send them in a header instead: request = { headers = { \
+                     Authorization = \"Basic \" .. env(\"SITE_CREDENTIALS\") } }"
+                .into(),
+        });
+    }
+    Ok(url)
+}
+
+/// `text` with whatever stands before an `@` in its authority replaced by `***`, so a URL in a
+/// message shows no credentials, however broken the URL.
+pub(crate) fn redact_userinfo(text: &str) -> String {
+    let authority_start = text.find("://").map_or(0, |i| i + 3);
+    let rest = &text[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => format!(
+            "{}***{}",
+            &text[..authority_start],
+            &text[authority_start + at..]
+        ),
+        None => text.to_string(),
+    }
+}
+
 fn parse_url(raw: &Raw) -> Result<Url, Kind> {
     let text = raw
         .as_str()
         .ok_or_else(|| wrong_type("url", "a string", raw))?;
     let invalid = |reason: String| Kind::Url {
-        value: text.to_string(),
+        value: redact_userinfo(text),
         reason,
     };
     if text.len() > MAX_URL_LEN {
@@ -1723,13 +1755,36 @@ mod tests {
             ("example.com", Some("relative URL without a base")),
             ("https://", Some("empty host")),
             ("http://exa mple.com", Some("invalid")),
+            ("http://user:pass@a.example/", Some("contains credentials")),
+            ("http://user@a.example/", Some("contains credentials")),
+            ("http://:pass@a.example/", Some("contains credentials")),
         ];
         for (text, want) in cases {
-            match (parse_url(&s(text)), want) {
+            match (site_url(&s(text)), want) {
                 (Ok(_), None) => {}
                 (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{text}: {e}"),
                 (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn userinfo_is_redacted() {
+        let cases = [
+            ("http://user:pass@a.example/x@y", "http://***@a.example/x@y"),
+            (
+                "https://u:p@b@c.example:8080?q=1",
+                "https://***@c.example:8080?q=1",
+            ),
+            ("https://a.example/", "https://a.example/"),
+            ("user:pass@host", "***@host"),
+            (
+                "https://u:hunter2@exa mple.com/",
+                "https://***@exa mple.com/",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact_userinfo(text), want, "{text}");
         }
     }
 

@@ -32,6 +32,10 @@ pub(crate) fn resolve_location(current: &Url, location: &HeaderValue) -> Result<
         return Err("no host");
     }
     next.set_fragment(None);
+    // Credentials a server puts in a Location are never sent (the request carries no
+    // Authorization from a URL), and would only be copied into the result's final_url.
+    let _ = next.set_username("");
+    let _ = next.set_password(None);
     Ok(next)
 }
 
@@ -80,6 +84,7 @@ mod tests {
             ("?other", Ok("http://a.test:8080/dir/page?other")),
             ("//b.test/x", Ok("http://b.test/x")),
             ("https://c.test/y#frag", Ok("https://c.test/y")),
+            ("http://user:pass@d.test/z", Ok("http://d.test/z")),
             ("  /spaced  ", Ok("http://a.test:8080/spaced")),
             ("ftp://d.test/", Err("only http and https are followed")),
             ("http://", Err("not a valid URL")),
