@@ -391,8 +391,97 @@ async fn credentials_stay_with_their_origin() {
     );
     let landed = &other.requests()[0];
     assert_eq!(landed.header("authorization"), None);
-    assert_eq!(landed.header("x-keep"), Some("1"));
+    assert_eq!(
+        landed.header("x-keep"),
+        None,
+        "no site-configured header leaves the origin"
+    );
     assert_eq!(landed.header("host"), Some(other.addr.to_string().as_str()));
+}
+
+/// Every site-configured header stays with the site's origin after a redirect, whatever its
+/// name or case, on every kind of redirect, and for a change of port only; the defaults (Host,
+/// User-Agent, Accept-Encoding) are sent for the new origin instead. Back on the site's own
+/// origin, they are sent again.
+#[tokio::test]
+async fn no_site_header_follows_a_cross_origin_redirect() {
+    let other = serve("127.0.0.1:0", |req: Received, mut conn: Conn| async move {
+        let target = req.target.clone();
+        if let Some(back) = target.strip_prefix("/back?to=") {
+            let back = back.to_string();
+            conn.respond(307, &[("Location", back.as_str())], b"").await
+        } else {
+            conn.respond(200, &[], b"other").await
+        }
+    })
+    .await;
+    let other_base = format!("http://{}", other.addr);
+    let first = serve("127.0.0.1:0", move |req: Received, mut conn: Conn| {
+        let other_base = other_base.clone();
+        async move {
+            let target = req.target.clone();
+            let status: u16 = target
+                .trim_start_matches('/')
+                .split('?')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            if status == 200 {
+                return conn.respond(200, &[], b"home").await;
+            }
+            let location = if target.contains("roundtrip") {
+                format!(
+                    "{other_base}/back?to=http://{}/200",
+                    req.header("host").unwrap_or("")
+                )
+            } else {
+                format!("{other_base}/landing")
+            };
+            conn.respond(status, &[("Location", location.as_str())], b"")
+                .await
+        }
+    })
+    .await;
+    let headers = [
+        ("x-api-key", "k-hunter2"),
+        ("x-session", "s-hunter2"),
+        ("authorization", "Bearer hunter2"),
+        ("cookie", "sid=hunter2"),
+        ("user-agent", "agent-hunter2"),
+        ("accept-encoding", "identity"),
+    ];
+    for status in [301, 302, 303, 307, 308] {
+        let mut s = site(&first.url(&format!("/{status}")));
+        s.request.method = Method::POST;
+        s.request.body = Some(bytes::Bytes::from_static(b"form=1"));
+        s.request.headers = headers
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect();
+        let before = other.requests().len();
+        let attempt = prober().probe(&s).await;
+        assert_eq!(&ok(&attempt).body[..], b"other", "{status}");
+        let landed = &other.requests()[before];
+        for (name, _) in headers {
+            let seen = landed.header(name).unwrap_or("");
+            assert!(!seen.contains("hunter2"), "{status}: {name}: {seen}");
+        }
+        assert_eq!(landed.header("user-agent"), Some(DEFAULT_USER_AGENT));
+        assert_eq!(landed.header("accept-encoding"), Some("gzip, deflate"));
+        assert_eq!(landed.header("host"), Some(other.addr.to_string().as_str()));
+    }
+    // Out and back: the site's origin gets its headers again.
+    let mut s = site(&first.url("/307?roundtrip"));
+    s.request.headers = vec![(
+        HeaderName::from_static("x-api-key"),
+        HeaderValue::from_static("k-hunter2"),
+    )];
+    let attempt = prober().probe(&s).await;
+    assert_eq!(&ok(&attempt).body[..], b"home");
+    let back = first.requests().pop().unwrap();
+    assert_eq!(back.header("x-api-key"), Some("k-hunter2"));
+    let bounced = other.requests().pop().unwrap();
+    assert_eq!(bounced.header("x-api-key"), None);
 }
 
 // ---- connection failures ---------------------------------------------------------------------

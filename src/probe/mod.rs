@@ -39,8 +39,8 @@
 //!   (not drained) and the body marked truncated. gzip and deflate are decoded as the bytes
 //!   arrive, so a compression bomb costs at most the cap in memory.
 //! - The request carries `Host`, `User-Agent` and `Accept-Encoding: gzip, deflate` unless the
-//!   site sets its own, and always `Connection: close`. Authorization, cookies and a
-//!   site-set `Host` are not sent to another origin after a redirect.
+//!   site sets its own, and always `Connection: close`. No site-configured header is sent to
+//!   another origin after a redirect (the defaults are, for that origin).
 
 mod body;
 mod classify;
@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::header::{
-    ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
-    COOKIE, HOST, LOCATION, PROXY_AUTHORIZATION, TRANSFER_ENCODING, USER_AGENT,
+    ACCEPT_ENCODING, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION,
+    TRANSFER_ENCODING, USER_AGENT,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::{BodyExt, Full};
@@ -420,12 +420,11 @@ impl Prober {
     }
 }
 
-/// Whether a site-configured header goes out on this hop.
+/// Whether a site-configured header goes out on this hop. None goes to another origin: any of
+/// them may be a credential (`X-Api-Key`, a session header), and the other origin is whoever
+/// the redirect says.
 fn forwarded(name: &HeaderName, req: &HopRequest<'_>) -> bool {
-    if name == CONNECTION {
-        return false;
-    }
-    if req.foreign && [HOST, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION].contains(name) {
+    if name == CONNECTION || req.foreign {
         return false;
     }
     if req.body_dropped
@@ -449,7 +448,7 @@ struct HopRequest<'a> {
     body: Option<&'a Bytes>,
     /// A redirect turned the request into a body-less GET: drop the body's headers too.
     body_dropped: bool,
-    /// This hop leaves the site's origin: credentials and a site-set `Host` stay behind.
+    /// This hop leaves the site's origin: every site-configured header stays behind.
     foreign: bool,
 }
 
@@ -642,6 +641,7 @@ mod tests {
 
     #[test]
     fn site_headers_filtered_per_hop() {
+        use http::header::AUTHORIZATION;
         let url = Url::parse("http://a.test/").unwrap();
         let req = |foreign, body_dropped| HopRequest {
             url: &url,
@@ -650,6 +650,7 @@ mod tests {
             body_dropped,
             foreign,
         };
+        let custom = HeaderName::from_static("x-api-key");
         let cases = [
             (CONNECTION, false, false, false),
             (AUTHORIZATION, false, false, true),
@@ -657,7 +658,11 @@ mod tests {
             (HOST, true, false, false),
             (CONTENT_TYPE, false, true, false),
             (CONTENT_TYPE, false, false, true),
-            (USER_AGENT, true, true, true),
+            (CONTENT_TYPE, true, false, false),
+            (USER_AGENT, false, true, true),
+            (USER_AGENT, true, false, false),
+            (custom.clone(), false, false, true),
+            (custom, true, false, false),
         ];
         for (name, foreign, dropped, want) in cases {
             assert_eq!(forwarded(&name, &req(foreign, dropped)), want, "{name}");
