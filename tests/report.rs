@@ -680,38 +680,44 @@ async fn a_breached_slo_exits_1_and_reads_breached() {
 }
 
 #[tokio::test]
-async fn bad_requests_exit_2() {
+async fn bad_requests_exit_2_and_bad_flags_64() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("sites.lua"), BREACH_SITES).unwrap();
     // None of these reaches the database.
     let nowhere = "postgres://nobody@127.0.0.1:1/none";
-    let cases: &[(&str, &[&str], &str)] = &[
+    // (what, arguments, exit code: 2 for a request the config or data refuses, 64 for a
+    // command line clap refuses, message)
+    let cases: &[(&str, &[&str], i32, &str)] = &[
         (
             "unknown site",
             &["--site", "fine", "--site", "nope"],
+            2,
             "\"nope\"",
         ),
         (
             "empty period",
             &["--from", "2024-03-04", "--to", "2024-03-02"],
+            2,
             "--from must be before --to",
         ),
         (
             "bad time",
             &["--from", "yesterday", "--to", "2024-03-02"],
+            64,
             "RFC 3339",
         ),
         (
             "--since with --from",
             &["--since", "7d", "--from", "2024-03-02"],
+            64,
             "cannot be used",
         ),
-        ("--from alone", &["--from", "2024-03-02"], "--to"),
-        ("bad duration", &["--since", "7 days"], "unit"),
+        ("--from alone", &["--from", "2024-03-02"], 64, "--to"),
+        ("bad duration", &["--since", "7 days"], 64, "unit"),
     ];
-    for (name, args, message) in cases {
+    for (name, args, want, message) in cases {
         let output = run_report(dir.path(), nowhere, args).await;
-        assert_eq!(code(&output), 2, "{name}: {}", text(&output));
+        assert_eq!(code(&output), *want, "{name}: {}", text(&output));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(message), "{name}: {stderr}");
     }
