@@ -1234,7 +1234,8 @@ fn message_handlers_cannot_escape_the_instruction_budget() {
     let bodies = [
         format!("xpcall({spin}, {spin})"),
         format!("xpcall(error, {spin})"),
-        format!("xpcall(function() error({{}}) end, function(e) local n = 0 while true do n = n + 1 end end)"),
+        "xpcall(function() error({}) end, function(e) local n = 0 while true do n = n + 1 end end)"
+            .to_string(),
         format!("xpcall({spin}, function() xpcall({spin}, {spin}) end)"),
         format!("for _ = 1, 10 do xpcall({spin}, {spin}) end"),
         format!("error(setmetatable({{}}, {{ __tostring = {spin} }}))"),
@@ -1396,7 +1397,10 @@ fn errors_are_capped_and_their_quotes_cut() {
         format!("{huge}local _ = script(big)\n"),
     ];
     for text in texts {
-        let Err(report) = load_all_within(&[text.clone()], LOAD_BOUND).pop().unwrap() else {
+        let Err(report) = load_all_within(std::slice::from_ref(&text), LOAD_BOUND)
+            .pop()
+            .unwrap()
+        else {
             panic!("accepted: {text}");
         };
         assert!(report.len() <= 1001, "{} errors", report.len());
