@@ -15,9 +15,14 @@ use crate::config::{maintenance, Config, MaintenanceWindow, Site};
 use crate::hooks::{HookError, HookInput, HookLimits, HookPool};
 use crate::probe::{Attempt, Prober, DEFAULT_USER_AGENT};
 use crate::result::{
-    AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION,
+    shorten, AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION,
 };
 
+/// Longest `final_url` in a result, in bytes: the server picks it with its redirects.
+pub const MAX_FINAL_URL: usize = 2048;
+/// Longest `failure.message` in a result, in bytes: it quotes what the server sent (redirect
+/// targets, hook reasons).
+pub const MAX_FAILURE_MESSAGE: usize = 4096;
 /// Pause between a failed attempt and its retry: long enough for a blip to pass, short enough to
 /// keep the check well inside its interval.
 pub const RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -246,8 +251,15 @@ impl Checker {
         scheduled_at: DateTime<Utc>,
         started_at: DateTime<Utc>,
         attempts: u32,
-        verdict: Verdict,
+        mut verdict: Verdict,
     ) -> CheckResult {
+        // The server chose these (a redirect target, what assertions and hooks quoted).
+        if let Some(url) = verdict.final_url.as_mut() {
+            shorten(url, MAX_FINAL_URL);
+        }
+        if let Some(failure) = verdict.failure.as_mut() {
+            shorten(&mut failure.message, MAX_FAILURE_MESSAGE);
+        }
         CheckResult {
             schema: SCHEMA_VERSION,
             id,

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics as names;
-use crate::result::{CheckResult, SCHEMA_HEADER, SCHEMA_VERSION};
+use crate::result::{shorten, CheckResult, SCHEMA_HEADER, SCHEMA_VERSION};
 use crate::settings::KafkaSettings;
 
 /// Messages held locally while the broker is slow or away; past this, publishing waits.
@@ -39,6 +39,13 @@ pub const DEFAULT_QUEUE_MESSAGES: u32 = 100_000;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for queued results to be delivered.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest encoded result published, in bytes: far above a real result (a few KiB), well below
+/// Kafka's default message limit (`message.max.bytes`, 1,000,000 bytes), so a result is not
+/// refused for its size; a larger one is cut down ([`encode_within`]).
+pub const MAX_RESULT_BYTES: usize = 256 * 1024;
+/// What a result is cut down to when Kafka still refuses it as too large (a client configured
+/// with a smaller `message.max.bytes`).
+pub const MIN_RESULT_BYTES: usize = 8 * 1024;
 /// Pause before retrying a publish that found the local queue full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(20);
 /// After purging at the end of a timed-out flush, how long to wait for librdkafka to report
@@ -216,23 +223,42 @@ impl Publisher {
     /// Queues one result for delivery. Waits while the local queue is full (backpressure);
     /// returns an error only when Kafka rejects the message outright.
     pub async fn publish(&self, result: &CheckResult) -> Result<(), PublishError> {
-        let payload = result.encode().map_err(|source| PublishError::Encode {
-            id: result.id,
-            source,
-        })?;
+        let encode = |max: usize| {
+            encode_within(result, max).map_err(|source| PublishError::Encode {
+                id: result.id,
+                source,
+            })
+        };
+        let mut payload = encode(MAX_RESULT_BYTES)?;
         let version = SCHEMA_VERSION.to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: SCHEMA_HEADER,
-            value: Some(version.as_str()),
-        });
+        let headers = || {
+            OwnedHeaders::new().insert(Header {
+                key: SCHEMA_HEADER,
+                value: Some(version.as_str()),
+            })
+        };
         let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(result.id))
             .key(result.site.as_str())
             .payload(&payload)
-            .headers(headers);
+            .headers(headers());
         let mut waited = false;
+        let mut smallest_tried = false;
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
+                // The client was configured with a smaller message limit: send the smallest form
+                // of the result rather than drop it.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                    if !smallest_tried =>
+                {
+                    smallest_tried = true;
+                    tracing::warn!(result_id = %result.id, site = %result.site, bytes = payload.len(), "result larger than Kafka accepts: sending it cut down");
+                    payload = encode(MIN_RESULT_BYTES)?;
+                    record = BaseRecord::with_opaque_to(&self.topic, Box::new(result.id))
+                        .key(result.site.as_str())
+                        .payload(&payload)
+                        .headers(headers());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if self.abandon.is_cancelled() =>
                 {
@@ -333,4 +359,186 @@ pub async fn ensure_topic(settings: &KafkaSettings, spec: TopicSpec) -> Result<(
         }
     }
     Ok(())
+}
+
+/// `result` as JSON in at most `max` bytes. A result that fits is encoded as it is; a larger one
+/// is cut down step by step — every text shortened (server- and hook-controlled ones first
+/// among them: failure message, final URL, assertion texts), then only the failed assertions
+/// kept, then metrics dropped, then assertions dropped — so its identity, outcome, failure kind
+/// and timings always reach Kafka, never dropped for their size. A cut result says so in its
+/// failure message, when it has one.
+pub fn encode_within(result: &CheckResult, max: usize) -> Result<Vec<u8>, serde_json::Error> {
+    let payload = result.encode()?;
+    if payload.len() <= max {
+        return Ok(payload);
+    }
+    let original = payload.len();
+    let mut cut = result.clone();
+    let mut steps: Vec<&'static str> = Vec::new();
+    for text_max in [1024, 256, 64] {
+        shorten_texts(&mut cut, text_max);
+        if steps.is_empty() {
+            steps.push("texts");
+        }
+        let payload = encode_marked(&cut, original, &steps)?;
+        if payload.len() <= max {
+            return Ok(payload);
+        }
+    }
+    cut.assertions.retain(|a| !a.ok);
+    steps.push("passed assertions");
+    let payload = encode_marked(&cut, original, &steps)?;
+    if payload.len() <= max {
+        return Ok(payload);
+    }
+    cut.metrics.clear();
+    steps.push("metrics");
+    let payload = encode_marked(&cut, original, &steps)?;
+    if payload.len() <= max {
+        return Ok(payload);
+    }
+    cut.assertions.clear();
+    steps.push("assertions");
+    encode_marked(&cut, original, &steps)
+}
+
+/// Every text of `result` that is not its identity, cut to `max` bytes.
+fn shorten_texts(result: &mut CheckResult, max: usize) {
+    if let Some(url) = result.final_url.as_mut() {
+        shorten(url, max);
+    }
+    if let Some(failure) = result.failure.as_mut() {
+        shorten(&mut failure.message, max);
+    }
+    for assertion in &mut result.assertions {
+        shorten(&mut assertion.name, max);
+        shorten(&mut assertion.expected, max);
+        shorten(&mut assertion.actual, max);
+        if let Some(reason) = assertion.reason.as_mut() {
+            shorten(reason, max);
+        }
+    }
+    if result.url.len() > max {
+        shorten(&mut result.url, max);
+    }
+}
+
+/// Encodes a cut result, its failure message saying what was left out.
+fn encode_marked(
+    result: &CheckResult,
+    original: usize,
+    steps: &[&str],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut marked = result.clone();
+    if let Some(failure) = marked.failure.as_mut() {
+        failure.message.push_str(&format!(
+            " [result cut from {original} bytes to fit Kafka: {} shortened or left out]",
+            steps.join(", ")
+        ));
+    }
+    marked.encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::{
+        AssertionResult, Failure, FailureKind, Level, Outcome, Timings, SCHEMA_VERSION,
+    };
+
+    fn result(outcome: Outcome) -> CheckResult {
+        CheckResult {
+            schema: SCHEMA_VERSION,
+            id: Uuid::nil(),
+            site: "s".into(),
+            url: "https://s.example/".into(),
+            final_url: Some("https://s.example/".into()),
+            scheduled_at: chrono::DateTime::UNIX_EPOCH,
+            started_at: chrono::DateTime::UNIX_EPOCH,
+            outcome,
+            status: Some(200),
+            timings: Timings::default(),
+            failure: (outcome == Outcome::Down).then(|| Failure {
+                kind: FailureKind::RedirectLoop,
+                phase: None,
+                message: "redirect loop".into(),
+            }),
+            assertions: Vec::new(),
+            metrics: Default::default(),
+            body_bytes: 0,
+            body_truncated: false,
+            cert_not_after: None,
+            tls_insecure: false,
+            config_version: "v".into(),
+            attempts: 1,
+            probe_host: "h".into(),
+            maintenance: None,
+        }
+    }
+
+    fn assertion(ok: bool, text: &str) -> AssertionResult {
+        AssertionResult {
+            name: "hook:inline:1".into(),
+            ok,
+            level: Level::Fail,
+            expected: "pass".into(),
+            actual: text.into(),
+            reason: Some(text.into()),
+        }
+    }
+
+    #[test]
+    fn results_too_large_are_cut_never_dropped() {
+        const MAX: usize = 8 * 1024;
+        let huge = "x".repeat(200_000);
+        let many: Vec<AssertionResult> = (0..2000).map(|i| assertion(i % 2 == 0, "y")).collect();
+        let metrics: std::collections::BTreeMap<String, f64> =
+            (0..5000).map(|i| (format!("m{i:0>100}"), 1.0)).collect();
+        type Case = (
+            &'static str,
+            fn(
+                &mut CheckResult,
+                &str,
+                &[AssertionResult],
+                &std::collections::BTreeMap<String, f64>,
+            ),
+        );
+        let cases: [Case; 5] = [
+            ("huge failure message", |r, huge, _, _| {
+                r.failure.as_mut().unwrap().message = huge.into()
+            }),
+            ("huge final url", |r, huge, _, _| {
+                r.final_url = Some(huge.into())
+            }),
+            ("huge assertion texts", |r, huge, _, _| {
+                r.assertions = vec![assertion(false, huge); 20]
+            }),
+            ("many assertions", |r, _, many, _| {
+                r.assertions = many.to_vec()
+            }),
+            ("many metrics", |r, _, many, metrics| {
+                r.assertions = many.to_vec();
+                r.metrics = metrics.clone();
+            }),
+        ];
+        for (name, make) in cases {
+            let mut big = result(Outcome::Down);
+            make(&mut big, &huge, &many, &metrics);
+            let payload = encode_within(&big, MAX).unwrap();
+            assert!(payload.len() <= MAX, "{name}: {} bytes", payload.len());
+            let back: CheckResult = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(back.outcome, Outcome::Down, "{name}");
+            assert_eq!(back.site, "s");
+            let failure = back.failure.unwrap();
+            assert_eq!(failure.kind, FailureKind::RedirectLoop);
+            assert!(
+                failure.message.contains("[result cut from"),
+                "{name}: {}",
+                failure.message
+            );
+        }
+        // A result that fits is left alone.
+        let small = result(Outcome::Up);
+        assert_eq!(encode_within(&small, MAX).unwrap(), small.encode().unwrap());
+    }
 }

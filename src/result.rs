@@ -18,6 +18,19 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Kafka header carrying [`SCHEMA_VERSION`], so a consumer can route by version before parsing.
 pub const SCHEMA_HEADER: &str = "schema-version";
 
+/// Cuts `text` to at most `max` bytes (on a character boundary), marking the cut with `...`:
+/// how every text a server or a hook controls is kept small in a result.
+pub fn shorten(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+}
+
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -603,3 +603,63 @@ async fn env_cannot_read_sitewatchs_own_secrets() {
         }
     }
 }
+
+/// A hostile server cannot inflate a result: a hundred redirects with huge Locations, a huge
+/// final URL and hooks quoting the body all end up in a result of a few KiB.
+#[tokio::test]
+async fn server_controlled_text_in_a_result_is_capped() {
+    let server = support::serve("127.0.0.1:0", |request, mut conn| async move {
+        let target = request.target.clone();
+        let pad = "p".repeat(16 * 1024);
+        if let Some(rest) = target.strip_prefix("/chain/") {
+            let i: u32 = rest.split('?').next().unwrap().parse().unwrap();
+            let next = format!("/chain/{}?{pad}", i + 1);
+            conn.respond(307, &[("Location", next.as_str())], b"").await
+        } else if target == "/long" {
+            let next = format!("/landing?{}", "q".repeat(60 * 1024));
+            conn.respond(302, &[("Location", next.as_str())], b"").await
+        } else {
+            conn.respond(200, &[], "b".repeat(1 << 20).as_bytes()).await
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = (0..20)
+        .map(|_| "function(r) return false, r.body end")
+        .collect::<Vec<_>>()
+        .join(", ");
+    config(
+        dir.path(),
+        &format!(
+            "site {{ name = 'chain', url = '{}', max_redirects = 100 }}\n\
+             site {{ name = 'long', url = '{}' }}\n\
+             site {{ name = 'hooks', url = '{}', hooks = {{ {hooks} }} }}\n",
+            server.url("/chain/0"),
+            server.url("/long"),
+            server.url("/page"),
+        ),
+    );
+    let output = sitewatch(dir.path(), &["check", "--json"]).await;
+    let results = results(&output);
+    for (site, max) in [
+        ("chain", 8 * 1024),
+        ("long", 8 * 1024),
+        ("hooks", 40 * 1024),
+    ] {
+        let size = serde_json::to_string(&results[site]).unwrap().len();
+        assert!(size < max, "{site}: {size} bytes");
+    }
+    let chain = &results["chain"];
+    assert_eq!(chain.outcome, Outcome::Down);
+    let message = &chain.failure.as_ref().unwrap().message;
+    assert!(message.contains("too many redirects"), "{message}");
+    assert!(message.contains("more)"), "{message}");
+    let long = &results["long"];
+    assert!(long.final_url.as_ref().unwrap().len() <= 2048 + 3);
+    let hooks = &results["hooks"];
+    assert_eq!(hooks.assertions.len(), 21);
+    for assertion in &hooks.assertions {
+        assert!(assertion.reason.as_ref().map_or(0, String::len) <= 1024 + 3);
+    }
+    assert!(hooks.failure.as_ref().unwrap().message.len() <= 4096 + 3);
+}

@@ -315,6 +315,7 @@ async fn metrics() {
         ("m2", "function(r) return { ok = false, reason = 'x', metrics = { ttfb = 640, n = 3.0 } } end"),
         ("bad", "function(r) return { metrics = { ttfb = 'slow' } } end"),
         ("nan", "function(r) return { metrics = { x = 0/0 } } end"),
+        ("longname", "function(r) return { metrics = { [string.rep('m', 129)] = 1 } } end"),
     ];
     let pool = HookPool::start(&source(&sites(&cases)), limits(1)).unwrap();
     for name in ["m1", "m2"] {
@@ -329,6 +330,10 @@ async fn metrics() {
     assert_fails(
         &pool.call("nan", 0, input("nan")).await,
         "metric \"x\" must be a finite number",
+    );
+    assert_fails(
+        &pool.call("longname", 0, input("longname")).await,
+        "metric names are at most 128 bytes",
     );
 }
 

@@ -38,7 +38,7 @@ use crate::lua::sandbox::LOAD_WALL_TIME;
 use crate::lua::stuck;
 use crate::probe::CertInfo;
 use crate::result::Timings;
-pub use verdict::{HookVerdict, MAX_METRICS, MAX_REASON_LEN};
+pub use verdict::{HookVerdict, MAX_METRICS, MAX_METRIC_NAME, MAX_REASON_LEN};
 use worker::{SiteTable, Worker};
 
 /// Instructions one hook call may run (about 20–50 ms of pure Lua).

@@ -15,6 +15,8 @@ use crate::result::Level;
 pub const MAX_REASON_LEN: usize = 1024;
 /// Most metrics one verdict may carry.
 pub const MAX_METRICS: usize = 64;
+/// Longest metric name, in bytes: a hook may take names from what the server sent.
+pub const MAX_METRIC_NAME: usize = 128;
 
 /// What one hook call concluded.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,18 +51,6 @@ impl HookVerdict {
     }
 }
 
-/// Cuts `text` to at most `max` bytes (on a character boundary), marking the cut.
-pub(super) fn truncate(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
-    }
-}
-
 /// The return contract: `true`/`nil` pass; `false, reason` fails; `"degraded", reason` warns;
 /// a table `{ ok, degraded, reason, metrics }`; anything else fails, saying what it was.
 pub(super) fn interpret(first: Value, second: Value) -> HookVerdict {
@@ -83,7 +73,13 @@ pub(super) fn interpret(first: Value, second: Value) -> HookVerdict {
 fn reason_text(value: &Value) -> Option<String> {
     match value {
         Value::Nil => None,
-        Value::String(s) => Some(s.to_string_lossy()),
+        // Only what can be kept is copied out of Lua (the worker cuts the rest).
+        Value::String(s) => {
+            let bytes = s.as_bytes();
+            Some(
+                String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_REASON_LEN + 4)]).into_owned(),
+            )
+        }
         Value::Integer(i) => Some(i.to_string()),
         Value::Number(n) => Some(n.to_string()),
         other => Some(format!("(reason was a {})", other.type_name())),
@@ -168,6 +164,10 @@ fn read_metrics(table: &Table, metrics: &mut BTreeMap<String, f64>) -> Result<()
             return Ok(());
         }
         let name = match &key {
+            Value::String(s) if s.as_bytes().len() > MAX_METRIC_NAME => {
+                problem = Some(format!("metric names are at most {MAX_METRIC_NAME} bytes"));
+                return Ok(());
+            }
             Value::String(s) => s.to_string_lossy(),
             other => {
                 problem = Some(format!(

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use mlua::Function;
 
-use super::verdict::{interpret, truncate, HookVerdict, MAX_REASON_LEN};
+use super::verdict::{interpret, HookVerdict, MAX_REASON_LEN};
 use super::{HookError, HookInput, HookLimits};
 use crate::config::eval;
 use crate::config::{ConfigErrors, ConfigSource};
 use crate::lua::errors::{is_memory_error, lua_error_text};
 use crate::lua::r_table;
 use crate::lua::sandbox::{Sandbox, Trip, LOAD_MEMORY_LIMIT};
+use crate::result::shorten;
 
 /// Generational GC: a minor collection after the heap grows this many percent (Lua's default).
 const GC_MINOR_MULTIPLIER: c_int = 20;
@@ -119,7 +120,7 @@ impl Worker {
             (None, Ok((first, second))) => interpret(first, second),
         };
         if let Some(reason) = verdict.reason.as_mut() {
-            truncate(reason, MAX_REASON_LEN);
+            shorten(reason, MAX_REASON_LEN);
         }
         verdict
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::body::DecodeError;
-use crate::result::{Failure, FailureKind, Phase};
+use crate::result::{shorten, Failure, FailureKind, Phase};
 
 fn failure(kind: FailureKind, message: String) -> Failure {
     Failure {
@@ -282,20 +282,47 @@ pub(crate) fn too_many_redirects(max: u32, chain: &[Url], next: &Url) -> Failure
 
 /// A redirect whose Location cannot be followed.
 pub(crate) fn bad_redirect(status: u16, location: &str, why: &str) -> Failure {
+    let mut location = location.to_string();
+    shorten(&mut location, MAX_QUOTED_URL);
     failure(
         FailureKind::Http,
         format!("cannot follow {status} redirect to {location:?}: {why}"),
     )
 }
 
+/// Longest URL quoted in a failure message, in bytes: the server chooses redirect targets.
+const MAX_QUOTED_URL: usize = 256;
+/// URLs of a long redirect chain named at each end of a failure message.
+const CHAIN_ENDS: usize = 3;
+
+/// `a -> b -> c`: the chain and the next URL; for a long chain its first and last
+/// [`CHAIN_ENDS`] URLs, each cut to [`MAX_QUOTED_URL`] bytes, so a server cannot blow a result
+/// up with a hundred huge Locations.
 fn chain_text(chain: &[Url], next: &Url) -> String {
-    let mut text = String::new();
-    for url in chain {
-        text.push_str(url.as_str());
-        text.push_str(" -> ");
+    let urls: Vec<&Url> = chain.iter().chain(std::iter::once(next)).collect();
+    let quoted = |url: &Url| {
+        let mut text = url.as_str().to_string();
+        shorten(&mut text, MAX_QUOTED_URL);
+        text
+    };
+    if urls.len() <= 2 * CHAIN_ENDS {
+        return urls
+            .iter()
+            .map(|u| quoted(u))
+            .collect::<Vec<_>>()
+            .join(" -> ");
     }
-    text.push_str(next.as_str());
-    text
+    let head: Vec<String> = urls[..CHAIN_ENDS].iter().map(|u| quoted(u)).collect();
+    let tail: Vec<String> = urls[urls.len() - CHAIN_ENDS..]
+        .iter()
+        .map(|u| quoted(u))
+        .collect();
+    format!(
+        "{} -> ({} more) -> {}",
+        head.join(" -> "),
+        urls.len() - 2 * CHAIN_ENDS,
+        tail.join(" -> ")
+    )
 }
 
 fn is_closed_text(lower: &str) -> bool {
