@@ -804,3 +804,55 @@ async fn what_validates_is_what_hook_workers_can_load() {
         assert!(config.is_ok(), "{prelude}: {}", config.unwrap_err());
     }
 }
+
+/// References to the libraries taken at load time (`local S = string`) reach the same frozen
+/// tables: a hook cannot change what another hook sees through them, nor through the string
+/// methods, nor by rebinding a global name at load time.
+#[tokio::test]
+async fn library_tables_are_frozen_not_just_their_names() {
+    let text = r#"
+local S, T, M, U, J, R, L = string, table, math, utf8, json, regex, log
+local original_string = string
+string = { upper = function() return "shadow" end }
+site { name = "a", url = "https://a.example/", hooks = {
+  function(r) S.upper = function() return "evil" end end,
+  function(r) original_string.lower = nil end,
+  function(r) T.insert = nil end,
+  function(r) M.pi = 3 end,
+  function(r) U.char = nil end,
+  function(r) J.decode = function() return {} end end,
+  function(r) R.match = nil end,
+  function(r) L.info = nil end,
+  function(r) setmetatable(S, {}) end,
+  function(r) string.upper = nil end,
+  function(r) getmetatable("").__index.upper = nil end,
+} }
+site { name = "b", url = "https://b.example/", hooks = {
+  function(r)
+    local ok = S.upper("x") == "X" and ("y"):upper() == "Y" and original_string.lower("Q") == "q"
+      and T.insert ~= nil and M.pi > 3.14 and U.char(65) == "A" and J.decode("[1]")[1] == 1
+      and R.match("a1", "%d") == nil and L.info ~= nil and string.upper() == "shadow"
+    local n = 0 for _ in pairs(S) do n = n + 1 end
+    return ok and n > 10, "a library was changed"
+  end,
+} }
+"#;
+    let pool = HookPool::start(&source(text), limits(1)).unwrap();
+    let reasons = [
+        "string is read-only",
+        "string is read-only",
+        "table is read-only",
+        "math is read-only",
+        "utf8 is read-only",
+        "json is read-only",
+        "regex is read-only",
+        "log is read-only",
+        "cannot change a protected metatable",
+        "string is read-only",
+        "attempt to index a boolean value",
+    ];
+    for (i, reason) in reasons.iter().enumerate() {
+        assert_fails(&pool.call("a", i, input("a")).await, reason);
+    }
+    assert_eq!(pool.call("b", 0, input("b")).await, HookVerdict::pass());
+}

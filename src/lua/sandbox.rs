@@ -160,22 +160,38 @@ local function pairs_of(t)
   return function() return function(_, k) return next(t, k) end, nil, nil end
 end
 
-local function readonly(t, what)
+-- The library tables as they are before any user code runs: sites.lua may keep references to
+-- them (`local S = string`) or rebind the global names, and it is these very tables that must
+-- end up frozen (the string metatable's __index is one of them).
+local LIBRARY_NAMES = { "string", "table", "math", "utf8", "json", "regex", "log" }
+local LIBRARIES = {}
+for _, name in ipairs(LIBRARY_NAMES) do LIBRARIES[name] = G[name] end
+
+-- Makes `t` itself read-only, so every reference to it sees the same contents: they move to a
+-- hidden table that `t` reads through; writes raise; pairs() still lists them.
+local function freeze_in_place(t, what)
+  local inner = {}
+  for k, v in next, t do inner[k] = v end
+  for k in next, inner do t[k] = nil end
   local function deny() error(what .. " is read-only", 2) end
-  return raw_setmetatable({}, {
-    __index = t, __newindex = deny, __metatable = false, __pairs = pairs_of(t),
-  })
+  force_setmetatable(t, { __index = inner, __newindex = deny, __metatable = false, __pairs = pairs_of(inner) })
 end
 
 -- After evaluation, a hook worker freezes its globals so one site's hook cannot change what
--- another site's hook sees: globals become read-only, and so do the library tables.
+-- another site's hook sees: globals become read-only, and so do the library tables, in place.
 return function()
+  local frozen = {}
+  for _, name in ipairs(LIBRARY_NAMES) do
+    for _, t in ipairs { LIBRARIES[name], rawget(G, name) } do
+      if type(t) == "table" and not frozen[t] then
+        frozen[t] = true
+        freeze_in_place(t, name)
+      end
+    end
+  end
   local backing = {}
   for k, v in next, G do backing[k] = v end
   for k in next, backing do G[k] = nil end
-  for _, name in ipairs { "string", "table", "math", "utf8", "json", "regex", "log" } do
-    if type(backing[name]) == "table" then backing[name] = readonly(backing[name], name) end
-  end
   backing._G = G
   -- Forced: sites.lua may have protected _G's metatable (__metatable), which must not make the
   -- workers fail where validation succeeded.
