@@ -856,3 +856,68 @@ site { name = "b", url = "https://b.example/", hooks = {
     }
     assert_eq!(pool.call("b", 0, input("b")).await, HookVerdict::pass());
 }
+
+/// Log lines written for hooks (`log.*`, `print`) cannot be forged with text from a server:
+/// line breaks, carriage returns, escape sequences and bidi overrides come out escaped, each
+/// message on the one line that names its site.
+#[tokio::test]
+async fn hook_logs_cannot_forge_lines() {
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Hook workers log from their own threads: only a global subscriber sees them.
+    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        return; // another test of this binary set one first
+    }
+    let payloads = [
+        "ok\nERROR sitewatch: forged-1 database is down",
+        "ok\r\nWARN forged-2",
+        "ok\u{1b}[2K\u{1b}[1Gforged-3",
+        "ok\u{2028}forged-4",
+        "ok\u{202e}forged-5",
+    ];
+    let hook = "function(r) log.info(r.body) log.warn(r.body) print('x', r.body) end";
+    let pool = HookPool::start(&source(&sites(&[("inject", hook)])), limits(1)).unwrap();
+    for payload in payloads {
+        let mut request = (*input("inject")).clone();
+        request.body = Bytes::from(payload.as_bytes().to_vec());
+        assert_eq!(
+            pool.call("inject", 0, Arc::new(request)).await,
+            HookVerdict::pass()
+        );
+    }
+    let logged = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let mut seen = 0;
+    for line in logged.lines() {
+        if line.contains("forged") {
+            seen += 1;
+            assert!(
+                line.contains("sitewatch::lua") && line.contains("site=inject"),
+                "forged line: {line:?}"
+            );
+            assert!(
+                !line.contains('\r')
+                    && !line.contains('\u{1b}')
+                    && !line.contains('\u{2028}')
+                    && !line.contains('\u{202e}'),
+                "{line:?}"
+            );
+        }
+    }
+    assert_eq!(seen, payloads.len() * 3, "{logged}");
+}

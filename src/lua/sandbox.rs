@@ -627,20 +627,45 @@ fn regex_table(lua: &Lua) -> mlua::Result<Table> {
 }
 
 /// `log.info(msg)` and `log.warn(msg)`: tracing events with the running hook's site.
+/// `text` with every character that could forge or disguise a log line written as an escape:
+/// line breaks and other control characters (`\n`, `\r`, `\u{1b}`; tabs stay), the Unicode line
+/// and paragraph separators, and the bidirectional overrides and isolates.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let needs = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(needs) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn log_table(lua: &Lua, current_site: &Rc<RefCell<String>>) -> mlua::Result<Table> {
     let table = lua.create_table()?;
     for warn in [false, true] {
         let site = Rc::clone(current_site);
         let function = lua.create_function(move |_, message: Value| {
-            let mut text = message.to_string()?;
-            if text.len() > MAX_LOG_MESSAGE {
-                let mut cut = MAX_LOG_MESSAGE;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
+            let raw = match &message {
+                // Only what can be logged is copied out of Lua.
+                Value::String(s) => {
+                    let bytes = s.as_bytes();
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_MESSAGE + 1)])
+                        .into_owned()
                 }
-                text.truncate(cut);
-                text.push_str("...");
-            }
+                other => other.to_string()?,
+            };
+            let mut text = escape_controls(&raw);
+            crate::result::shorten(&mut text, MAX_LOG_MESSAGE);
             let site = site.borrow();
             if warn {
                 tracing::warn!(target: LOG_TARGET, site = %site, "{text}");
@@ -837,6 +862,26 @@ mod tests {
         ];
         for code in same {
             assert_eq!(run_bounded(code), "ok", "{code}");
+        }
+    }
+
+    #[test]
+    fn log_text_cannot_forge_lines() {
+        let cases = [
+            ("plain text", "plain text"),
+            ("tab\tstays", "tab\tstays"),
+            ("a\nINFO forged", "a\\nINFO forged"),
+            ("a\r\nb", "a\\r\\nb"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("nul\0", "nul\\u{0}"),
+            ("del\u{7f}", "del\\u{7f}"),
+            ("nel\u{85}x", "nel\\u{85}x"),
+            ("ls\u{2028}ps\u{2029}", "ls\\u{2028}ps\\u{2029}"),
+            ("\u{202e}evil", "\\u{202e}evil"),
+            ("caf\u{e9}", "caf\u{e9}"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(escape_controls(input), want, "{input:?}");
         }
     }
 
