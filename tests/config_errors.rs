@@ -1544,3 +1544,76 @@ fn credentials_in_site_urls_are_refused_and_never_echoed() {
         }
     }
 }
+
+/// Look-alike site names: twins in another Unicode form are one name (stored in NFC), and
+/// invisible characters (zero-width, bidirectional controls, other format characters, spaces
+/// other than U+0020) are refused.
+#[test]
+fn look_alike_site_names() {
+    let nfc = "caf\u{e9}";
+    let nfd = "cafe\u{301}";
+    let twins = [
+        (nfc, nfd),
+        (nfd, nfc),
+        ("\u{212b}ngstr\u{f6}m", "\u{c5}ngstr\u{f6}m"),
+        ("\u{1100}\u{1161}", "\u{ac00}"),
+    ];
+    for (first, second) in twins {
+        let text = format!(
+            "site {{ name = {first:?}, url = 'https://a.example/' }}\nsite {{ name = {second:?}, url = 'https://b.example/' }}"
+        );
+        assert_error(
+            &text,
+            2,
+            &["duplicate site name (first defined at sites.lua:1)"],
+        );
+    }
+    let config = load(&format!(
+        "site {{ name = {nfd:?}, url = 'https://a.example/' }}"
+    ))
+    .unwrap();
+    assert_eq!(config.sites[0].name, nfc, "stored in NFC");
+    // A maintenance window may name the site in either form.
+    let config = load(&format!(
+        "site {{ name = {nfc:?}, url = 'https://a.example/' }}\nmaintenance {{ name = 'm', sites = {{ {nfd:?} }}, every = 'day', start = '00:00', duration = '1h' }}"
+    ))
+    .unwrap();
+    assert_eq!(config.maintenance[0].sites, [nfc]);
+    let invisible = [
+        "shop\u{200b}",
+        "sh\u{200d}op",
+        "\u{feff}shop",
+        "\u{202e}pohs",
+        "shop\u{2066}x\u{2069}",
+        "sh\u{ad}op",
+        "shop\u{a0}",
+        "shop\u{3000}",
+        "shop\u{e0041}",
+        "shop\u{fe0f}",
+        "sh\u{34f}op",
+    ];
+    for name in invisible {
+        let text = format!("site {{ name = {name:?}, url = 'https://a.example/' }}");
+        assert_error(
+            &text,
+            1,
+            &["is invalid: it contains the invisible character U+"],
+        );
+    }
+    // Ordinary names in any script still work.
+    for name in [
+        "shop",
+        "boutique-\u{e9}t\u{e9}",
+        "\u{5e1}\u{5d7}\u{5e8}",
+        "\u{4e0a}\u{6d77} api",
+        "a b",
+    ] {
+        assert!(
+            load(&format!(
+                "site {{ name = {name:?}, url = 'https://a.example/' }}"
+            ))
+            .is_ok(),
+            "{name}"
+        );
+    }
+}

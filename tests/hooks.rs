@@ -921,3 +921,20 @@ async fn hook_logs_cannot_forge_lines() {
     }
     assert_eq!(seen, payloads.len() * 3, "{logged}");
 }
+
+/// A site name written in NFD reaches its hooks by the NFC name the configuration stores.
+#[tokio::test]
+async fn hooks_are_found_by_the_normalised_site_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sites.lua");
+    std::fs::write(
+        &path,
+        "site { name = \"cafe\u{301}\", url = \"https://a.example/\", hooks = { function(r) return true end } }\n",
+    )
+    .unwrap();
+    let config = sitewatch::config::load(&path).unwrap();
+    let name = &config.sites[0].name;
+    assert_eq!(name, "caf\u{e9}");
+    let pool = HookPool::start(&config.source, limits(1)).unwrap();
+    assert_eq!(pool.call(name, 0, input(name)).await, HookVerdict::pass());
+}

@@ -694,7 +694,7 @@ pub(crate) fn hook_functions(eval: &Evaluation) -> Vec<(String, Vec<Function>)> 
     eval.sites
         .iter()
         .filter_map(|decl| {
-            let name = decl.table.get("name")?.as_str()?.to_string();
+            let name = super::validate::canonical_site_name(decl.table.get("name")?.as_str()?);
             let hooks = decl.table.get("hooks").or(defaults_hooks);
             let functions = match hooks {
                 Some(Raw::Table(list)) => list

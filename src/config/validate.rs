@@ -8,7 +8,7 @@
 //! windows may be declared anywhere in the file: names they refer to (`alert.notify`, `sites`)
 //! are checked against every declaration once the file has run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc, Weekday};
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 use serde_json_path::JsonPath;
+use unicode_normalization::UnicodeNormalization;
 use url::Url;
 
 use super::error::{one_line, ConfigError, ConfigErrorKind as Kind, ErrorSubject, MAX_ERRORS};
@@ -177,8 +178,10 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
             location: &decl.location,
             subject: name.clone().map(ErrorSubject::Site),
         };
-        if let Some(name) = &name {
-            match seen.get(name) {
+        // Twins that only differ in their Unicode form (é as one code point or two) are one
+        // name.
+        if let Some(name) = name.as_deref().map(canonical_site_name) {
+            match seen.get(&name) {
                 Some(first) => rep.push(Kind::Duplicate {
                     first: first.clone(),
                 }),
@@ -193,10 +196,11 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
         }
     }
     // Every declared name counts, valid site or not: one broken site is one error.
-    let site_names: Vec<&str> = eval
+    let site_names: HashSet<String> = eval
         .sites
         .iter()
         .filter_map(|d| d.table.get("name").and_then(Raw::as_str))
+        .map(canonical_site_name)
         .collect();
     let maintenance = maintenance_windows(&eval.maintenance, &site_names, &mut errors);
     let validated = Validated {
@@ -710,7 +714,7 @@ fn notifier_kind(table: &RawTable, rep: &mut Reporter<'_>) -> Option<NotifierKin
 /// declared site's name.
 fn maintenance_windows(
     decls: &[Declaration],
-    site_names: &[&str],
+    site_names: &HashSet<String>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<MaintenanceWindow> {
     let mut out = Vec::with_capacity(decls.len());
@@ -764,7 +768,7 @@ fn maintenance_windows(
 
 /// `sites = {"shop", "api"}`: declared site names, each once; not empty (leave `sites` out for
 /// every site).
-fn maintenance_sites(raw: &Raw, declared: &[&str], rep: &mut Reporter<'_>) -> Vec<String> {
+fn maintenance_sites(raw: &Raw, declared: &HashSet<String>, rep: &mut Reporter<'_>) -> Vec<String> {
     let items = match raw {
         Raw::Table(table) => table.sequence().filter(|items| !items.is_empty()),
         _ => None,
@@ -779,20 +783,19 @@ fn maintenance_sites(raw: &Raw, declared: &[&str], rep: &mut Reporter<'_>) -> Ve
     };
     let mut out: Vec<String> = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        match item.as_str() {
+        let name = item.as_str().map(canonical_site_name);
+        match name {
             None => rep.push(wrong_type(
                 &format!("sites[{}]", i + 1),
                 "a site name",
                 item,
             )),
-            Some(name) if !declared.contains(&name) => rep.push(Kind::UnknownSite {
-                name: name.to_string(),
-            }),
-            Some(name) if out.iter().any(|n| n == name) => rep.push(Kind::Repeated {
+            Some(name) if !declared.contains(&name) => rep.push(Kind::UnknownSite { name }),
+            Some(name) if out.contains(&name) => rep.push(Kind::Repeated {
                 key: "sites".into(),
-                value: name.to_string(),
+                value: name,
             }),
-            Some(name) => out.push(name.to_string()),
+            Some(name) => out.push(name),
         }
     }
     out
@@ -1234,7 +1237,63 @@ fn site_name(raw: &Raw) -> Result<String, Kind> {
     if name.chars().any(char::is_control) {
         return Err(invalid("it contains control characters"));
     }
-    Ok(name.to_string())
+    if let Some(c) = name.chars().find(|&c| is_invisible(c)) {
+        return Err(invalid(&format!(
+            "it contains the invisible character U+{:04X} (zero-width, bidirectional or other \
+             format characters, and spaces other than U+0020, would make look-alike names)",
+            u32::from(c)
+        )));
+    }
+    Ok(canonical_site_name(name))
+}
+
+/// A site name in its one canonical form, Unicode NFC: what the duplicate check compares, what
+/// results carry, what maintenance windows and hook workers look names up by.
+pub(crate) fn canonical_site_name(name: &str) -> String {
+    name.nfc().collect()
+}
+
+/// Unicode format characters (general category Cf: zero-width spaces and joiners, bidirectional
+/// marks, overrides and isolates, the BOM, tags, ...), as of Unicode 16.
+const FORMAT_CHARACTERS: &[(u32, u32)] = &[
+    (0xAD, 0xAD),
+    (0x600, 0x605),
+    (0x61C, 0x61C),
+    (0x6DD, 0x6DD),
+    (0x70F, 0x70F),
+    (0x890, 0x891),
+    (0x8E2, 0x8E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+/// Other characters that show as nothing: the combining grapheme joiner, Hangul fillers,
+/// variation selectors.
+const OTHER_INVISIBLE: &[(u32, u32)] = &[
+    (0x34F, 0x34F),
+    (0x115F, 0x1160),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+];
+
+/// Whether `c` cannot be seen, or looks like a plain space without being one.
+fn is_invisible(c: char) -> bool {
+    let code = u32::from(c);
+    let listed = |ranges: &[(u32, u32)]| ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&code));
+    listed(FORMAT_CHARACTERS) || listed(OTHER_INVISIBLE) || (c.is_whitespace() && c != ' ')
 }
 
 /// A site's URL: [`parse_url`], without credentials. `user:password@` would travel in every
