@@ -49,9 +49,18 @@ impl Formatters {
                 }
             })
             .map_err(|e| format!("cannot start the formatter thread: {e}"))?;
-        ready_rx
-            .recv()
-            .map_err(|_| "the formatter thread died while starting".to_string())??;
+        // Evaluating is bounded like loading the configuration: a thread stuck inside one
+        // library call is left behind rather than holding up the alerter.
+        let limit = crate::lua::sandbox::LOAD_WALL_TIME + crate::lua::stuck::STUCK_GRACE;
+        ready_rx.recv_timeout(limit).map_err(|error| match error {
+            mpsc::RecvTimeoutError::Timeout => format!(
+                "the formatter thread did not finish evaluating within {}s (stuck inside a library call?)",
+                limit.as_secs()
+            ),
+            mpsc::RecvTimeoutError::Disconnected => {
+                "the formatter thread died while starting".to_string()
+            }
+        })??;
         Ok(Formatters {
             requests: Arc::new(Mutex::new(tx)),
         })
