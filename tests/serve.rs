@@ -34,7 +34,7 @@ const SECRET: &str = "hunter2";
 fn sites_lua() -> String {
     format!(
         r#"
-site {{ name = "alpha", url = "https://ops:{SECRET}@alpha.example/health?token={SECRET}" }}
+site {{ name = "alpha", url = "https://alpha.example/health?token={SECRET}" }}
 site {{ name = "beta", url = "https://beta.example/", slo = {{ target = 99, window = "7d", latency = {{ p99 = "800ms" }} }} }}
 site {{ name = "gamma", url = "http://gamma.example/" }}
 site {{ name = "hidden", url = "https://hidden.example/", status_page = false }}
