@@ -1617,3 +1617,20 @@ fn look_alike_site_names() {
         );
     }
 }
+
+/// Every site keeps its expectation regexes compiled, outside the Lua heap: each is held to
+/// 4 MiB compiled (the regex crate's default is 10 MiB).
+#[test]
+fn expectation_regexes_have_a_size_limit() {
+    for key in ["body", "body_not"] {
+        assert_error(
+            &format!("site {{ name = 'a', url = 'https://a.example/', expect = {{ {key} = '\\\\w{{5000}}' }} }}"),
+            1,
+            &[&format!("expect.{key}: invalid regex"), "size limit"],
+        );
+    }
+    assert!(load(
+        "site { name = 'a', url = 'https://a.example/', expect = { body = '\\\\w{50}' } }"
+    )
+    .is_ok());
+}

@@ -1473,16 +1473,26 @@ fn statuses(key: &str, raw: &Raw) -> Result<Vec<StatusMatcher>, Kind> {
     }
 }
 
+/// Compiled-size limit of one expectation regex (`expect.body`, `body_not`, `headers`): every
+/// site keeps its own, outside the Lua heap, for as long as the configuration runs.
+pub(crate) const REGEX_SIZE_LIMIT: usize = 4 * 1024 * 1024;
+/// Limit of each expectation regex's lazy DFA cache.
+pub(crate) const REGEX_DFA_LIMIT: usize = 2 * 1024 * 1024;
+
 fn regex(key: &str, raw: &Raw) -> Result<Regex, Kind> {
     let pattern = raw
         .as_str()
         .ok_or_else(|| wrong_type(key, "a regex string", raw))?;
-    Regex::new(pattern).map_err(|e| Kind::Regex {
-        key: key.to_string(),
-        pattern: pattern.to_string(),
-        message: one_line(&e.to_string()),
-        source: Box::new(e),
-    })
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_DFA_LIMIT)
+        .build()
+        .map_err(|e| Kind::Regex {
+            key: key.to_string(),
+            pattern: pattern.to_string(),
+            message: one_line(&e.to_string()),
+            source: Box::new(e),
+        })
 }
 
 fn method(raw: &Raw) -> Result<Method, Kind> {
