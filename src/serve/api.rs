@@ -4,14 +4,15 @@
 //! index).
 //!
 //! ```text
-//!  overview (every site)                         one site
-//!  ─────────────────────                         ────────
-//!  CountsCache: daily + hourly counts,           report::report per window (histograms,
-//!    incidents — older buckets cached,             phases, downtime: the report's arithmetic)
-//!    refreshed in the background ─┐              rollup_daily / rollup_hourly rows of the site
-//!  fresh: the last 2 days, 2 hours ┼─► Summary    state_changes, incidents (site, time DESC)
-//!  site_state (one query)  ────────┘  ::merge     check_results LIMIT n, latest cert_not_after
-//!                                     uptime_pct, error_budget
+//!  overview (every site): counts only               one site
+//!  ─────────────────────────────────                ────────
+//!  CountsCache snapshot: daily counts before         report::report per window (histograms,
+//!    yesterday, hourly before the last hour,           phases, downtime: the report's arithmetic)
+//!    resolved incidents — re-read in the             rollup_daily / rollup_hourly rows of the site
+//!    background, never waited for ──┐                state_changes, incidents (site, time DESC)
+//!  per request: the buckets since ──┼─► Tally sums   check_results LIMIT n, latest cert_not_after
+//!    then, open incidents,          │   per window
+//!    site_state (a query per table)─┘   and SLO ─► Summary::uptime_pct, error_budget
 //! ```
 //!
 //! Windows are those of a status page: `24h` is the last 24 hours in whole hours (the report's
@@ -19,18 +20,20 @@
 //! included), the days the bar row draws — so the 90-day uptime is the uptime of the 90 bars.
 //! An SLO window of a day or more is judged the same way, in whole UTC days.
 //!
-//! Counts come from the rollups' counters merged with [`Summary::merge`]; uptime and budget are
-//! [`Summary::uptime_pct`] and [`Summary::error_budget`]; percentiles come from merged histograms
-//! ([`crate::insight::histogram`]). Nothing here computes them a second way.
+//! The overview reads and adds only the counters it shows (`Tally`: checks, up, degraded,
+//! down, maintenance); a site page merges whole rollups with [`Summary::merge`]. Uptime and
+//! budget are [`Summary::uptime_pct`] and [`Summary::error_budget`] for both; percentiles come
+//! from merged histograms ([`crate::insight::histogram`]). Nothing here computes them a second
+//! way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Site};
@@ -526,61 +529,164 @@ fn slo_json(site: &Site, summary: &Summary, period: &Period) -> Option<SloJson> 
 // ---------------------------------------------------------------------------------------------
 // The overview: counts of every site, one query per table
 
-/// Counts (histograms left out) per site and bucket start.
-#[derive(Debug, Default, Clone)]
-struct Buckets(HashMap<String, BTreeMap<i64, Summary>>);
+/// What the overview shows of a set of checks (a window, a day): its counts and nothing else.
+/// Uptime and the error budget need no more, and a [`Summary`] per bucket would cost the
+/// overview a histogram and a failure map per site and bucket (~250,000 of them for 1,000
+/// sites) for figures it never shows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    checks: i64,
+    up: i64,
+    degraded: i64,
+    down: i64,
+    maintenance: i64,
+}
 
-impl Buckets {
-    fn add_into(&self, site: &str, range: &Range<i64>, out: &mut Summary) {
-        if range.start >= range.end {
-            return;
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.checks = self.checks.saturating_add(other.checks);
+        self.up = self.up.saturating_add(other.up);
+        self.degraded = self.degraded.saturating_add(other.degraded);
+        self.down = self.down.saturating_add(other.down);
+        self.maintenance = self.maintenance.saturating_add(other.maintenance);
+    }
+
+    /// The counts as a [`Summary`] without latency, so uptime and the error budget come from
+    /// [`Summary::uptime_pct`] and [`Summary::error_budget`] like everywhere else.
+    fn summary(&self) -> Summary {
+        Summary {
+            checks: self.checks,
+            up: self.up,
+            degraded: self.degraded,
+            down: self.down,
+            maintenance: self.maintenance,
+            ..Summary::default()
         }
-        if let Some(buckets) = self.0.get(site) {
-            for (_, s) in buckets.range(range.clone()) {
-                out.merge(s);
+    }
+}
+
+/// The tallies of every site in the buckets of one grain starting in `[from, end())`,
+/// site-major in one allocation, so the days of a window are one slice of a site's row. A
+/// bucket without a rollup row is zero, like the missing row.
+#[derive(Debug)]
+struct Grid {
+    from: i64,
+    /// Bucket length (µs).
+    len: i64,
+    buckets: usize,
+    cells: Vec<Tally>,
+}
+
+impl Grid {
+    /// Zeroes for `sites` sites over the `grain` buckets of `range` (bucket-aligned; none when
+    /// it is empty).
+    fn new(grain: Grain, range: Range<i64>, sites: usize) -> Grid {
+        let len = grain.micros();
+        let span = range.end.saturating_sub(range.start).max(0);
+        let buckets = usize::try_from(span.div_euclid(len)).unwrap_or(0);
+        Grid {
+            from: range.start,
+            len,
+            buckets,
+            cells: vec![Tally::default(); buckets.saturating_mul(sites)],
+        }
+    }
+
+    /// The end of the last bucket: where the next grid starts.
+    fn end(&self) -> i64 {
+        self.from + self.buckets as i64 * self.len
+    }
+
+    fn cell(&self, site: usize, start: i64) -> Option<usize> {
+        let offset = start.checked_sub(self.from)?;
+        if offset < 0 || offset % self.len != 0 {
+            return None;
+        }
+        let bucket = usize::try_from(offset / self.len).ok()?;
+        (bucket < self.buckets).then_some(site * self.buckets + bucket)
+    }
+
+    /// Stores the row of `site` for the bucket starting at `start`; outside the grid: ignored.
+    fn put(&mut self, site: usize, start: i64, tally: Tally) {
+        if let Some(i) = self.cell(site, start) {
+            if let Some(cell) = self.cells.get_mut(i) {
+                *cell = tally;
             }
         }
     }
 
-    fn get(&self, site: &str, start: i64) -> Option<&Summary> {
-        self.0.get(site).and_then(|b| b.get(&start))
+    fn get(&self, site: usize, start: i64) -> Option<&Tally> {
+        self.cells.get(self.cell(site, start)?)
+    }
+
+    /// Adds the buckets of `site` that start in `range` and in the grid.
+    fn add_into(&self, site: usize, range: &Range<i64>, out: &mut Tally) {
+        // Offsets from `from` of the first and past-the-last bucket start inside both.
+        let lo = range.start.saturating_sub(self.from).max(0);
+        let hi = range
+            .end
+            .saturating_sub(self.from)
+            .min(self.end() - self.from);
+        if lo >= hi {
+            return;
+        }
+        let first = (lo as u64).div_ceil(self.len as u64) as usize;
+        let last = (hi as u64).div_ceil(self.len as u64) as usize;
+        let row = site * self.buckets;
+        for tally in self.cells.get(row + first..row + last).unwrap_or_default() {
+            out.add(tally);
+        }
     }
 }
 
+/// Row numbers of the grids: the position of a site in the overview's site list.
+type SiteIndex<'a> = HashMap<&'a str, usize>;
+
 const COUNTS_SQL: &str =
     "SELECT site, bucket, checks, up, degraded, down, maintenance FROM {table} \
-    WHERE bucket >= $1 AND bucket < $2 AND site = ANY($3)";
+    WHERE bucket >= $1 AND bucket < $2";
 
-async fn read_counts(
+/// The counters of every row of `grain`'s table in `range`, into a grid of the sites of
+/// `index`; rows of other sites (hidden, or gone from sites.lua) are skipped. Selected by
+/// bucket alone, so PostgreSQL walks the bucket BRIN index to the recent block ranges: adding
+/// `site = ANY(names)` made it probe the primary key once per site instead (1,000 sites, the
+/// last two days: 3,000 buffers and 17 ms against 600 buffers and 3 ms).
+async fn read_grid(
     client: &Client,
-    table: &'static str,
+    grain: Grain,
     range: Range<i64>,
-    names: &[&str],
-) -> Result<Buckets, ApiError> {
+    index: &SiteIndex<'_>,
+) -> Result<Grid, ApiError> {
+    let mut grid = Grid::new(grain, range, index.len());
+    if grid.cells.is_empty() {
+        return Ok(grid);
+    }
+    let table = match grain {
+        Grain::Day => "rollup_daily",
+        Grain::Hour => "rollup_hourly",
+    };
     let rows = client
         .query(
             &COUNTS_SQL.replace("{table}", table),
-            &[&time(range.start), &time(range.end), &names],
+            &[&time(grid.from), &time(grid.end())],
         )
         .await
         .map_err(query("reading rollup counts"))?;
-    let mut out = Buckets::default();
     for row in &rows {
+        let Some(&site) = index.get(row.get::<_, &str>(0)) else {
+            continue;
+        };
         let bucket: DateTime<Utc> = row.get(1);
-        let summary = Summary {
+        let tally = Tally {
             checks: row.get(2),
             up: row.get(3),
             degraded: row.get(4),
             down: row.get(5),
             maintenance: row.get(6),
-            ..Summary::default()
         };
-        out.0
-            .entry(row.get(0))
-            .or_default()
-            .insert(bucket.timestamp_micros(), summary);
+        grid.put(site, bucket.timestamp_micros(), tally);
     }
-    Ok(out)
+    Ok(grid)
 }
 
 /// An incident's time span (µs); `None` end: still open.
@@ -589,6 +695,8 @@ type Span = (i64, Option<i64>);
 const INCIDENT_SPANS_SQL: &str = "SELECT site, started_at, resolved_at FROM incidents \
     WHERE site = ANY($1) AND started_at < $3 AND {resolved}";
 
+/// The incident spans of `names` that started before `to` and whose end matches `resolved`
+/// (`$2` is `bound`).
 async fn read_spans(
     client: &Client,
     names: &[&str],
@@ -605,12 +713,44 @@ async fn read_spans(
         .map_err(query("reading incidents"))?;
     let mut out: HashMap<String, Vec<Span>> = HashMap::new();
     for row in &rows {
-        let started: DateTime<Utc> = row.get(1);
-        let resolved: Option<DateTime<Utc>> = row.get(2);
-        out.entry(row.get(0)).or_default().push((
-            started.timestamp_micros(),
-            resolved.map(|r| r.timestamp_micros()),
-        ));
+        out.entry(row.get(0)).or_default().push(span_of(row, 1));
+    }
+    Ok(out)
+}
+
+fn span_of(row: &tokio_postgres::Row, first: usize) -> Span {
+    let started: DateTime<Utc> = row.get(first);
+    let resolved: Option<DateTime<Utc>> = row.get(first + 1);
+    (
+        started.timestamp_micros(),
+        resolved.map(|r| r.timestamp_micros()),
+    )
+}
+
+const ALL_SPANS_SQL: &str = "SELECT site, started_at, resolved_at FROM incidents \
+    WHERE started_at < $2 AND {resolved}";
+
+/// [`read_spans`] of the sites of `index`, one list per site: every site's, like
+/// [`read_grid`].
+async fn read_site_spans(
+    client: &Client,
+    resolved: &str,
+    bound: i64,
+    to: i64,
+    index: &SiteIndex<'_>,
+) -> Result<Vec<Vec<Span>>, ApiError> {
+    let mut out = vec![Vec::new(); index.len()];
+    let rows = client
+        .query(
+            &ALL_SPANS_SQL.replace("{resolved}", resolved),
+            &[&time(bound), &time(to)],
+        )
+        .await
+        .map_err(query("reading incidents"))?;
+    for row in &rows {
+        if let Some(&site) = index.get(row.get::<_, &str>(0)) {
+            out[site].push(span_of(row, 1));
+        }
     }
     Ok(out)
 }
@@ -623,161 +763,344 @@ pub fn overlapping(spans: &[Span], from: i64, to: i64) -> i64 {
         .count() as i64
 }
 
-/// Buckets read once and reused: everything before `settled_day` (daily) and `settled_hour`
-/// (hourly), and incidents resolved before `settled_day`.
-#[derive(Debug)]
-struct Snapshot {
-    built: Instant,
-    /// First day and hour the snapshot holds.
-    from_day: i64,
-    from_hour: i64,
-    settled_day: i64,
-    settled_hour: i64,
-    daily: Buckets,
-    hourly: Buckets,
-    spans: HashMap<String, Vec<Span>>,
-    /// The site list it was read for.
-    names: Vec<String>,
+/// The `site_state` rows of the sites of `index`, in its order: the whole table (one row a
+/// site), without a list of names to match.
+async fn read_states(
+    client: &Client,
+    index: &SiteIndex<'_>,
+) -> Result<Vec<Option<State>>, ApiError> {
+    let rows = client
+        .query(
+            "SELECT site, outcome, since, last_scheduled_at, last_failure_kind FROM site_state",
+            &[],
+        )
+        .await
+        .map_err(query("reading site_state"))?;
+    let mut out = vec![None; index.len()];
+    for row in &rows {
+        if let Some(&site) = index.get(row.get::<_, &str>(0)) {
+            out[site] = Some(State {
+                outcome: row.get(1),
+                since: row.get(2),
+                last: row.get(3),
+                last_failure_kind: row.get(4),
+            });
+        }
+    }
+    Ok(out)
 }
 
-/// The overview's cache of settled buckets (see [`CACHE_MAX_AGE`]). Reading 90 days of daily
-/// counts for 1,000 sites takes PostgreSQL ~70 ms even without histograms (the rows are wide);
-/// the last two days and hours (~4,000 rows) take a few.
-#[derive(Debug, Default)]
-pub struct CountsCache {
-    snapshot: Mutex<Option<Arc<Snapshot>>>,
-    refreshing: std::sync::atomic::AtomicBool,
+/// What an overview at a given time reads and shows: the visible sites, the period of every
+/// window and SLO, and the day and hour buckets those periods and the bar row cover.
+struct Plan<'c> {
+    sites: Vec<&'c Site>,
+    windows: Vec<(&'static str, Period)>,
+    /// Per site (in `sites` order): the period its SLO is judged over.
+    slos: Vec<Option<Period>>,
+    bar_from: i64,
+    /// Bucket starts of the daily and hourly rows any of the periods needs (`Period::split`).
+    days: Range<i64>,
+    hours: Range<i64>,
 }
 
-impl CountsCache {
-    /// The snapshot for `names` and the days `[from_day, …)`: the cached one while fresh
-    /// enough and wide enough, else read now (first use) or refreshed in the background.
-    async fn get(
-        self: &Arc<Self>,
-        db: &super::Db,
-        names: &[&str],
-        from_day: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Arc<Snapshot>, ApiError> {
-        let mut slot = self.snapshot.lock().await;
-        let usable = slot.as_ref().filter(|s| {
-            s.from_day <= from_day
-                && s.from_hour <= Window::H24.period(now).from_us
-                && s.names.len() == names.len()
-                && s.names.iter().zip(names).all(|(a, b)| a == b)
-        });
-        match usable {
-            Some(snapshot) => {
-                let snapshot = snapshot.clone();
-                if snapshot.built.elapsed() > CACHE_MAX_AGE
-                    && !self
-                        .refreshing
-                        .swap(true, std::sync::atomic::Ordering::SeqCst)
-                {
-                    let cache = self.clone();
-                    let db = db.clone();
-                    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-                    tokio::spawn(async move {
-                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                        match Snapshot::read(&db, &refs, from_day, Utc::now()).await {
-                            Ok(fresh) => *cache.snapshot.lock().await = Some(Arc::new(fresh)),
-                            Err(error) => tracing::warn!(
-                                error = %crate::error::ErrorChain(&error),
-                                "refreshing the status page cache failed: keeping the old one"
-                            ),
-                        }
-                        cache
-                            .refreshing
-                            .store(false, std::sync::atomic::Ordering::SeqCst);
-                    });
-                }
-                Ok(snapshot)
-            }
-            None => {
-                let fresh = Arc::new(Snapshot::read(db, names, from_day, now).await?);
-                *slot = Some(fresh.clone());
-                Ok(fresh)
+impl<'c> Plan<'c> {
+    fn new(config: &'c Config, now: DateTime<Utc>) -> Plan<'c> {
+        let sites = visible(config);
+        let windows: Vec<(&'static str, Period)> = Window::ALL
+            .iter()
+            .map(|w| (w.name(), w.period(now)))
+            .collect();
+        let slos: Vec<Option<Period>> = sites
+            .iter()
+            .map(|s| s.slo.as_ref().map(|slo| slo_period(slo.window, now)))
+            .collect();
+        let bars = days_period(now, BAR_DAYS);
+        let mut days = bars.from_us..bars.to_us;
+        let mut hours = 0..0;
+        for period in windows.iter().map(|(_, p)| p).chain(slos.iter().flatten()) {
+            let split = period.split();
+            widen(&mut days, &split.days);
+            for h in &split.hours {
+                widen(&mut hours, h);
             }
         }
+        if hours.start >= hours.end {
+            // Only whole days (a 24-hour window ending at midnight): no hours to read.
+            let hour = bucket_start_us(Grain::Hour, now.timestamp_micros());
+            hours = hour..hour;
+        }
+        Plan {
+            sites,
+            windows,
+            slos,
+            bar_from: bars.from_us,
+            days,
+            hours,
+        }
+    }
+
+    fn index(&self) -> SiteIndex<'c> {
+        self.sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect()
     }
 }
 
+/// `range` grown to cover `by` too; an empty range is no range.
+fn widen(range: &mut Range<i64>, by: &Range<i64>) {
+    if by.start >= by.end {
+        return;
+    }
+    if range.start >= range.end {
+        *range = by.clone();
+    } else {
+        *range = range.start.min(by.start)..range.end.max(by.end);
+    }
+}
+
+/// Counts read once and reused by every overview until the next refresh: the daily buckets
+/// before yesterday, the hourly ones before the previous hour, and the incidents resolved
+/// before yesterday — what no longer changes but for a late result or a rollup rebuild. A
+/// request reads the rest (from the grids' ends on) itself.
+#[derive(Debug)]
+struct Snapshot {
+    /// When it was read, for [`CACHE_MAX_AGE`].
+    built: Instant,
+    /// The sites it was read for, the rows of its grids.
+    names: Vec<String>,
+    daily: Grid,
+    hourly: Grid,
+    /// Per site: incidents resolved within the daily grid's days.
+    spans: Vec<Vec<Span>>,
+}
+
 impl Snapshot {
-    async fn read(
-        db: &super::Db,
-        names: &[&str],
-        from_day: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Snapshot, ApiError> {
-        let started = Instant::now();
+    /// The buckets a snapshot read for `plan` at `now` holds: those `plan` needs before
+    /// yesterday (daily) and before the previous hour (hourly). The hours reach back 24 of them
+    /// even when `plan` takes its 24-hour window from a whole day (in the first hour of a day),
+    /// so the requests of the hours after still find theirs.
+    fn ranges(plan: &Plan, now: DateTime<Utc>) -> (Range<i64>, Range<i64>) {
         let now_us = now.timestamp_micros();
         let settled_day = bucket_start_us(Grain::Day, now_us) - DAY_US;
         let settled_hour = bucket_start_us(Grain::Hour, now_us) - HOUR_US;
-        // The 24-hour window of an hour from now, with a margin for the cache's age.
-        let from_hour = settled_hour - 26 * HOUR_US;
-        let client = db.client().await?;
+        let from_hour = plan.hours.start.min(settled_hour - 24 * HOUR_US);
+        (
+            plan.days.start..settled_day.max(plan.days.start),
+            from_hour..settled_hour,
+        )
+    }
+
+    /// The buckets a request with `plan` reads itself: from the ends of the snapshot's grids to
+    /// the plan's. They grow while a snapshot ages (refreshes failing), and stay right.
+    fn recent(&self, plan: &Plan) -> (Range<i64>, Range<i64>) {
+        let (day, hour) = (self.daily.end(), self.hourly.end());
+        (day..plan.days.end.max(day), hour..plan.hours.end.max(hour))
+    }
+
+    /// Reads the snapshot of `plan` at `now`: three queries, one after the other on `client`.
+    async fn read(
+        client: &Client,
+        plan: &Plan<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Snapshot, ApiError> {
+        let started = Instant::now();
+        let (days, hours) = Snapshot::ranges(plan, now);
+        let index = plan.index();
         let (daily, hourly, spans) = tokio::try_join!(
-            read_counts(&client, "rollup_daily", from_day..settled_day, names),
-            read_counts(&client, "rollup_hourly", from_hour..settled_hour, names),
-            read_spans(
-                &client,
-                names,
-                "resolved_at >= $2 AND resolved_at < $3",
-                time(from_day),
-                time(settled_day),
+            read_grid(client, Grain::Day, days.clone(), &index),
+            read_grid(client, Grain::Hour, hours, &index),
+            read_site_spans(
+                client,
+                "resolved_at >= $1 AND resolved_at < $2",
+                days.start,
+                days.end,
+                &index,
             ),
         )?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
-            sites = names.len(),
+            sites = index.len(),
             "status page cache read"
         );
         Ok(Snapshot {
             built: Instant::now(),
-            from_day,
-            from_hour,
-            settled_day,
-            settled_hour,
+            names: plan.sites.iter().map(|s| s.name.clone()).collect(),
             daily,
             hourly,
             spans,
-            names: names.iter().map(|n| n.to_string()).collect(),
         })
+    }
+
+    /// It holds every settled bucket `plan` needs, for the same sites in the same order.
+    fn covers(&self, plan: &Plan) -> bool {
+        self.daily.from <= plan.days.start
+            && self.hourly.from <= plan.hours.start
+            && self.names.len() == plan.sites.len()
+            && self
+                .names
+                .iter()
+                .zip(&plan.sites)
+                .all(|(a, b)| *a == b.name)
     }
 }
 
-/// Settled buckets from the cache and recent ones read now: the counts of any period the
-/// overview asks about.
+/// The overview's cache of settled counts, re-read in the background once older than
+/// [`CACHE_MAX_AGE`]. Reading 90 days of daily counts for 1,000 sites takes PostgreSQL
+/// ~200 ms (the rows are wide, and more than `shared_buffers`); the buckets since yesterday
+/// and the last hour (~4,000 rows) take a few ms.
+///
+/// A request never waits for a refresh: it takes the current snapshot (the lock is held only
+/// to clone an `Arc`, never across an `await`) and leaves the refresh to a background task on
+/// the pool's background connection. Without a usable snapshot (at start, before the one
+/// [`CountsCache::warm`] reads is in) a request reads one itself.
+#[derive(Debug, Default)]
+pub struct CountsCache {
+    current: std::sync::Mutex<Option<Arc<Snapshot>>>,
+    /// A background read is running: one at a time.
+    refreshing: AtomicBool,
+}
+
+/// Clears [`CountsCache::refreshing`] when dropped: the read ended, failed or was not needed.
+struct RefreshDone(Arc<CountsCache>);
+
+impl Drop for RefreshDone {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, AtomicOrdering::SeqCst);
+    }
+}
+
+impl CountsCache {
+    /// Starts reading the snapshot of `config`'s overview at `now` in the background, so the
+    /// first request finds it.
+    pub fn warm(self: &Arc<Self>, db: &super::Db, config: &Arc<Config>, now: DateTime<Utc>) {
+        let seen = self.current().map(|s| s.built);
+        self.refresh(db, config.clone(), now, seen);
+    }
+
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps `fresh` unless a snapshot read later is already there.
+    fn install(&self, fresh: Arc<Snapshot>) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_none_or(|c| c.built <= fresh.built) {
+            *current = Some(fresh);
+        }
+    }
+
+    /// The current snapshot if it covers `plan`. A missing, outgrown or old one is re-read in
+    /// the background (once at a time) without waiting for it.
+    fn usable(
+        self: &Arc<Self>,
+        db: &super::Db,
+        config: &Arc<Config>,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<Snapshot>> {
+        let current = self.current();
+        let seen = current.as_ref().map(|s| s.built);
+        let usable = current.filter(|s| s.covers(plan));
+        if usable
+            .as_ref()
+            .is_none_or(|s| s.built.elapsed() > CACHE_MAX_AGE)
+        {
+            self.refresh(db, config.clone(), now, seen);
+        }
+        usable
+    }
+
+    /// Reads the next snapshot in a background task, unless one is being read already or one
+    /// newer than the snapshot the caller saw (`seen`, read when) came in meanwhile.
+    fn refresh(
+        self: &Arc<Self>,
+        db: &super::Db,
+        config: Arc<Config>,
+        now: DateTime<Utc>,
+        seen: Option<Instant>,
+    ) {
+        if self.refreshing.swap(true, AtomicOrdering::SeqCst) {
+            return;
+        }
+        let done = RefreshDone(self.clone());
+        if self.current().map(|s| s.built) != seen {
+            return;
+        }
+        let db = db.clone();
+        tokio::spawn(async move {
+            let plan = Plan::new(&config, now);
+            let read = async {
+                let client = db.background().await?;
+                Snapshot::read(&client, &plan, now).await
+            };
+            match read.await {
+                Ok(fresh) => done.0.install(Arc::new(fresh)),
+                Err(error) => tracing::warn!(
+                    error = %crate::error::ErrorChain(&error),
+                    "refreshing the status page cache failed: keeping the old one"
+                ),
+            }
+            drop(done);
+        });
+    }
+}
+
+/// Settled counts from the cache and recent ones read now: the tallies of any period of the
+/// plan.
 struct Counts {
     snapshot: Arc<Snapshot>,
-    daily: Buckets,
-    hourly: Buckets,
-    spans: HashMap<String, Vec<Span>>,
+    /// Buckets from the snapshot's grids' ends to the plan's.
+    daily: Grid,
+    hourly: Grid,
+    spans: Vec<Vec<Span>>,
+    states: Vec<Option<State>>,
 }
 
 impl Counts {
+    /// The snapshot (read now only when there is no usable one), then four queries — daily,
+    /// hourly, incidents, site_state — spread over the pool's connections, so PostgreSQL runs
+    /// them side by side.
     async fn read(
         cache: &Arc<CountsCache>,
         db: &super::Db,
-        names: &[&str],
-        from_day: i64,
+        config: &Arc<Config>,
+        plan: &Plan<'_>,
         now: DateTime<Utc>,
-    ) -> Result<(Counts, HashMap<String, State>), ApiError> {
-        let snapshot = cache.get(db, names, from_day, now).await?;
-        let client = db.client().await?;
-        // Past any window: windows end with today.
-        let end = bucket_start_us(Grain::Day, now.timestamp_micros()) + 2 * DAY_US;
+    ) -> Result<(Counts, bool), ApiError> {
+        let (snapshot, cached) = match cache.usable(db, config, plan, now) {
+            Some(snapshot) => (snapshot, true),
+            None => {
+                let client = db.client().await?;
+                let fresh = Arc::new(Snapshot::read(&client, plan, now).await?);
+                cache.install(fresh.clone());
+                (fresh, false)
+            }
+        };
+        let index = plan.index();
+        let (days, hours) = snapshot.recent(plan);
         let (daily, hourly, spans, states) = tokio::try_join!(
-            read_counts(&client, "rollup_daily", snapshot.settled_day..end, names),
-            read_counts(&client, "rollup_hourly", snapshot.settled_hour..end, names),
-            read_spans(
-                &client,
-                names,
-                "(resolved_at IS NULL OR resolved_at >= $2)",
-                time(snapshot.settled_day),
-                time(end),
-            ),
-            states(&client, names),
+            async {
+                let client = db.client().await?;
+                read_grid(&client, Grain::Day, days.clone(), &index).await
+            },
+            async {
+                let client = db.client().await?;
+                read_grid(&client, Grain::Hour, hours, &index).await
+            },
+            async {
+                let client = db.client().await?;
+                let resolved = "(resolved_at IS NULL OR resolved_at >= $1)";
+                read_site_spans(&client, resolved, days.start, plan.days.end, &index).await
+            },
+            async {
+                let client = db.client().await?;
+                read_states(&client, &index).await
+            },
         )?;
         Ok((
             Counts {
@@ -785,41 +1108,38 @@ impl Counts {
                 daily,
                 hourly,
                 spans,
+                states,
             },
-            states,
+            cached,
         ))
     }
 
-    /// The merged counts of `site` over `period`: daily buckets for its whole days, hourly for
-    /// the rest (`Period::split`).
-    fn summary(&self, site: &str, period: &Period) -> Summary {
+    /// The tally of site `site` over `period`: daily buckets for its whole days, hourly for
+    /// the rest (`Period::split`), each from the snapshot or the recent grid that holds it.
+    fn tally(&self, site: usize, period: &Period) -> Tally {
         let split = period.split();
-        let mut out = Summary::default();
+        let mut out = Tally::default();
         let s = &self.snapshot;
-        let cut = |r: &Range<i64>, at: i64| (r.start..r.end.min(at), r.start.max(at)..r.end);
-        let (old, new) = cut(&split.days, s.settled_day);
-        s.daily.add_into(site, &old, &mut out);
-        self.daily.add_into(site, &new, &mut out);
+        s.daily.add_into(site, &split.days, &mut out);
+        self.daily.add_into(site, &split.days, &mut out);
         for hours in &split.hours {
-            let (old, new) = cut(hours, s.settled_hour);
-            s.hourly.add_into(site, &old, &mut out);
-            self.hourly.add_into(site, &new, &mut out);
+            s.hourly.add_into(site, hours, &mut out);
+            self.hourly.add_into(site, hours, &mut out);
         }
         out
     }
 
-    fn day(&self, site: &str, start: i64) -> Option<&Summary> {
-        if start < self.snapshot.settled_day {
-            self.snapshot.daily.get(site, start)
-        } else {
-            self.daily.get(site, start)
-        }
+    fn day(&self, site: usize, start: i64) -> Tally {
+        self.snapshot
+            .daily
+            .get(site, start)
+            .or_else(|| self.daily.get(site, start))
+            .copied()
+            .unwrap_or_default()
     }
 
-    fn incidents(&self, site: &str, from: i64, to: i64) -> i64 {
-        let count = |spans: &HashMap<String, Vec<Span>>| {
-            spans.get(site).map_or(0, |s| overlapping(s, from, to))
-        };
+    fn incidents(&self, site: usize, from: i64, to: i64) -> i64 {
+        let count = |spans: &[Vec<Span>]| spans.get(site).map_or(0, |s| overlapping(s, from, to));
         count(&self.snapshot.spans) + count(&self.spans)
     }
 }
@@ -835,15 +1155,18 @@ pub struct Overview {
 impl Overview {
     /// The 90 days of `site`'s bar row, oldest first.
     pub fn bars(&self, site: &str) -> Vec<super::svg::DayBar> {
+        let Some(i) = self.json.sites.iter().position(|s| s.site == site) else {
+            return Vec::new();
+        };
         (0..BAR_DAYS)
-            .map(|i| {
-                let start = self.bar_from + i * DAY_US;
-                let day = self.counts.day(site, start).cloned().unwrap_or_default();
+            .map(|d| {
+                let start = self.bar_from + d * DAY_US;
+                let day = self.counts.day(i, start);
                 super::svg::DayBar {
                     day: time(start).format("%Y-%m-%d").to_string(),
                     checks: day.checks,
-                    uptime_pct: day.uptime_pct(),
-                    incidents: self.counts.incidents(site, start, start + DAY_US),
+                    uptime_pct: day.summary().uptime_pct(),
+                    incidents: self.counts.incidents(i, start, start + DAY_US),
                     maintenance: day.maintenance,
                 }
             })
@@ -852,49 +1175,38 @@ impl Overview {
 }
 
 /// The overview of every visible site at `now`: one query per table, whatever the number of
-/// sites.
+/// sites, and per site a few sums of counts.
 pub async fn overview(
     db: &super::Db,
     cache: &Arc<CountsCache>,
-    config: &Config,
+    config: &Arc<Config>,
     now: DateTime<Utc>,
 ) -> Result<Overview, ApiError> {
-    let sites = visible(config);
-    let names: Vec<&str> = sites.iter().map(|s| s.name.as_str()).collect();
-    let longest_slo_days = sites
-        .iter()
-        .filter_map(|s| s.slo.as_ref())
-        .map(|slo| slo_period(slo.window, now))
-        .map(|p| (p.to_us - p.from_us) / DAY_US)
-        .max()
-        .unwrap_or(0);
-    let days = BAR_DAYS.max(longest_slo_days);
-    let from_day = days_period(now, days).from_us;
+    let plan = Plan::new(config, now);
     let started = Instant::now();
-    let (counts, states) = Counts::read(cache, db, &names, from_day, now).await?;
+    let (counts, cached) = Counts::read(cache, db, config, &plan, now).await?;
     let read_ms = started.elapsed().as_secs_f64() * 1e3;
-    let periods: Vec<(&str, Period)> = Window::ALL
+    let summaries: Vec<SiteSummary> = plan
+        .sites
         .iter()
-        .map(|w| (w.name(), w.period(now)))
-        .collect();
-    let summaries: Vec<SiteSummary> = sites
-        .iter()
-        .map(|site| {
-            let uptime: UptimeJson = periods
+        .enumerate()
+        .map(|(i, site)| {
+            let uptime: UptimeJson = plan
+                .windows
                 .iter()
-                .map(|(name, p)| (*name, counts.summary(&site.name, p).uptime_pct()))
+                .map(|(name, p)| (*name, counts.tally(i, p).summary().uptime_pct()))
                 .collect();
-            let slo = site.slo.as_ref().and_then(|slo| {
-                let period = slo_period(slo.window, now);
-                slo_json(site, &counts.summary(&site.name, &period), &period)
-            });
-            summary_of(config, site, states.get(&site.name), uptime, slo, now)
+            let slo = plan.slos[i]
+                .as_ref()
+                .and_then(|period| slo_json(site, &counts.tally(i, period).summary(), period));
+            summary_of(config, site, counts.states[i].as_ref(), uptime, slo, now)
         })
         .collect();
     tracing::debug!(
         read_ms,
         merged_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms,
-        sites = names.len(),
+        cached,
+        sites = plan.sites.len(),
         "overview"
     );
     let count = |state: &str| {
@@ -913,7 +1225,7 @@ pub async fn overview(
     Ok(Overview {
         json,
         counts,
-        bar_from: days_period(now, BAR_DAYS).from_us,
+        bar_from: plan.bar_from,
     })
 }
 
@@ -1333,6 +1645,251 @@ mod tests {
         for (from, to, want) in cases {
             assert_eq!(overlapping(&spans, from, to), want, "[{from}, {to})");
         }
+    }
+
+    fn tally(n: i64) -> Tally {
+        Tally {
+            checks: 10 * n,
+            up: 9 * n - n % 2,
+            degraded: n % 2,
+            down: n,
+            maintenance: n % 3,
+        }
+    }
+
+    #[test]
+    fn a_grid_adds_the_buckets_that_start_in_the_range() {
+        let mut grid = Grid::new(Grain::Day, MIDNIGHT - 3 * DAY_US..MIDNIGHT, 2);
+        for (days_back, n) in [(3, 1), (2, 2), (1, 4)] {
+            grid.put(1, MIDNIGHT - days_back * DAY_US, tally(n));
+        }
+        // Outside the grid, or not a bucket start: ignored.
+        grid.put(1, MIDNIGHT, tally(100));
+        grid.put(1, MIDNIGHT - 4 * DAY_US, tally(100));
+        grid.put(1, MIDNIGHT - DAY_US + 1, tally(100));
+        // (range, checks of site 1)
+        let cases = [
+            (MIDNIGHT - 3 * DAY_US..MIDNIGHT, 70),
+            (MIDNIGHT - 9 * DAY_US..MIDNIGHT + 9 * DAY_US, 70),
+            (MIDNIGHT - 2 * DAY_US..MIDNIGHT, 60),
+            (MIDNIGHT - 3 * DAY_US..MIDNIGHT - 2 * DAY_US, 10),
+            // A bucket that starts before the range is not in it; one that starts inside is.
+            (MIDNIGHT - 3 * DAY_US + 1..MIDNIGHT, 60),
+            (MIDNIGHT - 3 * DAY_US..MIDNIGHT - 2 * DAY_US + 1, 30),
+            (MIDNIGHT..MIDNIGHT + DAY_US, 0),
+            (MIDNIGHT - DAY_US..MIDNIGHT - DAY_US, 0),
+            // Reversed: empty.
+            (
+                Range {
+                    start: MIDNIGHT,
+                    end: MIDNIGHT - DAY_US,
+                },
+                0,
+            ),
+        ];
+        for (range, want) in cases {
+            let mut out = Tally::default();
+            grid.add_into(1, &range, &mut out);
+            assert_eq!(out.checks, want, "{range:?}");
+            let mut other = Tally::default();
+            grid.add_into(0, &range, &mut other);
+            assert_eq!(other, Tally::default(), "site 0, {range:?}");
+        }
+        assert_eq!(grid.end(), MIDNIGHT);
+        assert_eq!(grid.get(1, MIDNIGHT - DAY_US), Some(&tally(4)));
+        assert_eq!(grid.get(1, MIDNIGHT), None);
+        let reversed = Range {
+            start: MIDNIGHT,
+            end: MIDNIGHT - HOUR_US,
+        };
+        let empty = Grid::new(Grain::Hour, reversed, 3);
+        assert_eq!(
+            (empty.buckets, empty.cells.len(), empty.end()),
+            (0, 0, MIDNIGHT)
+        );
+    }
+
+    #[test]
+    fn a_tally_is_judged_as_a_summary() {
+        let t = tally(3);
+        let mut merged = Summary::default();
+        merged.merge(&t.summary());
+        assert_eq!(merged.uptime_pct(), Some(27.0 / 30.0 * 100.0));
+        assert_eq!(Tally::default().summary().uptime_pct(), None);
+        let mut sum = tally(1);
+        sum.add(&tally(2));
+        assert_eq!(
+            [sum.checks, sum.up, sum.degraded, sum.down, sum.maintenance],
+            [30, 26, 1, 3, 3]
+        );
+    }
+
+    fn fleet() -> Config {
+        crate::config::load_str(
+            std::path::Path::new("sites.lua"),
+            r#"
+site { name = "a", url = "https://a.example/" }
+site { name = "b", url = "https://b.example/", slo = { target = 99.9, window = "30d" } }
+site { name = "hidden", url = "https://h.example/", status_page = false }
+site { name = "c", url = "https://c.example/", slo = { target = 99, window = "6h" } }
+site { name = "d", url = "https://d.example/", slo = { target = 99.5, window = "120d" } }
+"#,
+            std::path::Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_plan_covers_the_bars_every_window_and_every_slo() {
+        let config = fleet();
+        // (now, days, hours)
+        let cases = [
+            (
+                MIDNIGHT + 10 * HOUR_US + 1_234,
+                MIDNIGHT - 119 * DAY_US..MIDNIGHT + DAY_US,
+                MIDNIGHT - 14 * HOUR_US..MIDNIGHT + 11 * HOUR_US,
+            ),
+            // At midnight the 24 hours are one whole day: no hours (but c's SLO: 6 of them).
+            (
+                MIDNIGHT,
+                MIDNIGHT - 119 * DAY_US..MIDNIGHT + DAY_US,
+                MIDNIGHT - 6 * HOUR_US..MIDNIGHT,
+            ),
+        ];
+        for (now, days, hours) in cases {
+            let plan = Plan::new(&config, at(now));
+            let names: Vec<&str> = plan.sites.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["a", "b", "c", "d"]);
+            assert_eq!(
+                (plan.days.clone(), plan.hours.clone()),
+                (days, hours),
+                "{now}"
+            );
+            assert_eq!(plan.bar_from, days_period(at(now), BAR_DAYS).from_us);
+            assert_eq!(plan.slos[0], None);
+            for period in plan
+                .windows
+                .iter()
+                .map(|(_, p)| p)
+                .chain(plan.slos.iter().flatten())
+            {
+                let split = period.split();
+                for (range, within) in [(&split.days, &plan.days)]
+                    .into_iter()
+                    .chain(split.hours.iter().map(|h| (h, &plan.hours)))
+                {
+                    assert!(
+                        range.start >= range.end
+                            || (within.start <= range.start && range.end <= within.end),
+                        "{range:?} outside {within:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A tally per bucket that differs by site, grain and start.
+    fn fill(grid: &mut Grid, sites: usize) {
+        for site in 0..sites {
+            for b in 0..grid.buckets {
+                let start = grid.from + b as i64 * grid.len;
+                let n = (start / HOUR_US) % 7 + site as i64 + grid.len / DAY_US;
+                grid.put(site, start, tally(n));
+            }
+        }
+    }
+
+    fn counts(snapshot: Snapshot, plan: &Plan) -> Counts {
+        let sites = plan.sites.len();
+        let (days, hours) = snapshot.recent(plan);
+        let mut daily = Grid::new(Grain::Day, days, sites);
+        let mut hourly = Grid::new(Grain::Hour, hours, sites);
+        fill(&mut daily, sites);
+        fill(&mut hourly, sites);
+        Counts {
+            snapshot: Arc::new(snapshot),
+            daily,
+            hourly,
+            spans: vec![vec![(MIDNIGHT - 2 * DAY_US, None)]; sites],
+            states: vec![None; sites],
+        }
+    }
+
+    /// A snapshot read earlier plus the buckets a request reads since add up to every bucket
+    /// read at once, for every window, SLO and bar, whenever the snapshot was read.
+    #[test]
+    fn a_snapshot_and_the_recent_buckets_add_up_to_all_of_them() {
+        let config = fleet();
+        // Hours after MIDNIGHT: (snapshot read, request).
+        let cases = [(10, 10), (0, 10), (7, 31), (23, 24), (24, 24), (30, 100)];
+        for (read_h, now_h) in cases {
+            let read_at = at(MIDNIGHT + read_h * HOUR_US + 1_000);
+            let now = at(MIDNIGHT + now_h * HOUR_US + 2_000);
+            let plan = Plan::new(&config, now);
+            let sites = plan.sites.len();
+            let (days, hours) = Snapshot::ranges(&Plan::new(&config, read_at), read_at);
+            let mut snapshot = Snapshot {
+                built: Instant::now(),
+                names: plan.sites.iter().map(|s| s.name.clone()).collect(),
+                daily: Grid::new(Grain::Day, days, sites),
+                hourly: Grid::new(Grain::Hour, hours, sites),
+                spans: vec![Vec::new(); sites],
+            };
+            fill(&mut snapshot.daily, sites);
+            fill(&mut snapshot.hourly, sites);
+            assert!(
+                snapshot.covers(&plan),
+                "read at {read_h} h, asked at {now_h} h"
+            );
+            let cached = counts(snapshot, &plan);
+            let nothing = Snapshot {
+                built: Instant::now(),
+                names: Vec::new(),
+                daily: Grid::new(Grain::Day, plan.days.start..plan.days.start, 0),
+                hourly: Grid::new(Grain::Hour, plan.hours.start..plan.hours.start, 0),
+                spans: Vec::new(),
+            };
+            let direct = counts(nothing, &plan);
+            for site in 0..sites {
+                let periods = plan.windows.iter().map(|(_, p)| p);
+                for period in periods.chain(plan.slos.iter().flatten()) {
+                    let want = direct.tally(site, period);
+                    assert!(want.checks > 0);
+                    assert_eq!(cached.tally(site, period), want, "{read_h} h, {now_h} h");
+                }
+                for d in 0..BAR_DAYS {
+                    let start = plan.bar_from + d * DAY_US;
+                    assert_eq!(cached.day(site, start), direct.day(site, start));
+                    assert_eq!(
+                        cached.incidents(site, start, start + DAY_US),
+                        i64::from(start + DAY_US > MIDNIGHT - 2 * DAY_US)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_other_sites_or_later_buckets_is_not_used() {
+        let config = fleet();
+        let now = at(MIDNIGHT + 10 * HOUR_US);
+        let plan = Plan::new(&config, now);
+        let (days, hours) = Snapshot::ranges(&plan, now);
+        let snapshot = |names: Vec<String>, days: Range<i64>, hours: Range<i64>| Snapshot {
+            built: Instant::now(),
+            names,
+            daily: Grid::new(Grain::Day, days, 0),
+            hourly: Grid::new(Grain::Hour, hours, 0),
+            spans: Vec::new(),
+        };
+        let names: Vec<String> = plan.sites.iter().map(|s| s.name.clone()).collect();
+        assert!(snapshot(names.clone(), days.clone(), hours.clone()).covers(&plan));
+        let fewer = names[1..].to_vec();
+        assert!(!snapshot(fewer, days.clone(), hours.clone()).covers(&plan));
+        let later_days = plan.days.start + DAY_US..days.end;
+        assert!(!snapshot(names.clone(), later_days, hours.clone()).covers(&plan));
+        let later_hours = plan.hours.start + HOUR_US..hours.end;
+        assert!(!snapshot(names, days, later_hours).covers(&plan));
     }
 
     #[test]
