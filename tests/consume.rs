@@ -478,9 +478,14 @@ async fn exactly_once_across_repeated_kill_9() {
     assert!(consumer.terminate().success(), "{}", consumer.log_tail());
     assert_exactly_once(&mut db, &ids).await;
     assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
-    // Rollups and states went in with the rows, so the kills neither lost nor doubled them.
+    assert_insight_and_rebuild(&mut db, &url).await;
+    stack::drop_database(&url).await;
+}
+
+/// Rollups and states went in with the rows, so a crash neither lost nor doubled them; and a
+/// rebuild from the raw rows reproduces the live rollups.
+async fn assert_insight_and_rebuild(db: &mut Db, url: &str) {
     insight::assert_insight_matches_raw(db.client().await).await;
-    // A rebuild from the raw rows reproduces the live rollups.
     let live_hourly = insight::rollups(db.client().await, "rollup_hourly").await;
     let live_daily = insight::rollups(db.client().await, "rollup_daily").await;
     let from = base().to_rfc3339();
@@ -496,7 +501,7 @@ async fn exactly_once_across_repeated_kill_9() {
             "--env-file",
         ])
         .arg(stack::env_file())
-        .env("SITEWATCH_DATABASE_URL", &url)
+        .env("SITEWATCH_DATABASE_URL", url)
         .output()
         .unwrap();
     assert!(
@@ -512,7 +517,6 @@ async fn exactly_once_across_repeated_kill_9() {
         &live_daily,
         &insight::rollups(db.client().await, "rollup_daily").await,
     );
-    stack::drop_database(&url).await;
 }
 
 /// Restarts the stack's PostgreSQL when dropped, so a failing test does not leave it down.
@@ -576,40 +580,7 @@ async fn no_loss_no_duplicates_across_a_postgresql_restart() {
     assert!(consumer.terminate().success(), "{}", consumer.log_tail());
     assert_exactly_once(&mut db, &ids).await;
     assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
-    // Rollups and states went in with the rows, so the kills neither lost nor doubled them.
-    insight::assert_insight_matches_raw(db.client().await).await;
-    // A rebuild from the raw rows reproduces the live rollups.
-    let live_hourly = insight::rollups(db.client().await, "rollup_hourly").await;
-    let live_daily = insight::rollups(db.client().await, "rollup_daily").await;
-    let from = base().to_rfc3339();
-    let to = (base() + chrono::Duration::days(4)).to_rfc3339();
-    let rebuild = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
-        .args([
-            "rollup",
-            "rebuild",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--env-file",
-        ])
-        .arg(stack::env_file())
-        .env("SITEWATCH_DATABASE_URL", &url)
-        .output()
-        .unwrap();
-    assert!(
-        rebuild.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuild.stderr)
-    );
-    insight::assert_same_rollups(
-        &live_hourly,
-        &insight::rollups(db.client().await, "rollup_hourly").await,
-    );
-    insight::assert_same_rollups(
-        &live_daily,
-        &insight::rollups(db.client().await, "rollup_daily").await,
-    );
+    assert_insight_and_rebuild(&mut db, &url).await;
     stack::drop_database(&url).await;
 }
 
@@ -729,40 +700,7 @@ async fn two_consumers_split_partitions_and_the_survivor_takes_over() {
     assert!(b.terminate().success(), "{}", b.log_tail());
     assert_exactly_once(&mut db, &ids).await;
     assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
-    // Rollups and states went in with the rows, so the kills neither lost nor doubled them.
-    insight::assert_insight_matches_raw(db.client().await).await;
-    // A rebuild from the raw rows reproduces the live rollups.
-    let live_hourly = insight::rollups(db.client().await, "rollup_hourly").await;
-    let live_daily = insight::rollups(db.client().await, "rollup_daily").await;
-    let from = base().to_rfc3339();
-    let to = (base() + chrono::Duration::days(4)).to_rfc3339();
-    let rebuild = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
-        .args([
-            "rollup",
-            "rebuild",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--env-file",
-        ])
-        .arg(stack::env_file())
-        .env("SITEWATCH_DATABASE_URL", &url)
-        .output()
-        .unwrap();
-    assert!(
-        rebuild.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuild.stderr)
-    );
-    insight::assert_same_rollups(
-        &live_hourly,
-        &insight::rollups(db.client().await, "rollup_hourly").await,
-    );
-    insight::assert_same_rollups(
-        &live_daily,
-        &insight::rollups(db.client().await, "rollup_daily").await,
-    );
+    assert_insight_and_rebuild(&mut db, &url).await;
     stack::drop_database(&url).await;
 }
 
