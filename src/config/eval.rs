@@ -290,35 +290,9 @@ fn install(
     let globals = lua.globals();
     let fallback_file = source.path.display().to_string();
 
-    let st = Rc::clone(state);
-    let file = fallback_file.clone();
     globals.raw_set(
         "site",
-        lua.create_function(move |lua, value: Value| {
-            let location = here(lua, &file);
-            let mut state = st.borrow_mut();
-            state.declare(lua, &location)?;
-            match value {
-                Value::Table(table) => {
-                    let raw = state.snapshot(lua, &table)?;
-                    state.eval.sites.push(Declaration {
-                        location,
-                        table: raw,
-                    });
-                }
-                other => state.report(
-                    lua,
-                    ConfigError::at(
-                        &location,
-                        ConfigErrorKind::NotATable {
-                            function: "site{}",
-                            found: other.type_name().to_string(),
-                        },
-                    ),
-                )?,
-            }
-            Ok(())
-        })?,
+        declaring(lua, state, &fallback_file, "site{}", |eval| &mut eval.sites)?,
     )?;
 
     let st = Rc::clone(state);
@@ -423,34 +397,10 @@ fn install(
         })?,
     )?;
 
-    let st = Rc::clone(state);
-    let file = fallback_file.clone();
     globals.raw_set(
         "maintenance",
-        lua.create_function(move |lua, value: Value| {
-            let location = here(lua, &file);
-            let mut state = st.borrow_mut();
-            state.declare(lua, &location)?;
-            match value {
-                Value::Table(table) => {
-                    let raw = state.snapshot(lua, &table)?;
-                    state.eval.maintenance.push(Declaration {
-                        location,
-                        table: raw,
-                    });
-                }
-                other => state.report(
-                    lua,
-                    ConfigError::at(
-                        &location,
-                        ConfigErrorKind::NotATable {
-                            function: "maintenance{}",
-                            found: other.type_name().to_string(),
-                        },
-                    ),
-                )?,
-            }
-            Ok(())
+        declaring(lua, state, &fallback_file, "maintenance{}", |eval| {
+            &mut eval.maintenance
         })?,
     )?;
 
@@ -569,6 +519,41 @@ pub(crate) fn env_denied(name: &str) -> Option<&'static str> {
 }
 
 /// The location of the Lua code calling the running global, or the file when unknown.
+
+/// A `site{}`-like global: each call snapshots its table into the list `into` picks (at the
+/// caller's `file:line`), or reports what it got instead of a table.
+fn declaring(
+    lua: &Lua,
+    state: &Shared,
+    file: &str,
+    function: &'static str,
+    into: fn(&mut Evaluation) -> &mut Vec<Declaration>,
+) -> mlua::Result<Function> {
+    let (st, file) = (Rc::clone(state), file.to_owned());
+    lua.create_function(move |lua, value: Value| {
+        let location = here(lua, &file);
+        let mut state = st.borrow_mut();
+        state.declare(lua, &location)?;
+        match value {
+            Value::Table(table) => {
+                let table = state.snapshot(lua, &table)?;
+                into(&mut state.eval).push(Declaration { location, table });
+            }
+            other => state.report(
+                lua,
+                ConfigError::at(
+                    &location,
+                    ConfigErrorKind::NotATable {
+                        function,
+                        found: other.type_name().to_string(),
+                    },
+                ),
+            )?,
+        }
+        Ok(())
+    })
+}
+
 fn here(lua: &Lua, file: &str) -> Location {
     caller_location(lua).unwrap_or_else(|| Location {
         file: file.to_string(),
