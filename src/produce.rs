@@ -93,6 +93,9 @@ fn record_metrics(result: &CheckResult) {
 }
 
 /// `sitewatch produce`: runs until `shutdown` is cancelled. `reload` receives SIGHUP.
+///
+/// Long on purpose (over 80 lines): start-up, the reload loop and the shutdown order read top to
+/// bottom in one place; each step is a helper below.
 pub async fn produce(
     kafka: &KafkaSettings,
     options: ProduceOptions,

@@ -281,6 +281,9 @@ pub(crate) fn disable_load_time_functions(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
+/// Defines the load-time globals (`site`, `defaults`, `notifier`, `maintenance`, `env`,
+/// `script`). Long on purpose (over 80 lines): one block per global, in the order
+/// `docs/config.md` lists them; shared shapes are helpers (`declaring`).
 fn install(
     lua: &Lua,
     state: &Shared,

@@ -980,6 +980,8 @@ fn site(
     })
 }
 
+/// Parses and merges every setting `site{}` and `defaults{}` share. Long on purpose (over 80
+/// lines): one block per key, in the order of `SITE_KEYS`.
 fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Settings {
     for (key, allowed) in [
         ("expect", EXPECT_KEYS),

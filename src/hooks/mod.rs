@@ -217,7 +217,8 @@ type Ready = Result<SiteTable, HookError>;
 
 impl HookPool {
     /// Starts `limits.workers` workers, each evaluating `source` in its own sandbox, and waits
-    /// until all are ready.
+    /// until all are ready. Long on purpose (over 80 lines): the start-up protocol — spawn, wait
+    /// for every worker's site table, check they agree, start the watchdog — in order.
     pub fn start(source: &ConfigSource, limits: HookLimits) -> Result<HookPool, HookError> {
         if limits.workers == 0 {
             return Err(HookError::Limits("workers must be at least 1"));
@@ -385,6 +386,9 @@ fn end_worker(slot: &Slot, phase: Phase) {
     *current = phase;
 }
 
+/// A worker thread: take a call, mark its slot busy, run the hook, answer unless the watchdog
+/// already did. Kept in one function (a little over 80 lines) so the slot protocol with the
+/// watchdog reads in one place.
 fn worker_main(shared: &Shared, slot: &Slot, ready: Option<mpsc::Sender<(usize, Ready)>>) {
     let id = slot.id;
     let mut worker = match Worker::new(&shared.source, &shared.limits) {

@@ -262,7 +262,8 @@ pub struct SitePage<'a> {
 }
 
 /// One site: state, figures per window, SLO, 90 bars, latency by phase and over time,
-/// certificate, state changes, incidents and the latest results.
+/// certificate, state changes, incidents and the latest results. Long on purpose (over 80
+/// lines): one template section per part of the page, in page order.
 pub fn site(page: &SitePage<'_>) -> Markup {
     let j = page.site;
     let s = &j.summary;

@@ -99,6 +99,8 @@ pub const MAX_SITE_BYTES: usize = 1024;
 
 impl CheckRow {
     /// Maps a decoded result read at `partition`/`offset` to a row, or says why it cannot be one.
+    /// Long on purpose (over 80 lines): the checks of what PostgreSQL would refuse, then the
+    /// column mapping, field by field.
     pub fn from_result(
         result: &CheckResult,
         partition: i32,

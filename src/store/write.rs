@@ -114,7 +114,8 @@ pub enum WriteOutcome {
 
 /// Stores `batch` for consumer group `group` reading `topic`, atomically: rows, dead letters and
 /// offsets all commit, or none does. Errors leave the database unchanged; retry the same batch
-/// when [`StoreError::is_transient`].
+/// when [`StoreError::is_transient`]. Long on purpose (over 80 lines): the transaction drawn
+/// in the module doc, step by step, inside the loop that falls back to slower paths.
 #[tracing::instrument(skip_all, fields(rows = batch.rows.len(), dead = batch.dead_letters.len()))]
 pub async fn write_batch(
     client: &mut Client,

@@ -18,6 +18,7 @@ use sitewatch::{alert, consume, produce, run};
 use cli::{Cli, Command};
 use exit::{fail, finish, Exit};
 
+/// One arm per command (a screen, a little over 80 lines).
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
