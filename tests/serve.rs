@@ -35,7 +35,7 @@ const SECRET: &str = "hunter2";
 fn sites_lua() -> String {
     format!(
         r#"
-site {{ name = "alpha", url = "https://alpha.example/health?token={SECRET}" }}
+site {{ name = "alpha", url = "https://alpha.example/health?token={SECRET}", slo = {{ target = 90, window = "7d", latency = {{ p99 = "300ms" }} }} }}
 site {{ name = "beta", url = "https://beta.example/", slo = {{ target = 99, window = "7d", latency = {{ p99 = "800ms" }} }} }}
 site {{ name = "gamma", url = "http://gamma.example/" }}
 site {{ name = "hidden", url = "https://hidden.example/", status_page = false }}
@@ -360,6 +360,25 @@ async fn every_figure_matches_the_raw_rows() {
         "beta budget min",
     );
     assert_eq!(beta["slo"]["breached"], bad > allowed);
+    // alpha's SLO holds its budget but not its latency objective: p99 of the 7 days above
+    // 300 ms, from the raw rows, within a bucket of the shown figure; beta's p99 is within 800 ms.
+    for (s, objective, max_ms) in [(&sites["sites"][0], "p99", 300.0), (beta, "p99", 800.0)] {
+        let site = s["site"].as_str().unwrap();
+        let latency = &s["slo"]["latency"];
+        assert_eq!(latency["objective"], objective, "{site}");
+        assert_eq!(latency["max_ms"], max_ms, "{site}");
+        let exact = exact_quantile(&c, site, from, to, 0.99).await;
+        let got = latency["observed_ms"].as_f64().unwrap();
+        assert!(
+            bucket_of(got).abs_diff(bucket_of(exact)) <= 1,
+            "{site} SLO p99: {got} vs {exact}"
+        );
+        assert_eq!(latency["breached"], got > max_ms, "{site}");
+    }
+    let alpha = &sites["sites"][0]["slo"];
+    assert!(alpha["budget_left_pct"].as_f64().unwrap() > 0.0, "{alpha}");
+    assert_eq!(alpha["latency"]["breached"], true, "{alpha}");
+    assert_eq!(alpha["breached"], true, "{alpha}");
 
     // ---- /api/v1/sites/beta: windows with percentiles and phase means.
     let beta = get_json(&state, "/api/v1/sites/beta").await;
@@ -755,6 +774,14 @@ async fn pages_render_in_headless_chromium_at_desktop_and_phone_width() {
             "{name}: time.js ran (CSP allows 'self')"
         );
         assert!(dom.contains("site is in maintenance"), "{name}: banner");
+        assert!(
+            dom.contains(", over 300 ms (breached)"),
+            "{name}: alpha's latency objective"
+        );
+        assert!(
+            dom.contains(" within 800 ms (breached)"),
+            "{name}: beta's budget"
+        );
         let dom = tokio::task::spawn_blocking({
             let shot = dir.join(format!("site-{name}.png"));
             let url = format!("http://{addr}/site/beta");

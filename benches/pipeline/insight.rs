@@ -44,6 +44,8 @@ pub struct Options {
     pub warmup_runs: usize,
     pub report_runs: usize,
     pub site_queries: usize,
+    /// Timed requests per path of `sitewatch serve`, after a tenth as many untimed.
+    pub serve_requests: usize,
 }
 
 impl Options {
@@ -55,6 +57,7 @@ impl Options {
             warmup_runs: 2,
             report_runs: 30,
             site_queries: 1_000,
+            serve_requests: 200,
         }
     }
 
@@ -66,6 +69,7 @@ impl Options {
             warmup_runs: 1,
             report_runs: 5,
             site_queries: 100,
+            serve_requests: 20,
         }
     }
 }
@@ -650,6 +654,138 @@ fn run_report(config: &Path, db: &DatabaseSettings, days: u32) -> Result<ReportR
     })
 }
 
+/// What `serve_pages` asks for: a name for the figures and the path, `{site}` replaced by a
+/// site drawn at random per request.
+const SERVE_PATHS: [(&str, &str); 12] = [
+    ("overview", "/"),
+    ("overview page 2", "/?page=2"),
+    ("site page", "/site/{site}"),
+    ("/api/v1/sites", "/api/v1/sites"),
+    ("/api/v1/sites/{site}", "/api/v1/sites/{site}"),
+    ("daily 90", "/api/v1/sites/{site}/daily?days=90"),
+    ("hourly 48", "/api/v1/sites/{site}/hourly?hours=48"),
+    ("results 50", "/api/v1/sites/{site}/results?limit=50"),
+    ("incidents", "/api/v1/incidents"),
+    ("status badge", "/badge/{site}/status.svg"),
+    ("uptime badge", "/badge/{site}/uptime/30d.svg"),
+    ("p99 badge", "/badge/{site}/p99/30d.svg"),
+];
+
+/// The real `sitewatch serve` on the bench database: every path of [`SERVE_PATHS`] asked
+/// `serve_requests` times one after the other (after a tenth as many untimed), over a fresh
+/// connection each (HTTP/1.0). Server-side times are the server's own "answered" debug events
+/// (`elapsed_us`, from the request entering the router to the response leaving it); the
+/// client's wall time per request is kept beside them. Every answer must be 200.
+fn serve_pages(config: &Path, db: &DatabaseSettings, options: &Options) -> Result<Value> {
+    let port = common::free_port()?;
+    let log = common::out_dir().join("insight/serve.log");
+    let mut command = Command::new(common::sitewatch_bin());
+    command
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config)
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .env("SITEWATCH_DATABASE_URL", &db.url)
+        .env("RUST_LOG", "sitewatch::serve=debug,info");
+    let mut server = common::Proc::spawn("sitewatch serve", command, &log)?;
+    common::wait_port(port, std::time::Duration::from_secs(30))?;
+    let mut rng = Rng(0x5e_4e);
+    let mut client_ms: Vec<(usize, f64)> = Vec::new();
+    let mut overview_bytes = 0usize;
+    let warmup = (options.serve_requests / 10).max(1);
+    for (k, (_, template)) in SERVE_PATHS.iter().enumerate() {
+        for n in 0..warmup + options.serve_requests {
+            let site = format!("bench-{:05}", rng.next() % u64::from(options.sites) + 1);
+            let path = template.replace("{site}", &site);
+            let start = Instant::now();
+            let (status, bytes) = http_get(port, &path)?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            ensure!(status == 200, "GET {path}: {status}");
+            if k == 0 {
+                overview_bytes = overview_bytes.max(bytes);
+            }
+            if n >= warmup {
+                client_ms.push((k, ms));
+            }
+        }
+    }
+    server.check_alive(&log)?;
+    server.stop(std::time::Duration::from_secs(10));
+    // The server's events in order: the warm-up ones first, per path.
+    let mut server_us: Vec<Vec<f64>> = vec![Vec::new(); SERVE_PATHS.len()];
+    let mut answered = 0usize;
+    for line in std::fs::read_to_string(&log)?.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if event["fields"]["message"] != "answered" {
+            continue;
+        }
+        let k = answered / (warmup + options.serve_requests);
+        let n = answered % (warmup + options.serve_requests);
+        answered += 1;
+        if let (Some(list), true) = (server_us.get_mut(k), n >= warmup) {
+            list.push(event["fields"]["elapsed_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
+        }
+    }
+    ensure!(
+        answered == SERVE_PATHS.len() * (warmup + options.serve_requests),
+        "sitewatch serve logged {answered} answers, expected {} (see {})",
+        SERVE_PATHS.len() * (warmup + options.serve_requests),
+        log.display()
+    );
+    let mut paths = serde_json::Map::new();
+    let mut worst = (String::new(), 0.0f64);
+    let mut all_server: Vec<f64> = Vec::new();
+    for (k, (name, template)) in SERVE_PATHS.iter().enumerate() {
+        let mut client: Vec<f64> = client_ms
+            .iter()
+            .filter(|(i, _)| *i == k)
+            .map(|(_, ms)| *ms)
+            .collect();
+        let mut server_ms = server_us[k].clone();
+        all_server.extend(&server_ms);
+        let server_summary = common::summary(&mut server_ms);
+        let p99 = server_summary["p99"].as_f64().unwrap_or(f64::NAN);
+        if p99 > worst.1 {
+            worst = (name.to_string(), p99);
+        }
+        paths.insert(
+            name.to_string(),
+            json!({ "path": template, "server_ms": server_summary, "client_ms": common::summary(&mut client) }),
+        );
+    }
+    Ok(json!({
+        "command": "sitewatch serve --config sites.lua (RUST_LOG=sitewatch::serve=debug)",
+        "requests_per_path": options.serve_requests,
+        "warmup_per_path": warmup,
+        "serve_p99_ms": worst.1,
+        "worst_path": worst.0,
+        "all_paths_server_ms": common::summary(&mut all_server),
+        "overview_kb": common::round2(overview_bytes as f64 / 1024.0),
+        "paths": paths,
+    }))
+}
+
+/// GET `path` of 127.0.0.1:`port` over HTTP/1.0: the status code and the body's length.
+fn http_get(port: u16, path: &str) -> Result<(u16, usize)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("GET {path}: no status line"))?;
+    let body = text
+        .find("\r\n\r\n")
+        .map_or(0, |head| answer.len() - head - 4);
+    Ok((status, body))
+}
+
 /// `sitewatch validate` of the same file: process start plus evaluating and validating
 /// sites.lua, the part of the report's startup that is not PostgreSQL.
 fn run_validate(config: &Path) -> Result<f64> {
@@ -850,7 +986,12 @@ pub async fn run(options: &Options) -> Result<Value> {
     let (_, stack) = common::load_stack_env()?;
     let db_name = format!("sitewatch_bench_insight_{}", common::run_tag());
     let outcome = measure(options, &stack, &db_name).await;
-    common::drop_database(&stack, &db_name).await;
+    // SITEWATCH_BENCH_KEEP=1 keeps the database for looking at plans by hand.
+    if std::env::var_os("SITEWATCH_BENCH_KEEP").is_some() {
+        say!("insight: kept database {db_name} (SITEWATCH_BENCH_KEEP)");
+    } else {
+        common::drop_database(&stack, &db_name).await;
+    }
     outcome
 }
 
@@ -920,6 +1061,14 @@ async fn measure(options: &Options, stack: &DatabaseSettings, db_name: &str) -> 
                 None
             });
 
+    let serve = tokio::task::block_in_place(|| serve_pages(&config, &db, options))?;
+    say!(
+        "insight: sitewatch serve, {} requests per path: server-side p99 {} ms (worst path {}), overview {} KB",
+        options.serve_requests,
+        serve["serve_p99_ms"],
+        serve["worst_path"],
+        serve["overview_kb"]
+    );
     let connect_ms = connect_ms(&db).await?;
     let (site_ms, site_rows) = site_series(&db, options).await?;
     say!(
@@ -950,6 +1099,7 @@ async fn measure(options: &Options, stack: &DatabaseSettings, db_name: &str) -> 
             "breached_sites": first.breached,
             "server": explain,
         },
+        "serve": serve,
         "site_series": {
             "query": format!("SELECT ROLLUP_COLUMNS FROM rollup_daily WHERE site = $1 AND bucket >= now() - interval '{} days' ORDER BY bucket", options.days),
             "queries": options.site_queries,

@@ -37,8 +37,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Site};
+use crate::insight::histogram::Histogram;
 use crate::insight::rollup::{bucket_start_us, Grain, Summary, DAY_US, HOUR_US};
-use crate::report::{self, Period, ReportError, SiteReport, QUANTILES};
+use crate::report::{self, Period, ReportError, QUANTILES};
 use crate::store::{rollup_from_row, ROLLUP_COLUMNS};
 
 /// Most days `/daily` answers: ten years of bars.
@@ -209,6 +210,20 @@ pub struct SloJson {
     pub uptime_pct: Option<f64>,
     pub budget_left_pct: f64,
     pub budget_left_min: f64,
+    /// The latency objective judged over the same period, when the SLO has one.
+    pub latency: Option<LatencyJson>,
+    /// Down checks beyond the budget, or the latency percentile above its bound.
+    pub breached: bool,
+}
+
+/// A latency objective (`latency = { p99 = "800ms" }`) judged over the SLO's period.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LatencyJson {
+    /// As written in sites.lua: `p99`.
+    pub objective: String,
+    pub max_ms: f64,
+    /// That percentile of total time over the period (±7.5 %); `null` without checks.
+    pub observed_ms: Option<f64>,
     pub breached: bool,
 }
 
@@ -522,6 +537,12 @@ fn slo_json(site: &Site, summary: &Summary, period: &Period) -> Option<SloJson> 
         uptime_pct: summary.uptime_pct(),
         budget_left_pct: status.budget.left_pct,
         budget_left_min: status.budget.left_minutes,
+        latency: status.latency.as_ref().map(|l| LatencyJson {
+            objective: l.name.clone(),
+            max_ms: l.max_ms,
+            observed_ms: l.observed_ms,
+            breached: l.breached(),
+        }),
         breached: status.breached(),
     })
 }
@@ -689,6 +710,54 @@ async fn read_grid(
     Ok(grid)
 }
 
+const HISTS_SQL: &str =
+    "SELECT site, bucket, total_hist FROM {table} WHERE bucket >= $1 AND bucket < $2";
+
+/// Per site of `index`, the total-time histogram of its `grain` buckets that start in one of
+/// `ranges[site]` (none: `None`). One query over the union of the ranges, selected by bucket
+/// like [`read_grid`]; only the histograms of the sites that need them are decoded.
+async fn read_latency(
+    client: &Client,
+    grain: Grain,
+    ranges: &[Vec<Range<i64>>],
+    index: &SiteIndex<'_>,
+) -> Result<Vec<Option<Histogram>>, ApiError> {
+    let mut out: Vec<Option<Histogram>> = ranges
+        .iter()
+        .map(|r| r.iter().any(|r| r.start < r.end).then(Histogram::new))
+        .collect();
+    let mut union = 0..0;
+    for range in ranges.iter().flatten() {
+        widen(&mut union, range);
+    }
+    if union.start >= union.end {
+        return Ok(out);
+    }
+    let table = match grain {
+        Grain::Day => "rollup_daily",
+        Grain::Hour => "rollup_hourly",
+    };
+    let rows = client
+        .query(
+            &HISTS_SQL.replace("{table}", table),
+            &[&time(union.start), &time(union.end)],
+        )
+        .await
+        .map_err(query("reading latency histograms"))?;
+    for row in &rows {
+        let Some(&site) = index.get(row.get::<_, &str>(0)) else {
+            continue;
+        };
+        let bucket = row.get::<_, DateTime<Utc>>(1).timestamp_micros();
+        let wanted = ranges[site].iter().any(|r| r.contains(&bucket));
+        if let (true, Some(histogram)) = (wanted, out[site].as_mut()) {
+            let counts: Vec<i64> = row.get(2);
+            histogram.merge(&counts);
+        }
+    }
+    Ok(out)
+}
+
 /// An incident's time span (µs); `None` end: still open.
 type Span = (i64, Option<i64>);
 
@@ -797,6 +866,8 @@ struct Plan<'c> {
     windows: Vec<(&'static str, Period)>,
     /// Per site (in `sites` order): the period its SLO is judged over.
     slos: Vec<Option<Period>>,
+    /// Per site: the period of its latency objective (its SLO's), when it has one.
+    latency: Vec<Option<Period>>,
     bar_from: i64,
     /// Bucket starts of the daily and hourly rows any of the periods needs (`Period::split`).
     days: Range<i64>,
@@ -813,6 +884,14 @@ impl<'c> Plan<'c> {
         let slos: Vec<Option<Period>> = sites
             .iter()
             .map(|s| s.slo.as_ref().map(|slo| slo_period(slo.window, now)))
+            .collect();
+        let latency = sites
+            .iter()
+            .zip(&slos)
+            .map(|(site, period)| {
+                let objective = site.slo.as_ref().is_some_and(|slo| slo.latency.is_some());
+                period.filter(|_| objective)
+            })
             .collect();
         let bars = days_period(now, BAR_DAYS);
         let mut days = bars.from_us..bars.to_us;
@@ -833,6 +912,7 @@ impl<'c> Plan<'c> {
             sites,
             windows,
             slos,
+            latency,
             bar_from: bars.from_us,
             days,
             hours,
@@ -874,6 +954,10 @@ struct Snapshot {
     hourly: Grid,
     /// Per site: incidents resolved within the daily grid's days.
     spans: Vec<Vec<Span>>,
+    /// Per site with a latency objective over whole days: the settled days of its period
+    /// (those before yesterday) and their total-time histogram. A period with hours (an SLO
+    /// window under a day) is read whole by every request.
+    latency: Vec<Option<(Range<i64>, Histogram)>>,
 }
 
 impl Snapshot {
@@ -899,6 +983,27 @@ impl Snapshot {
         (day..plan.days.end.max(day), hour..plan.hours.end.max(hour))
     }
 
+    /// Per site with a latency objective, the day and hour buckets of its period a request
+    /// reads itself: the days after the snapshot's (all of them when it holds none), and the
+    /// hours of a period shorter than a day.
+    fn recent_latency(&self, plan: &Plan) -> (Vec<Vec<Range<i64>>>, Vec<Vec<Range<i64>>>) {
+        let mut days = Vec::with_capacity(plan.latency.len());
+        let mut hours = Vec::with_capacity(plan.latency.len());
+        for (i, period) in plan.latency.iter().enumerate() {
+            let Some(period) = period else {
+                days.push(Vec::new());
+                hours.push(Vec::new());
+                continue;
+            };
+            let split = period.split();
+            let held = self.latency.get(i).and_then(|l| l.as_ref());
+            let from = held.map_or(split.days.start, |(d, _)| d.end.max(split.days.start));
+            days.push(vec![from..split.days.end.max(from)]);
+            hours.push(split.hours.to_vec());
+        }
+        (days, hours)
+    }
+
     /// Reads the snapshot of `plan` at `now`: three queries, one after the other on `client`.
     async fn read(
         client: &Client,
@@ -908,7 +1013,12 @@ impl Snapshot {
         let started = Instant::now();
         let (days, hours) = Snapshot::ranges(plan, now);
         let index = plan.index();
-        let (daily, hourly, spans) = tokio::try_join!(
+        let latency_days = Snapshot::latency_days(plan, days.end);
+        let ranges: Vec<Vec<Range<i64>>> = latency_days
+            .iter()
+            .map(|d| d.iter().cloned().collect())
+            .collect();
+        let (daily, hourly, spans, histograms) = tokio::try_join!(
             read_grid(client, Grain::Day, days.clone(), &index),
             read_grid(client, Grain::Hour, hours, &index),
             read_site_spans(
@@ -918,6 +1028,7 @@ impl Snapshot {
                 days.end,
                 &index,
             ),
+            read_latency(client, Grain::Day, &ranges, &index),
         )?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -930,12 +1041,49 @@ impl Snapshot {
             daily,
             hourly,
             spans,
+            latency: latency_days
+                .into_iter()
+                .zip(histograms)
+                .map(|(days, histogram)| days.map(|d| (d, histogram.unwrap_or_default())))
+                .collect(),
         })
     }
 
-    /// It holds every settled bucket `plan` needs, for the same sites in the same order.
+    /// Per site: the days of its latency objective's period before `settled` (the daily
+    /// grid's end), when that period is whole days.
+    fn latency_days(plan: &Plan, settled: i64) -> Vec<Option<Range<i64>>> {
+        // (Option: a snapshot holds a site's days even when they are none yet.)
+        plan.latency
+            .iter()
+            .map(|period| {
+                let split = period.as_ref()?.split();
+                let whole_days = split.hours.iter().all(|h| h.start >= h.end);
+                whole_days
+                    .then(|| split.days.start..split.days.end.min(settled).max(split.days.start))
+            })
+            .collect()
+    }
+
+    /// It holds every settled bucket `plan` needs, for the same sites in the same order, and
+    /// the settled days of each latency objective's period from its first day (the day after
+    /// a snapshot was read, every period has moved on by one: the next request reads anew).
     fn covers(&self, plan: &Plan) -> bool {
-        self.daily.from <= plan.days.start
+        let latency = self.latency.len() == plan.latency.len()
+            && self
+                .latency
+                .iter()
+                .zip(&plan.latency)
+                .all(|(held, period)| {
+                    match (held, period) {
+                        (Some((days, _)), Some(p)) => days.start == p.split().days.start,
+                        (None, None) => true,
+                        // A period with hours is never held; one of whole days always is.
+                        (None, Some(p)) => p.split().hours.iter().any(|h| h.start < h.end),
+                        (Some(_), None) => false,
+                    }
+                });
+        latency
+            && self.daily.from <= plan.days.start
             && self.hourly.from <= plan.hours.start
             && self.names.len() == plan.sites.len()
             && self
@@ -1059,6 +1207,8 @@ struct Counts {
     hourly: Grid,
     spans: Vec<Vec<Span>>,
     states: Vec<Option<State>>,
+    /// Per site with a latency objective: the total-time histogram of its SLO period.
+    latency: Vec<Option<Histogram>>,
 }
 
 impl Counts {
@@ -1083,7 +1233,8 @@ impl Counts {
         };
         let index = plan.index();
         let (days, hours) = snapshot.recent(plan);
-        let (daily, hourly, spans, states) = tokio::try_join!(
+        let (latency_days, latency_hours) = snapshot.recent_latency(plan);
+        let (daily, hourly, spans, states, recent_days, recent_hours) = tokio::try_join!(
             async {
                 let client = db.client().await?;
                 read_grid(&client, Grain::Day, days.clone(), &index).await
@@ -1101,7 +1252,35 @@ impl Counts {
                 let client = db.client().await?;
                 read_states(&client, &index).await
             },
+            async {
+                let client = db.client().await?;
+                read_latency(&client, Grain::Day, &latency_days, &index).await
+            },
+            async {
+                let client = db.client().await?;
+                read_latency(&client, Grain::Hour, &latency_hours, &index).await
+            },
         )?;
+        let latency = (0..plan.sites.len())
+            .map(|i| {
+                let parts = [
+                    snapshot
+                        .latency
+                        .get(i)
+                        .and_then(|l| l.as_ref())
+                        .map(|(_, h)| h),
+                    recent_days[i].as_ref(),
+                    recent_hours[i].as_ref(),
+                ];
+                plan.latency[i].as_ref().map(|_| {
+                    let mut histogram = Histogram::new();
+                    for part in parts.into_iter().flatten() {
+                        histogram.merge(part.as_slice());
+                    }
+                    histogram
+                })
+            })
+            .collect();
         Ok((
             Counts {
                 snapshot,
@@ -1109,6 +1288,7 @@ impl Counts {
                 hourly,
                 spans,
                 states,
+                latency,
             },
             cached,
         ))
@@ -1196,9 +1376,13 @@ pub async fn overview(
                 .iter()
                 .map(|(name, p)| (*name, counts.tally(i, p).summary().uptime_pct()))
                 .collect();
-            let slo = plan.slos[i]
-                .as_ref()
-                .and_then(|period| slo_json(site, &counts.tally(i, period).summary(), period));
+            let slo = plan.slos[i].as_ref().and_then(|period| {
+                let mut summary = counts.tally(i, period).summary();
+                if let Some(histogram) = &counts.latency[i] {
+                    summary.total_hist = histogram.clone();
+                }
+                slo_json(site, &summary, period)
+            });
             summary_of(config, site, counts.states[i].as_ref(), uptime, slo, now)
         })
         .collect();
@@ -1243,17 +1427,26 @@ pub async fn site(
     let client = db.client().await?;
     let one = [site];
     let slo_period = site.slo.as_ref().map(|slo| slo_period(slo.window, now));
+    // Every window and the SLO's period side by side, each on the next of the pool's
+    // connections: PostgreSQL runs them in parallel.
+    let periods: Vec<Period> = Window::ALL
+        .iter()
+        .map(|w| w.period(now))
+        .chain(slo_period)
+        .collect();
     let reports = async {
-        let mut out: Vec<SiteReport> = Vec::new();
-        for w in Window::ALL {
-            let mut r = report::report(&client, &one, &w.period(now), now).await?;
-            out.extend(r.pop());
-        }
-        let slo = match slo_period {
-            Some(p) => report::report(&client, &one, &p, now).await?.pop(),
-            None => None,
+        let mut out = futures::future::try_join_all(periods.iter().map(|period| async {
+            let client = db.client().await?;
+            let mut r = report::report(&client, &one, period, now).await?;
+            Ok::<_, ApiError>(r.pop())
+        }))
+        .await?;
+        let slo = if slo_period.is_some() {
+            out.pop().flatten()
+        } else {
+            None
         };
-        Ok::<_, ApiError>((out, slo))
+        Ok::<_, ApiError>((out.into_iter().flatten().collect::<Vec<_>>(), slo))
     };
     let names = [site.name.as_str()];
     let ((reports, slo_report), states, changes, incidents, cert) = tokio::try_join!(
@@ -1812,6 +2005,7 @@ site { name = "d", url = "https://d.example/", slo = { target = 99.5, window = "
             hourly,
             spans: vec![vec![(MIDNIGHT - 2 * DAY_US, None)]; sites],
             states: vec![None; sites],
+            latency: vec![None; sites],
         }
     }
 
@@ -1834,6 +2028,7 @@ site { name = "d", url = "https://d.example/", slo = { target = 99.5, window = "
                 daily: Grid::new(Grain::Day, days, sites),
                 hourly: Grid::new(Grain::Hour, hours, sites),
                 spans: vec![Vec::new(); sites],
+                latency: vec![None; sites],
             };
             fill(&mut snapshot.daily, sites);
             fill(&mut snapshot.hourly, sites);
@@ -1848,6 +2043,7 @@ site { name = "d", url = "https://d.example/", slo = { target = 99.5, window = "
                 daily: Grid::new(Grain::Day, plan.days.start..plan.days.start, 0),
                 hourly: Grid::new(Grain::Hour, plan.hours.start..plan.hours.start, 0),
                 spans: Vec::new(),
+                latency: vec![None; sites],
             };
             let direct = counts(nothing, &plan);
             for site in 0..sites {
@@ -1881,6 +2077,7 @@ site { name = "d", url = "https://d.example/", slo = { target = 99.5, window = "
             daily: Grid::new(Grain::Day, days, 0),
             hourly: Grid::new(Grain::Hour, hours, 0),
             spans: Vec::new(),
+            latency: vec![None; plan.sites.len()],
         };
         let names: Vec<String> = plan.sites.iter().map(|s| s.name.clone()).collect();
         assert!(snapshot(names.clone(), days.clone(), hours.clone()).covers(&plan));
@@ -1890,6 +2087,68 @@ site { name = "d", url = "https://d.example/", slo = { target = 99.5, window = "
         assert!(!snapshot(names.clone(), later_days, hours.clone()).covers(&plan));
         let later_hours = plan.hours.start + HOUR_US..hours.end;
         assert!(!snapshot(names, days, later_hours).covers(&plan));
+    }
+
+    /// The days of a latency objective's period a snapshot holds and those a request reads
+    /// itself are the period's buckets, each once; a snapshot of the day before is not used.
+    #[test]
+    fn latency_histograms_come_from_the_snapshot_and_the_recent_days_once() {
+        let config = crate::config::load_str(
+            std::path::Path::new("sites.lua"),
+            r#"
+site { name = "a", url = "https://a.example/", slo = { target = 99, window = "7d", latency = { p99 = "800ms" } } }
+site { name = "b", url = "https://b.example/", slo = { target = 99, window = "7d" } }
+site { name = "c", url = "https://c.example/", slo = { target = 99, window = "6h", latency = { p50 = "1s" } } }
+"#,
+            std::path::Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Hours after MIDNIGHT: (snapshot read, request, the snapshot is used).
+        for (read_h, now_h, used) in [(1, 1, true), (0, 23, true), (10, 20, true), (23, 24, false)]
+        {
+            let read_at = at(MIDNIGHT + read_h * HOUR_US + 1_000);
+            let now = at(MIDNIGHT + now_h * HOUR_US + 2_000);
+            let (read_plan, plan) = (Plan::new(&config, read_at), Plan::new(&config, now));
+            let (days, hours) = Snapshot::ranges(&read_plan, read_at);
+            let held = Snapshot::latency_days(&read_plan, days.end);
+            let snapshot = Snapshot {
+                built: Instant::now(),
+                names: plan.sites.iter().map(|s| s.name.clone()).collect(),
+                daily: Grid::new(Grain::Day, days, 3),
+                hourly: Grid::new(Grain::Hour, hours, 3),
+                spans: vec![Vec::new(); 3],
+                latency: held
+                    .iter()
+                    .map(|d| d.clone().map(|d| (d, Histogram::new())))
+                    .collect(),
+            };
+            assert_eq!(snapshot.covers(&plan), used, "{read_h} h, {now_h} h");
+            assert!(
+                held[1].is_none() && held[2].is_none(),
+                "b has none, c's has hours"
+            );
+            if !used {
+                continue;
+            }
+            let (recent_days, recent_hours) = snapshot.recent_latency(&plan);
+            for site in [0, 2] {
+                let split = plan.latency[site].as_ref().unwrap().split();
+                let mut got: Vec<i64> = held[site]
+                    .iter()
+                    .chain(&recent_days[site])
+                    .flat_map(|r| r.clone().step_by(DAY_US as usize))
+                    .collect();
+                got.sort();
+                let want: Vec<i64> = split.days.clone().step_by(DAY_US as usize).collect();
+                assert_eq!(got, want, "site {site}: days, {read_h} h, {now_h} h");
+                assert_eq!(
+                    recent_hours[site],
+                    split.hours.to_vec(),
+                    "site {site}: hours"
+                );
+            }
+            assert!(recent_days[1].is_empty() && recent_hours[1].is_empty());
+        }
     }
 
     #[test]

@@ -151,6 +151,11 @@ fn slo_cell(s: &SiteSummary) -> Markup {
                 span class=(if slo.breached { "b-bad" } else { "" }) {
                     "SLO " (slo.target_pct) " % / " (slo.window) ": "
                     (format!("{:.1}", slo.budget_left_pct)) " % budget left"
+                    @if let Some(latency) = &slo.latency {
+                        ", " (latency.objective) " " (svg::ms(latency.observed_ms))
+                        (if latency.breached { ", over " } else { " within " })
+                        (svg::ms(Some(latency.max_ms)))
+                    }
                     @if slo.breached { " (breached)" }
                 }
             }
