@@ -97,9 +97,10 @@ impl Default for TopicSpec {
 pub struct Deliveries {
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
-    /// The most recent client-level error (TLS, authentication, connection), for fail-fast
-    /// messages at startup.
-    last_error: Mutex<Option<String>>,
+    /// The first client-level error that names a cause (TLS, authentication, connection
+    /// refused) rather than only its consequence ("all broker connections are down"), for
+    /// fail-fast messages at startup.
+    first_cause: Mutex<Option<String>>,
     /// Cancelled on a fatal producer error: nothing more can be delivered by this producer.
     fatal: CancellationToken,
 }
@@ -117,8 +118,9 @@ impl ClientContext for Context {
         } else {
             tracing::warn!(%error, reason, "kafka client error");
         }
-        if let Ok(mut last) = self.deliveries.last_error.lock() {
-            *last = Some(format!("{error}: {reason}"));
+        let consequence = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        if let (false, Ok(mut first)) = (consequence, self.deliveries.first_cause.lock()) {
+            first.get_or_insert_with(|| reason.to_owned());
         }
     }
 }
@@ -205,16 +207,16 @@ impl Publisher {
             Ok(Err(error)) => error.to_string(),
             Err(join) => join.to_string(),
         };
-        let detail = self
+        let cause = self
             .deliveries
-            .last_error
+            .first_cause
             .lock()
             .ok()
             .and_then(|e| e.clone());
         Err(PublishError::Unreachable {
             brokers: settings.brokers.clone(),
-            reason: match detail {
-                Some(detail) => format!("{error} (last client error: {detail})"),
+            reason: match cause {
+                Some(cause) => format!("{cause} ({error})"),
                 None => error,
             },
         })
