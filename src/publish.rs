@@ -177,6 +177,12 @@ impl Publisher {
             ("message.timeout.ms", "0"),
             ("queue.buffering.max.messages", &queue_messages),
         ]);
+        // What librdkafka will dial: `--kafka-opt bootstrap.servers=…` wins over the brokers
+        // setting, and an error must name the address actually tried.
+        let brokers = config
+            .get("bootstrap.servers")
+            .unwrap_or(&settings.brokers)
+            .to_owned();
         let producer: ThreadedProducer<Context> = config
             .create_with_context(Context {
                 deliveries: Arc::clone(&deliveries),
@@ -188,12 +194,12 @@ impl Publisher {
             deliveries,
             abandon: CancellationToken::new(),
         };
-        publisher.check_reachable(settings).await?;
+        publisher.check_reachable(&brokers).await?;
         ensure_topic(settings, topic).await?;
         Ok(publisher)
     }
 
-    async fn check_reachable(&self, settings: &KafkaSettings) -> Result<(), PublishError> {
+    async fn check_reachable(&self, brokers: &str) -> Result<(), PublishError> {
         let producer = Arc::clone(&self.producer);
         let metadata = tokio::task::spawn_blocking(move || {
             producer
@@ -214,7 +220,7 @@ impl Publisher {
             .ok()
             .and_then(|e| e.clone());
         Err(PublishError::Unreachable {
-            brokers: settings.brokers.clone(),
+            brokers: brokers.to_owned(),
             reason: match cause {
                 Some(cause) => format!("{cause} ({error})"),
                 None => error,

@@ -80,3 +80,38 @@ async fn logs_to_a_file_have_no_colour_and_a_closed_stderr_is_not_fatal() {
     let status = run(Stdio::from(writer));
     assert_eq!(status.code(), Some(1), "not 101 (panic) or 134 (abort)");
 }
+
+/// A broker address overridden with `--kafka-opt bootstrap.servers=…` is the one an error names,
+/// with the first cause (the refused connection), not only "all brokers are down".
+#[test]
+fn kafka_startup_errors_name_the_brokers_dialled_and_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lua_site(dir.path(), "http://127.0.0.1:9/");
+    let (setting, dialled) = (support::closed_port(), support::closed_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args([
+            "produce",
+            "--config",
+            config.to_str().unwrap(),
+            "--kafka-opt",
+        ])
+        .arg(format!("bootstrap.servers=127.0.0.1:{dialled}"))
+        .env("SITEWATCH_KAFKA_BROKERS", format!("127.0.0.1:{setting}"))
+        .env("SITEWATCH_KAFKA_SECURITY_PROTOCOL", "plaintext")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sitewatch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert!(
+        last.contains(&format!("cannot reach Kafka at 127.0.0.1:{dialled}")),
+        "{stderr}"
+    );
+    assert!(last.contains("Connection refused"), "{stderr}");
+}
