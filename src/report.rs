@@ -462,7 +462,9 @@ const ROLLUPS_SQL: &str = "\
      WHERE site = ANY($1) AND (bucket >= $4 AND bucket < $5 OR bucket >= $6 AND bucket < $7)";
 
 /// State changes of the selected sites: for each, the last one before the period ($2) — one
-/// probe of the (site, at DESC) index — then those inside it, in time order per site.
+/// probe of the (site, at DESC) index — then those inside it. Unordered: sorting 160,000 rows
+/// by site in the server's collation took PostgreSQL 280 of its 430 ms; [`read_transitions`]
+/// sorts each site's few in time order instead.
 const CHANGES_SQL: &str = "\
     SELECT s.site, c.at, c.from_outcome, c.to_outcome \
       FROM unnest($1::text[]) AS s(site) \
@@ -471,8 +473,7 @@ const CHANGES_SQL: &str = "\
             WHERE site = s.site AND at < $2 ORDER BY at DESC LIMIT 1) AS c \
     UNION ALL \
     SELECT site, at, from_outcome, to_outcome FROM state_changes \
-     WHERE site = ANY($1) AND at >= $2 AND at < $3 \
-     ORDER BY 1, 2";
+     WHERE site = ANY($1) AND at >= $2 AND at < $3";
 
 /// Reports `sites` over `period`, in their order, as of `now` (a site down now counts as down
 /// until `now`, not until a `to` in the future).
@@ -655,6 +656,9 @@ async fn read_transitions(
             from: from.and_then(outcome),
             to,
         });
+    }
+    for list in transitions.values_mut() {
+        list.sort_by_key(|t| t.at_us);
     }
     Ok(transitions)
 }
