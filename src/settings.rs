@@ -246,7 +246,8 @@ impl KafkaSettings {
 /// How sitewatch talks to PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseSettings {
-    /// libpq-style URL or key=value string; `sslmode=require` verifies the certificate.
+    /// libpq-style URL or key=value string; `sslmode` takes libpq's values (`require` verifies
+    /// the chain and the host name, `verify-ca` the chain only).
     pub url: String,
     /// Extra CA (PEM) trusted for the server certificate (a private CA, e.g. the local stack's).
     pub ca: Option<PathBuf>,

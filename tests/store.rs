@@ -195,6 +195,71 @@ async fn tls_with_the_stack_ca_verifies_and_encrypts() {
     assert!(!ssl, "sslmode=disable still used TLS");
 }
 
+/// libpq's `sslmode` values: `verify-full` checks the chain and the host name, `verify-ca` the
+/// chain only; both refuse a certificate from another CA. The stack's certificate names
+/// 127.0.0.1 and localhost, so `host=elsewhere.invalid hostaddr=127.0.0.1` reaches the same
+/// server under a name the certificate does not carry.
+#[tokio::test]
+async fn libpq_sslmodes_verify_what_libpq_does() {
+    let _stack = StackLock::shared();
+    stack::require_postgres();
+    let stack_url = stack::get("SITEWATCH_DATABASE_URL");
+    let connect = |url: String, ca: &str| {
+        let settings = sitewatch::settings::DatabaseSettings {
+            url,
+            ca: Some(stack::get(ca).into()),
+        };
+        async move { store::connect(&settings).await }
+    };
+    let encrypted = |client: tokio_postgres::Client| async move {
+        client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    let good = "SITEWATCH_PG_CA";
+    let wrong = "SITEWATCH_DEV_PG_WRONG_CA";
+    for mode in ["verify-full", "verify-ca"] {
+        let url = stack_url.replace("sslmode=require", &format!("sslmode={mode}"));
+        let client = connect(url.clone(), good)
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {}", chain(&e)));
+        assert!(encrypted(client).await, "{mode}: not encrypted");
+        let error = connect(url, wrong).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Certificate { .. }),
+            "{mode}: {error:?}"
+        );
+    }
+    // The same server under a name its certificate does not carry (key=value form).
+    let parsed = url::Url::parse(&stack_url).unwrap();
+    let other_name = |mode: &str| {
+        format!(
+            "host=elsewhere.invalid hostaddr={} port={} user={} password={} dbname={} sslmode={mode}",
+            parsed.host_str().unwrap(),
+            parsed.port().unwrap(),
+            parsed.username(),
+            parsed.password().unwrap(),
+            parsed.path().trim_start_matches('/'),
+        )
+    };
+    let client = connect(other_name("verify-ca"), good)
+        .await
+        .unwrap_or_else(|e| panic!("verify-ca under another name: {}", chain(&e)));
+    assert!(encrypted(client).await);
+    for mode in ["verify-full", "require"] {
+        let error = connect(other_name(mode), good).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Certificate { .. }),
+            "{mode} accepted a certificate for another host: {error:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn tls_with_a_wrong_ca_fails_naming_the_certificate() {
     let _stack = StackLock::shared();

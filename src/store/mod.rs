@@ -215,14 +215,13 @@ pub async fn limit_consumer_session(client: &Client) -> Result<(), StoreError> {
 }
 
 /// Connects to PostgreSQL and spawns the connection task. TLS uses the system roots plus the CA
-/// in `settings.ca`; under `sslmode=require` the chain and host name are verified, under
-/// `sslmode=disable` no TLS is attempted.
+/// in `settings.ca`. `sslmode` takes libpq's values ([`HostCheck`]): `verify-full` and
+/// `require` verify the chain and the host name, `verify-ca` the chain only, `disable` attempts
+/// no TLS.
 #[tracing::instrument(skip_all)]
 pub async fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> {
-    let mut config: Config = settings
-        .url
-        .parse()
-        .map_err(|source| StoreError::Url { source })?;
+    let (url, host_check) = libpq_sslmode(&settings.url);
+    let mut config: Config = url.parse().map_err(|source| StoreError::Url { source })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
     }
@@ -233,7 +232,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> 
         config.application_name("sitewatch");
     }
     let target = describe_target(&config);
-    let tls = tls_connector(settings.ca.as_deref())?;
+    let tls = tls_connector(settings.ca.as_deref(), host_check)?;
     let (client, connection) = config.connect(tls).await.map_err(|source| {
         if is_tls_failure(&source) {
             StoreError::Certificate {
@@ -285,8 +284,69 @@ fn describe_target(config: &Config) -> String {
     )
 }
 
-fn tls_connector(ca: Option<&Path>) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
+/// Whether TLS verification includes the server's host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostCheck {
+    /// The chain and the host name (`verify-full`, and `require`, stricter than libpq's, which
+    /// checks nothing without a root certificate file).
+    ChainAndHost,
+    /// The chain only (`verify-ca`): the certificate may name another host.
+    ChainOnly,
+}
+
+/// The connection string with libpq's `sslmode=verify-ca|verify-full` (which tokio-postgres
+/// does not parse) spelled `require`, and how much that mode verifies. Every other value is
+/// left to tokio-postgres (`disable`, `prefer`, `require`; anything else is refused there).
+/// Works on both forms: a `postgres://` URL's query and a `key=value` string's words.
+pub fn libpq_sslmode(url: &str) -> (String, HostCheck) {
+    let check = |mode: &str| match mode {
+        "verify-ca" => Some(HostCheck::ChainOnly),
+        "verify-full" => Some(HostCheck::ChainAndHost),
+        _ => None,
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if let Ok(mut parsed) = url::Url::parse(url) {
+            let mut found = None;
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(key, value)| match (key.as_ref(), check(&value)) {
+                    ("sslmode", Some(mode)) => {
+                        found = Some(mode);
+                        (key.into_owned(), "require".to_owned())
+                    }
+                    _ => (key.into_owned(), value.into_owned()),
+                })
+                .collect();
+            if let Some(mode) = found {
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+                return (parsed.to_string(), mode);
+            }
+        }
+        return (url.to_owned(), HostCheck::ChainAndHost);
+    }
+    let mut found = None;
+    let words: Vec<String> = url
+        .split(' ')
+        .map(|word| match word.split_once('=') {
+            Some(("sslmode", value)) if check(value).is_some() => {
+                found = check(value);
+                "sslmode=require".to_owned()
+            }
+            _ => word.to_owned(),
+        })
+        .collect();
+    match found {
+        Some(mode) => (words.join(" "), mode),
+        None => (url.to_owned(), HostCheck::ChainAndHost),
+    }
+}
+
+fn tls_connector(
+    ca: Option<&Path>,
+    host_check: HostCheck,
+) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
     let mut builder = native_tls::TlsConnector::builder();
+    builder.danger_accept_invalid_hostnames(host_check == HostCheck::ChainOnly);
     if let Some(path) = ca {
         for certificate in read_ca(path)? {
             builder.add_root_certificate(certificate);
@@ -352,6 +412,50 @@ mod tests {
         for (code, transient, bad_data) in cases {
             assert_eq!(sqlstate_is_transient(code), transient, "{code} transient");
             assert_eq!(sqlstate_is_bad_data(code), bad_data, "{code} bad data");
+        }
+    }
+
+    #[test]
+    fn libpq_sslmodes_are_spelled_for_tokio_postgres() {
+        let cases = [
+            (
+                "postgres://u:p@db:5432/x?sslmode=verify-full&application_name=a",
+                "postgres://u:p@db:5432/x?sslmode=require&application_name=a",
+                HostCheck::ChainAndHost,
+            ),
+            (
+                "postgresql://u@db/x?connect_timeout=5&sslmode=verify-ca",
+                "postgresql://u@db/x?connect_timeout=5&sslmode=require",
+                HostCheck::ChainOnly,
+            ),
+            (
+                "postgres://u@db/x?sslmode=require",
+                "postgres://u@db/x?sslmode=require",
+                HostCheck::ChainAndHost,
+            ),
+            (
+                "host=db user=u sslmode=verify-ca dbname=x",
+                "host=db user=u sslmode=require dbname=x",
+                HostCheck::ChainOnly,
+            ),
+            (
+                "host=db sslmode=disable",
+                "host=db sslmode=disable",
+                HostCheck::ChainAndHost,
+            ),
+            // A password that merely contains the words is left alone.
+            (
+                "host=db password=sslmode=verify-ca",
+                "host=db password=sslmode=verify-ca",
+                HostCheck::ChainAndHost,
+            ),
+        ];
+        for (given, want, check) in cases {
+            let (url, host_check) = libpq_sslmode(given);
+            assert_eq!(url, want, "{given}");
+            assert_eq!(host_check, check, "{given}");
+            url.parse::<Config>()
+                .unwrap_or_else(|e| panic!("{given} → {url}: {e}"));
         }
     }
 
