@@ -41,7 +41,7 @@
 ---@field ca? string PEM file of extra trusted CA certificates (added to the system roots).
 ---@field client_cert? string PEM client certificate for mutual TLS (with client_key).
 ---@field client_key? string PEM (PKCS#8) key of client_cert.
----@field insecure? boolean Skip certificate and host name verification; results are flagged tls_insecure.
+---@field insecure? boolean Skip certificate and host name verification; results are flagged tls_insecure. Inherited from defaults{}, it is warned about.
 
 ---A service-level objective, judged by `sitewatch report` and the status page.
 ---@class sitewatch.Slo
@@ -82,8 +82,8 @@
 ---@field interval? sitewatch.Duration How often the site is checked (default "1m").
 ---@field timeout? sitewatch.Duration Deadline for one attempt, redirects and body included; below interval (default "10s", or half the interval when that is 10s or less).
 ---@field expect? sitewatch.Expect
----@field request? sitewatch.Request
----@field tls? sitewatch.Tls
+---@field request? sitewatch.Request What to send; a site's request replaces the default one whole.
+---@field tls? sitewatch.Tls TLS options; a site's tls replaces the default one whole (tls = {} verifies again).
 ---@field retries? integer Extra attempts (0-10) before a failing check is declared down (default 0).
 ---@field max_redirects? integer Redirects followed (0-100, default 10).
 ---@field body_cap? sitewatch.Size Body bytes read at most (default "1MiB"; raised past expect.max_body).

@@ -237,10 +237,14 @@ fn load_again(
 }
 
 fn load(path: &Path) -> Result<Config, ProduceError> {
-    config::load(path).map_err(|errors| ProduceError::Config {
+    let config = config::load(path).map_err(|errors| ProduceError::Config {
         path: path.to_owned(),
         errors,
-    })
+    })?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
 }
 
 /// The sites this instance probes, taken by value (no second copy of every site).

@@ -214,6 +214,7 @@ fn evaluate_and_validate(
         source,
         notifiers: validated.notifiers,
         maintenance: validated.maintenance,
+        warnings: validated.warnings,
     })
 }
 
@@ -292,6 +293,40 @@ site { name = "b", url = "https://b.example/", interval = "1m", expect = { statu
         assert_eq!(b.expect.max_time, Some(Duration::from_secs(2)));
         assert_eq!(b.body_cap, (2 << 20) + 1, "body_cap grows past max_body");
         assert_eq!(a.body_cap, DEFAULT_BODY_CAP);
+    }
+
+    /// `request` and `tls` set on a site replace the default's whole table; only a site that
+    /// sets neither inherits them, and inheriting `tls.insecure` is warned about.
+    #[test]
+    fn request_and_tls_replace_the_defaults_whole() {
+        let config = load(
+            r#"
+defaults { request = { method = "POST", body = "{}", headers = { ["X-Api-Key"] = "k" } }, tls = { insecure = true } }
+site { name = "own", url = "https://own.example/", request = { method = "DELETE" }, tls = {} }
+site { name = "inherits", url = "https://inherits.example/" }
+site { name = "means-it", url = "https://means-it.example/", tls = { insecure = true } }
+"#,
+        )
+        .unwrap();
+        let [own, inherits, means_it] = &config.sites[..] else {
+            panic!()
+        };
+        assert_eq!(own.request.method, http::Method::DELETE);
+        assert_eq!(
+            own.request.body, None,
+            "a DELETE does not inherit the POST body"
+        );
+        assert!(own.request.headers.is_empty(), "nor its headers");
+        assert!(!own.tls.insecure, "a site's own tls table verifies");
+        assert_eq!(inherits.request.method, http::Method::POST);
+        assert_eq!(inherits.request.body.as_deref(), Some(&b"{}"[..]));
+        assert!(inherits.tls.insecure && means_it.tls.insecure);
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        let warning = &config.warnings[0];
+        assert!(
+            warning.starts_with("sites.lua:4: site \"inherits\" inherits tls.insecure"),
+            "{warning}"
+        );
     }
 
     #[test]

@@ -316,6 +316,9 @@ pub struct Config {
     pub notifiers: Vec<Notifier>,
     /// Declaration order: when windows overlap, the first declared names the result.
     pub maintenance: Vec<MaintenanceWindow>,
+    /// Valid but probably not meant, each with its `file:line` (a site inheriting
+    /// `tls.insecure`): printed by `validate` and `check`, logged by `produce`/`run`.
+    pub warnings: Vec<String>,
 }
 
 impl Site {

@@ -122,6 +122,8 @@ pub(crate) struct Validated {
     pub(crate) sites: Vec<Site>,
     pub(crate) notifiers: Vec<Notifier>,
     pub(crate) maintenance: Vec<MaintenanceWindow>,
+    /// What is valid but probably not meant (`Config::warnings`).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// What validating one declaration may look up beyond its own table.
@@ -164,6 +166,7 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
     });
 
     let mut sites = Vec::with_capacity(eval.sites.len());
+    let mut warnings = Vec::new();
     let mut seen: HashMap<String, Location> = HashMap::new();
     for decl in &eval.sites {
         let before = errors.len();
@@ -192,6 +195,18 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
         }
         let site = site(decl, defaults, &ctx, &mut rep);
         if errors.len() == before {
+            if let Some(site) = &site {
+                // Turning verification off is a decision about one site, not a default that
+                // silently reaches every site added later.
+                if site.tls.insecure && decl.table.get("tls").is_none() {
+                    warnings.push(format!(
+                        "{}: site {:?} inherits tls.insecure = true from defaults{{}}: its \
+                         certificate is not verified (write tls = {{ insecure = true }} in the \
+                         site to mean it)",
+                        decl.location, site.name
+                    ));
+                }
+            }
             sites.extend(site);
         }
     }
@@ -207,6 +222,7 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
         sites,
         notifiers,
         maintenance,
+        warnings,
     };
     (validated, errors)
 }
@@ -269,7 +285,22 @@ impl<'a> Layers<'a> {
             })
     }
 
-    /// The layers of a nested table such as `expect`.
+    /// The layers of a table a site replaces whole (`request`, `tls`): the site's own when it
+    /// sets the key (even to something that is not a table, which is reported as such), else
+    /// the default's.
+    fn whole(&self, key: &str) -> Layers<'a> {
+        let nested = self.nested(key);
+        if self.own.is_some_and(|t| t.get(key).is_some()) {
+            Layers {
+                own: nested.own,
+                inherited: None,
+            }
+        } else {
+            nested
+        }
+    }
+
+    /// The layers of a nested table merged key by key (`expect`).
     fn nested(&self, key: &str) -> Layers<'a> {
         let table = |t: Option<&'a RawTable>| match t.and_then(|t| t.get(key)) {
             Some(Raw::Table(t)) => Some(t),
@@ -1014,8 +1045,8 @@ fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Se
     };
 
     let expect = expect(layers.nested("expect"), rep);
-    let request = request(layers.nested("request"), rep);
-    let tls = tls(layers.nested("tls"), ctx.base_dir, rep);
+    let request = request(layers.whole("request"), rep);
+    let tls = tls(layers.whole("tls"), ctx.base_dir, rep);
 
     let retries = layers
         .field("retries", rep, |raw| {

@@ -16,7 +16,11 @@ use crate::exit::{fail, Exit};
 
 /// Loads and validates, printing every error to stderr.
 pub fn load_or_report(path: &Path) -> Result<Config, ConfigErrors> {
-    config::load(path).inspect_err(|errors| {
+    let loaded = config::load(path);
+    for warning in loaded.iter().flat_map(|config| &config.warnings) {
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+    }
+    loaded.inspect_err(|errors| {
         let _ = writeln!(std::io::stderr(), "{errors}");
         let _ = writeln!(
             std::io::stderr(),
