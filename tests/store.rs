@@ -676,3 +676,97 @@ async fn migrating_a_database_of_the_first_schema_keeps_every_row() {
     insight::assert_rollups_match_raw(&client, "rollup_daily", "day").await;
     stack::drop_database(&url).await;
 }
+
+/// A database nobody migrated: the consumer started with `--no-migrate` (and every reader) says
+/// to run `sitewatch migrate` instead of only "relation … does not exist".
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmigrated_database_says_to_run_migrate() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let _stack = StackLock::shared();
+    let url = stack::fresh_database().await;
+    let settings = stack::database(&url);
+    let client = store::connect(&settings).await.unwrap();
+    let error = store::load_offsets(&client, "g", "t", &[0])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotMigrated { .. }), "{error:?}");
+    assert!(!error.is_transient());
+    assert!(
+        error.to_string().contains("run `sitewatch migrate`"),
+        "{error}"
+    );
+
+    // The real consumer on a topic with a message in it, told not to migrate.
+    let topic = stack::unique_name("unmigrated");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack::kafka_brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&topic).key("k").payload("{}"),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+            .args(["consume", "--no-migrate"])
+            .env("SITEWATCH_KAFKA_BROKERS", stack::kafka_brokers())
+            .env("SITEWATCH_KAFKA_SECURITY_PROTOCOL", "plaintext")
+            .env("SITEWATCH_KAFKA_TOPIC", &topic)
+            .env("SITEWATCH_KAFKA_GROUP", stack::unique_name("unmigrated"))
+            .env("SITEWATCH_DATABASE_URL", &settings.url)
+            .env("SITEWATCH_PG_CA", stack::get("SITEWATCH_PG_CA"))
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert!(last.contains("run `sitewatch migrate`"), "{stderr}");
+    drop(client);
+    stack::drop_database(&url).await;
+}
+
+/// A TLS handshake cut short — a server that agrees to TLS and then drops the connection, as
+/// one restarting or failing over does — is a transient connection failure to retry, not a
+/// certificate problem that stops the consumer.
+#[tokio::test]
+async fn a_tls_handshake_cut_short_is_transient() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            // SSLRequest: length 8, code 80877103. Say yes, read the ClientHello, hang up.
+            let mut request = [0u8; 8];
+            if socket.read_exact(&mut request).await.is_ok() {
+                let _ = socket.write_all(b"S").await;
+                let mut hello = [0u8; 64];
+                let _ = socket.read(&mut hello).await;
+            }
+            drop(socket);
+        }
+    });
+    let settings = sitewatch::settings::DatabaseSettings {
+        url: format!("postgres://u:p@127.0.0.1:{port}/db?sslmode=require&connect_timeout=5"),
+        ca: Some(stack::get("SITEWATCH_PG_CA").into()),
+    };
+    let error = store::connect(&settings).await.unwrap_err();
+    assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+    assert!(error.is_transient(), "{}", chain(&error));
+    server.abort();
+}

@@ -116,6 +116,15 @@ pub enum StoreError {
     Retention { older_than: String },
     #[error("cannot rebuild rollups: {reason}")]
     Rebuild { reason: String },
+    #[error(
+        "PostgreSQL: {context}: the database has no sitewatch tables yet; run `sitewatch \
+         migrate` (or start `consume` without --no-migrate)"
+    )]
+    NotMigrated {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("PostgreSQL: {context}")]
     Query {
         context: &'static str,
@@ -125,8 +134,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A failed query in `context`; a missing table says how to create the tables.
     pub(crate) fn query(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
-        move |source| StoreError::Query { context, source }
+        move |source| {
+            if source.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                StoreError::NotMigrated { context, source }
+            } else {
+                StoreError::Query { context, source }
+            }
+        }
     }
 
     /// True when retrying the same work later can succeed: the server is down, restarting,
@@ -136,6 +152,7 @@ impl StoreError {
         match self {
             StoreError::Connect { source, .. }
             | StoreError::Query { source, .. }
+            | StoreError::NotMigrated { source, .. }
             | StoreError::Migration { source, .. } => is_transient(source),
             StoreError::Url { .. }
             | StoreError::CaRead { .. }
@@ -153,6 +170,7 @@ impl StoreError {
         match self {
             StoreError::Connect { source, .. }
             | StoreError::Query { source, .. }
+            | StoreError::NotMigrated { source, .. }
             | StoreError::Migration { source, .. }
             | StoreError::Certificate { source, .. }
             | StoreError::Url { source } => source.code(),
@@ -188,10 +206,18 @@ pub(crate) fn sqlstate_is_bad_data(code: &str) -> bool {
         || (code.starts_with("23") && code != SqlState::UNIQUE_VIOLATION.code())
 }
 
+/// The TLS handshake failed on the certificate (untrusted chain, wrong host name, expired):
+/// a configuration fault that retrying cannot mend. A handshake cut short (the server restarting
+/// or failing over, a proxy dropping the connection) is a TLS error too, but transient: OpenSSL
+/// names the certificate only in the first kind.
 fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
-    error
-        .source()
-        .is_some_and(|source| source.downcast_ref::<native_tls::Error>().is_some())
+    error.source().is_some_and(|source| {
+        source.downcast_ref::<native_tls::Error>().is_some()
+            && crate::error::ErrorChain(source)
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("certificate")
+    })
 }
 
 /// Server-side limits of a consumer's session. A consumer whose process is frozen (SIGSTOP, a
