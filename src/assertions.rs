@@ -59,11 +59,14 @@ pub fn evaluate(
             .filter(|(name, _)| *name == header.name)
             .map(|(_, value)| value.as_str())
             .collect();
-        let ok = values.iter().any(|v| header.pattern.is_match(v));
-        let actual = if values.is_empty() {
-            "absent".to_owned()
-        } else {
-            excerpt(&values.join(", "))
+        // A repeated header (two Set-Cookie, Vary on two lines) passes when one of its values
+        // matches, and shows that value; when none does, all of them.
+        let matched = values.iter().find(|v| header.pattern.is_match(v));
+        let ok = matched.is_some();
+        let actual = match matched {
+            Some(value) => excerpt(value),
+            None if values.is_empty() => "absent".to_owned(),
+            None => excerpt(&values.join(", ")),
         };
         results.push(assertion(
             &format!("header:{}", header.name),
@@ -350,6 +353,30 @@ mod tests {
         assert!(got[1].ok);
         assert!(!got[2].ok);
         assert_eq!(got[2].actual, "absent");
+    }
+
+    #[test]
+    fn a_repeated_header_passes_on_one_value_and_shows_it() {
+        let expect = |pattern: &str| Expect {
+            headers: vec![HeaderExpectation {
+                name: "set-cookie".into(),
+                pattern: Regex::new(pattern).unwrap(),
+            }],
+            ..Expect::default()
+        };
+        let mut response = response(200, "");
+        response
+            .headers
+            .push(("set-cookie".into(), "a=1; Path=/".into()));
+        response
+            .headers
+            .push(("set-cookie".into(), "session=xyz; Secure".into()));
+        let got = evaluate(&expect("^session="), &response, &timings(1.0), Utc::now());
+        assert!(got[1].ok, "{:?}", got[1]);
+        assert_eq!(got[1].actual, "session=xyz; Secure");
+        let got = evaluate(&expect("^token="), &response, &timings(1.0), Utc::now());
+        assert!(!got[1].ok);
+        assert_eq!(got[1].actual, "a=1; Path=/, session=xyz; Secure");
     }
 
     #[test]
