@@ -10,6 +10,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sitewatch::alert::AlertOptions;
 use sitewatch::consume::{self, ConsumeOptions};
+use sitewatch::metrics::SiteMetrics;
 use sitewatch::produce::ProduceOptions;
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::report::{self, Span};
@@ -413,7 +414,8 @@ pub struct ProduceArgs {
 }
 
 impl ProduceArgs {
-    pub fn options(&self) -> ProduceOptions {
+    /// The producer's options; `site_metrics` receives each site's last check.
+    pub fn options(&self, site_metrics: SiteMetrics) -> ProduceOptions {
         ProduceOptions {
             config_path: self.config.config.clone(),
             shard: self.shard,
@@ -427,6 +429,7 @@ impl ProduceArgs {
             },
             flush_timeout: Duration::from_secs(self.flush_timeout_secs),
             watch: !self.no_watch,
+            site_metrics,
         }
     }
 }
