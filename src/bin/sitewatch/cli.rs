@@ -44,6 +44,9 @@ pub enum LogFormat {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Write a commented starter sites.lua and the editor definitions sitewatch.d.lua into the
+    /// current directory (exit 1, nothing written, if either exists).
+    Init,
     /// Check sites.lua and report every error (exit 0 valid, 2 invalid).
     Validate(ConfigArg),
     /// Probe sites once and print the results (exit 0 none down, 1 some down, 2 invalid config).

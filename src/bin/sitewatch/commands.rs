@@ -14,6 +14,61 @@ use sitewatch::store;
 use crate::cli;
 use crate::exit::{fail, Exit};
 
+/// The starter configuration `sitewatch init` writes.
+const STARTER_SITES: &str = include_str!("starter.lua");
+/// The LuaLS definitions of the configuration language: the repository's own copy.
+const LUALS_DEFINITIONS: &str = include_str!("../../../scripts/sitewatch.d.lua");
+
+/// `sitewatch init`: writes a starter `sites.lua` and `sitewatch.d.lua` into `dir`. Refuses
+/// (exit 1, nothing written) when either exists.
+pub fn init(dir: &Path) -> Exit {
+    let files = [
+        ("sites.lua", STARTER_SITES),
+        ("sitewatch.d.lua", LUALS_DEFINITIONS),
+    ];
+    let taken: Vec<&str> = files
+        .iter()
+        .filter(|(name, _)| dir.join(name).symlink_metadata().is_ok())
+        .map(|(name, _)| *name)
+        .collect();
+    if !taken.is_empty() {
+        let verb = if taken.len() == 1 { "exists" } else { "exist" };
+        let _ = writeln!(
+            std::io::stderr(),
+            "sitewatch init: {} already {verb} in {}; nothing written (move it away first)",
+            taken.join(" and "),
+            dir.display()
+        );
+        return Exit::NotMet;
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        // create_new: a file that appeared since the check above is not overwritten either.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        if let Err(error) = written {
+            let _ = writeln!(
+                std::io::stderr(),
+                "sitewatch init: cannot write {}: {error}",
+                path.display()
+            );
+            return match error.kind() {
+                std::io::ErrorKind::AlreadyExists => Exit::NotMet,
+                _ => Exit::Failure,
+            };
+        }
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "wrote sites.lua and sitewatch.d.lua in {}\nnext: edit sites.lua, then `sitewatch validate` and `sitewatch check`",
+        dir.display()
+    );
+    Exit::Ok
+}
+
 /// Loads and validates, printing every error to stderr.
 pub fn load_or_report(path: &Path) -> Result<Config, ConfigErrors> {
     config::load(path).inspect_err(|errors| {
@@ -64,7 +119,7 @@ pub async fn check(path: &Path, only: &[String], json: bool) -> Exit {
         let _ = write!(out, "{}", table(&results));
     }
     if results.iter().any(|r| r.outcome == Outcome::Down) {
-        Exit::SiteDown
+        Exit::NotMet
     } else {
         Exit::Ok
     }
@@ -211,7 +266,7 @@ pub async fn report(env_file: Option<&PathBuf>, args: &cli::ReportArgs) -> Exit 
         let _ = write!(out, "{}", report::table(&reports, &period));
     }
     if reports.iter().any(report::SiteReport::breached) {
-        Exit::SiteDown
+        Exit::NotMet
     } else {
         Exit::Ok
     }

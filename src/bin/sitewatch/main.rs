@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     // Filled by the producer (`produce`, `run`), rendered by the metrics endpoint.
     let site_metrics = SiteMetrics::default();
     let exit = match cli.command {
+        Command::Init => commands::init(std::path::Path::new(".")),
         Command::Validate(config) => commands::validate(&config.config),
         Command::Check {
             config,
