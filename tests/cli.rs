@@ -145,3 +145,36 @@ fn init_writes_a_valid_starter_and_the_editor_definitions_and_never_overwrites()
     );
     assert!(!other.path().join("sites.lua").exists());
 }
+
+#[test]
+fn completions_for_bash_zsh_and_fish_and_a_man_page() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef sitewatch"),
+        ("fish", "complete -c sitewatch"),
+    ] {
+        let out = sitewatch(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(script.contains(marker), "{shell}:\n{script}");
+        // Subcommands and their flags are in it.
+        for word in ["produce", "metrics-addr", "older-than"] {
+            assert!(script.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let out = sitewatch(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "an unknown shell is a usage error"
+    );
+
+    let out = sitewatch(&["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(page.starts_with(".ie"), "roff:\n{page}");
+    assert!(page.contains(".TH sitewatch 1"), "{page}");
+    for word in ["validate", "produce", "completions"] {
+        assert!(page.contains(word), "the man page lacks {word}");
+    }
+}

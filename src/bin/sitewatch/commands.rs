@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
+use clap::CommandFactory as _;
 use sitewatch::check;
 use sitewatch::config::{self, Config, ConfigErrors};
 use sitewatch::report::{self, ReportError};
@@ -66,6 +67,33 @@ pub fn init(dir: &Path) -> Exit {
         "wrote sites.lua and sitewatch.d.lua in {}\nnext: edit sites.lua, then `sitewatch validate` and `sitewatch check`",
         dir.display()
     );
+    Exit::Ok
+}
+
+/// `sitewatch completions SHELL`: the completion script on stdout.
+pub fn completions(shell: cli::CompletionShell) -> Exit {
+    let mut command = cli::Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(
+        clap_complete::Shell::from(shell),
+        &mut command,
+        "sitewatch",
+        &mut script,
+    );
+    print_bytes(&script)
+}
+
+/// `sitewatch man`: the manual page, roff, on stdout.
+pub fn man() -> Exit {
+    let mut page = Vec::new();
+    // Rendering into memory cannot fail: a Vec takes every write.
+    let _ = clap_mangen::Man::new(cli::Cli::command()).render(&mut page);
+    print_bytes(&page)
+}
+
+/// Writes generated text to stdout; a closed pipe is the reader's choice, not a failure.
+fn print_bytes(bytes: &[u8]) -> Exit {
+    let _ = std::io::stdout().lock().write_all(bytes);
     Exit::Ok
 }
 

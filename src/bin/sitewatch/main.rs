@@ -102,6 +102,8 @@ fn main() -> ExitCode {
                 finish(alert::run(&kafka, &db, options, signals::shutdown()).await)
             }),
         },
+        Command::Completions { shell } => commands::completions(shell),
+        Command::Man => commands::man(),
         Command::Migrate => block_on(commands::migrate(env_file)),
         Command::Prune(args) => block_on(commands::prune(env_file, args.retention())),
         Command::Report(args) => block_on(commands::report(env_file, &args)),
