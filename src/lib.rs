@@ -38,7 +38,8 @@
 //! Shared and glue:
 //! - [`result`]: the wire schema and its encoding, the one contract between the halves.
 //! - [`settings`]: Kafka and PostgreSQL connection settings; [`duration`]: the one duration
-//!   grammar; [`metrics`]: every metric name; [`error`]: error-chain formatting.
+//!   grammar; [`metrics`]: every metric name and the per-site series; [`error`]: error-chain
+//!   formatting.
 //! - [`run`]: both roles in one process.
 //! - [`report`]: uptime, error budget, percentiles and downtime per site, from the rollups.
 //! - [`serve`]: the status page, JSON API and badges (`sitewatch serve`), read-only.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::check::Checker;
 use crate::config::{self, Config, Site};
 use crate::error::ErrorChain;
-use crate::metrics as names;
+use crate::metrics::{self as names, SiteGauges, SiteMetrics};
 use crate::probe::{Prober, DEFAULT_USER_AGENT};
 use crate::publish::{Publisher, TopicSpec};
 use crate::result::CheckResult;
@@ -54,6 +54,9 @@ pub struct ProduceOptions {
     pub flush_timeout: Duration,
     /// Watch sites.lua and scripts/ for changes (SIGHUP reloads regardless).
     pub watch: bool,
+    /// Where the last check of each site is exported (`sitewatch_site_*`); shared with the
+    /// `/metrics` endpoint, which renders it.
+    pub site_metrics: SiteMetrics,
 }
 
 /// Runs checks and hands each result to the publisher.
@@ -61,12 +64,20 @@ struct PublishJob {
     /// Replaced on reload; each check takes the version current when it starts.
     checker: RwLock<Checker>,
     publisher: Arc<Publisher>,
+    site_metrics: SiteMetrics,
 }
 
 impl Job for PublishJob {
+    type SiteState = Arc<SiteGauges>;
+
+    fn site_state(&self, site: &Site) -> Arc<SiteGauges> {
+        self.site_metrics.site(&site.name)
+    }
+
     fn run(
         self: Arc<Self>,
         site: Arc<Site>,
+        gauges: Arc<SiteGauges>,
         tick: Tick,
     ) -> impl Future<Output = ()> + Send + 'static {
         // Taken when the tick fires: a reload landing while this check waits for a permit
@@ -75,6 +86,7 @@ impl Job for PublishJob {
         async move {
             let result = checker.check(&site, tick.id, tick.scheduled_at).await;
             record_metrics(&result);
+            gauges.record(&result);
             if let Err(error) = self.publisher.publish(&result).await {
                 tracing::error!(%error, site = %site.name, "result dropped");
             }
@@ -109,6 +121,7 @@ pub async fn produce(
     let job = Arc::new(PublishJob {
         checker: RwLock::new(Checker::for_config(&config, Arc::clone(&prober))?),
         publisher: Arc::clone(&publisher),
+        site_metrics: options.site_metrics.clone(),
     });
     // More checks at once than open files would fail them with "too many open files".
     let mut limits = options.limits;
@@ -177,6 +190,7 @@ pub async fn produce(
                     ..
                 } = config;
                 let (added, changed, removed) = scheduler.apply(in_shard(sites, options.shard));
+                options.site_metrics.retain(|name| scheduler.contains(name));
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(trigger = why, version = %new_version, added, changed, removed, "configuration reloaded");
                 version = new_version;

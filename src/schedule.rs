@@ -49,9 +49,16 @@ pub struct Tick {
 /// are held, and completes when the result has been handed on. Until then the site counts as
 /// in flight.
 pub trait Job: Send + Sync + 'static {
+    /// What the job keeps for one scheduled site (the producer: its metric handles), made by
+    /// [`Job::site_state`] when the site starts or restarts, so checks need no lookup.
+    type SiteState: Clone + Send + Sync + 'static;
+
+    fn site_state(&self, site: &Site) -> Self::SiteState;
+
     fn run(
         self: Arc<Self>,
         site: Arc<Site>,
+        state: Self::SiteState,
         tick: Tick,
     ) -> impl Future<Output = ()> + Send + 'static;
 }
@@ -221,6 +228,11 @@ impl<J: Job> Scheduler<J> {
         self.sites.is_empty()
     }
 
+    /// Whether a site of this name is scheduled.
+    pub fn contains(&self, site_name: &str) -> bool {
+        self.sites.contains_key(site_name)
+    }
+
     /// Makes `sites` the scheduled set: starts new sites, restarts changed ones, stops removed
     /// ones, leaves unchanged ones alone. Returns (added, changed, removed) counts.
     pub fn apply(&mut self, sites: Vec<Site>) -> (usize, usize, usize) {
@@ -293,6 +305,7 @@ impl<J: Job> Scheduler<J> {
             )
         };
         let looper = SiteLoop {
+            state: self.job.site_state(&site),
             site: Arc::clone(&site),
             job: Arc::clone(&self.job),
             global: Arc::clone(&self.global),
@@ -405,6 +418,7 @@ pub fn probe_fingerprint(site: &Site) -> [u8; 32] {
 
 struct SiteLoop<J: Job> {
     site: Arc<Site>,
+    state: J::SiteState,
     job: Arc<J>,
     global: Arc<Semaphore>,
     host: Arc<Semaphore>,
@@ -444,7 +458,8 @@ impl<J: Job> SiteLoop<J> {
                     id: Uuid::now_v7(),
                     scheduled_at,
                 };
-                let work = Arc::clone(&self.job).run(Arc::clone(&self.site), tick);
+                let work =
+                    Arc::clone(&self.job).run(Arc::clone(&self.site), self.state.clone(), tick);
                 let (global, host) = (Arc::clone(&self.global), Arc::clone(&self.host));
                 self.tracker.spawn(async move {
                     let _guard = guard;
@@ -511,7 +526,9 @@ mod tests {
     }
 
     impl Job for Recorder {
-        async fn run(self: Arc<Self>, site: Arc<Site>, tick: Tick) {
+        type SiteState = ();
+        fn site_state(&self, _site: &Site) {}
+        async fn run(self: Arc<Self>, site: Arc<Site>, _state: (), tick: Tick) {
             self.ticks
                 .lock()
                 .unwrap()
@@ -771,7 +788,9 @@ mod tests {
             peak: AtomicU64,
         }
         impl Job for Gauge {
-            async fn run(self: Arc<Self>, _site: Arc<Site>, _tick: Tick) {
+            type SiteState = ();
+            fn site_state(&self, _site: &Site) {}
+            async fn run(self: Arc<Self>, _site: Arc<Site>, _state: (), _tick: Tick) {
                 let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
                 self.peak.fetch_max(n, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(5)).await;

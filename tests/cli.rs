@@ -114,4 +114,101 @@ fn kafka_startup_errors_name_the_brokers_dialled_and_the_cause() {
         "{stderr}"
     );
     assert!(last.contains("Connection refused"), "{stderr}");
+
+/// Runs `sitewatch` in `dir`.
+fn sitewatch_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sitewatch")
+}
+
+#[test]
+fn init_writes_a_valid_starter_and_the_editor_definitions_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sitewatch_in(dir.path(), &["init"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let definitions = std::fs::read_to_string(dir.path().join("sitewatch.d.lua")).unwrap();
+    let shipped = include_str!("../scripts/sitewatch.d.lua");
+    assert_eq!(
+        definitions, shipped,
+        "sitewatch.d.lua is the repository's copy"
+    );
+    let starter = std::fs::read_to_string(dir.path().join("sites.lua")).unwrap();
+    assert!(starter.starts_with("-- "), "a commented starter");
+
+    let out = sitewatch_in(dir.path(), &["validate"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the starter must validate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("site(s)"));
+
+    // Edited since: a second init refuses and leaves it alone.
+    std::fs::write(dir.path().join("sites.lua"), "-- mine\n").unwrap();
+    let out = sitewatch_in(dir.path(), &["init"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sites.lua and sitewatch.d.lua already exist"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("sites.lua")).unwrap(),
+        "-- mine\n"
+    );
+
+    // One of the two present is enough to refuse, and nothing is written.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("sitewatch.d.lua"), "").unwrap();
+    let out = sitewatch_in(other.path(), &["init"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sitewatch.d.lua already exists"),
+        "{stderr}"
+    );
+    assert!(!other.path().join("sites.lua").exists());
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_and_a_man_page() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef sitewatch"),
+        ("fish", "complete -c sitewatch"),
+    ] {
+        let out = sitewatch(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(script.contains(marker), "{shell}:\n{script}");
+        // Subcommands and their flags are in it.
+        for word in ["produce", "metrics-addr", "older-than"] {
+            assert!(script.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let out = sitewatch(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "an unknown shell is a usage error"
+    );
+
+    let out = sitewatch(&["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(page.starts_with(".ie"), "roff:\n{page}");
+    assert!(page.contains(".TH sitewatch 1"), "{page}");
+    for word in ["validate", "produce", "completions"] {
+        assert!(page.contains(word), "the man page lacks {word}");
+    }
 }

@@ -68,7 +68,9 @@ struct ProbeJob {
 }
 
 impl Job for ProbeJob {
-    async fn run(self: Arc<Self>, site: Arc<Site>, tick: Tick) {
+    type SiteState = ();
+    fn site_state(&self, _site: &Site) {}
+    async fn run(self: Arc<Self>, site: Arc<Site>, _state: (), tick: Tick) {
         let result = self.checker.check(&site, tick.id, tick.scheduled_at).await;
         self.completed.fetch_add(1, Ordering::Relaxed);
         if result.outcome == Outcome::Up {

@@ -130,6 +130,31 @@ impl Batcher {
         self.positioning_retry = Some(at);
     }
 
+    /// Once every owned partition is positioned, each as `partition@stored offset` (`start` when
+    /// none is stored) in partition order: the one log line of a consumer start or rebalance,
+    /// however many seeks it took. `None` while some partition still waits.
+    pub(crate) fn positions_when_complete(&self) -> Option<String> {
+        if !self.unpositioned.is_empty() || self.positioned.is_empty() {
+            return None;
+        }
+        let mut positions: Vec<(i32, Option<i64>)> = self
+            .positioned
+            .iter()
+            .map(|(partition, state)| (*partition, state.stored))
+            .collect();
+        positions.sort_unstable();
+        let text: Vec<String> = positions
+            .into_iter()
+            .map(|(partition, stored)| {
+                format!(
+                    "{partition}@{}",
+                    stored.map_or("start".into(), |n| n.to_string())
+                )
+            })
+            .collect();
+        Some(text.join(" "))
+    }
+
     /// Positions partitions at their stored offsets (after the consumer's seek succeeded).
     pub(crate) fn positioned_at(&mut self, partition: i32, stored: Option<i64>) {
         if self.unpositioned.remove(&partition) {
@@ -250,6 +275,31 @@ mod tests {
 
     fn payload(schema: u32) -> Vec<u8> {
         serde_json::to_vec(&sample(schema)).unwrap()
+    }
+
+    #[test]
+    fn positions_are_summed_up_once_every_partition_is_positioned() {
+        let mut batcher = Batcher::new();
+        assert_eq!(batcher.positions_when_complete(), None, "nothing owned");
+        batcher.apply(vec![Assignment::Assigned(vec![2, 0, 1])]);
+        // librdkafka accepts the seeks one partition at a time while its fetcher starts.
+        batcher.positioned_at(1, Some(42));
+        assert_eq!(batcher.positions_when_complete(), None);
+        batcher.positioned_at(2, None);
+        assert_eq!(batcher.positions_when_complete(), None);
+        batcher.positioned_at(0, Some(7));
+        assert_eq!(
+            batcher.positions_when_complete().as_deref(),
+            Some("0@7 1@42 2@start")
+        );
+        // A rebalance adds a partition: one new line once it is positioned too.
+        batcher.apply(vec![Assignment::Assigned(vec![3])]);
+        assert_eq!(batcher.positions_when_complete(), None);
+        batcher.positioned_at(3, None);
+        assert_eq!(
+            batcher.positions_when_complete().as_deref(),
+            Some("0@7 1@42 2@start 3@start")
+        );
     }
 
     #[test]

@@ -199,8 +199,18 @@ pub(crate) fn seek(
             Err(error) => tracing::debug!(partition, %error, "seek not possible yet"),
         }
     }
-    if !positioned.is_empty() {
-        tracing::info!(partitions = %positioned.join(" "), "partitions positioned at their stored offsets");
+    if positioned.is_empty() {
+        return;
+    }
+    // One info line when the last owned partition is positioned, however many seeks it took.
+    match batcher.positions_when_complete() {
+        Some(all) => {
+            tracing::info!(%topic, partitions = %all, "partitions positioned at their stored offsets")
+        }
+        None => {
+            tracing::debug!(partitions = %positioned.join(" "), waiting = ?batcher.unpositioned(),
+            "some partitions positioned; the others wait for a retry")
+        }
     }
 }
 

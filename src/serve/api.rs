@@ -928,6 +928,9 @@ impl<'c> Plan<'c> {
     }
 }
 
+/// Bucket ranges to read, one list per site of a plan.
+type BucketsPerSite = Vec<Vec<Range<i64>>>;
+
 /// `range` grown to cover `by` too; an empty range is no range.
 fn widen(range: &mut Range<i64>, by: &Range<i64>) {
     if by.start >= by.end {
@@ -986,7 +989,7 @@ impl Snapshot {
     /// Per site with a latency objective, the day and hour buckets of its period a request
     /// reads itself: the days after the snapshot's (all of them when it holds none), and the
     /// hours of a period shorter than a day.
-    fn recent_latency(&self, plan: &Plan) -> (Vec<Vec<Range<i64>>>, Vec<Vec<Range<i64>>>) {
+    fn recent_latency(&self, plan: &Plan) -> (BucketsPerSite, BucketsPerSite) {
         let mut days = Vec::with_capacity(plan.latency.len());
         let mut hours = Vec::with_capacity(plan.latency.len());
         for (i, period) in plan.latency.iter().enumerate() {
@@ -998,7 +1001,8 @@ impl Snapshot {
             let split = period.split();
             let held = self.latency.get(i).and_then(|l| l.as_ref());
             let from = held.map_or(split.days.start, |(d, _)| d.end.max(split.days.start));
-            days.push(vec![from..split.days.end.max(from)]);
+            let unread = from..split.days.end.max(from);
+            days.push(vec![unread]);
             hours.push(split.hours.to_vec());
         }
         (days, hours)

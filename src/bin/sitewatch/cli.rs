@@ -10,6 +10,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sitewatch::alert::AlertOptions;
 use sitewatch::consume::{self, ConsumeOptions};
+use sitewatch::metrics::SiteMetrics;
 use sitewatch::produce::ProduceOptions;
 use sitewatch::publish::{self, TopicSpec};
 use sitewatch::report::{self, Span};
@@ -43,6 +44,9 @@ pub enum LogFormat {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Write a commented starter sites.lua and the editor definitions sitewatch.d.lua into the
+    /// current directory (exit 1, nothing written, if either exists).
+    Init,
     /// Check sites.lua and report every error (exit 0 valid, 2 invalid).
     Validate(ConfigArg),
     /// Probe sites once and print the results (exit 0 none down, 1 some down, 2 invalid config).
@@ -112,6 +116,33 @@ pub enum Command {
         #[command(subcommand)]
         command: RollupCommand,
     },
+    /// Print a shell completion script on stdout, e.g. `sitewatch completions bash >
+    /// /etc/bash_completion.d/sitewatch`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff) on stdout, e.g. `sitewatch man > sitewatch.1`.
+    Man,
+}
+
+/// Shells `sitewatch completions` writes scripts for.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(shell: CompletionShell) -> Self {
+        match shell {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -413,7 +444,8 @@ pub struct ProduceArgs {
 }
 
 impl ProduceArgs {
-    pub fn options(&self) -> ProduceOptions {
+    /// The producer's options; `site_metrics` receives each site's last check.
+    pub fn options(&self, site_metrics: SiteMetrics) -> ProduceOptions {
         ProduceOptions {
             config_path: self.config.config.clone(),
             shard: self.shard,
@@ -427,6 +459,7 @@ impl ProduceArgs {
             },
             flush_timeout: Duration::from_secs(self.flush_timeout_secs),
             watch: !self.no_watch,
+            site_metrics,
         }
     }
 }
@@ -436,4 +469,46 @@ pub struct ConfigArg {
     /// The sites file.
     #[arg(long, default_value = "sites.lua", value_name = "PATH")]
     pub config: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every flag, argument and command says what it is for in `--help`, the man page and
+    /// completions.
+    #[test]
+    fn every_argument_and_command_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: argument {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path}: command"));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "sitewatch", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
 }

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
+use clap::CommandFactory as _;
 use sitewatch::check;
 use sitewatch::config::{self, Config, ConfigErrors};
 use sitewatch::report::{self, ReportError};
@@ -13,6 +14,88 @@ use sitewatch::store;
 
 use crate::cli;
 use crate::exit::{fail, Exit};
+
+/// The starter configuration `sitewatch init` writes.
+const STARTER_SITES: &str = include_str!("starter.lua");
+/// The LuaLS definitions of the configuration language: the repository's own copy.
+const LUALS_DEFINITIONS: &str = include_str!("../../../scripts/sitewatch.d.lua");
+
+/// `sitewatch init`: writes a starter `sites.lua` and `sitewatch.d.lua` into `dir`. Refuses
+/// (exit 1, nothing written) when either exists.
+pub fn init(dir: &Path) -> Exit {
+    let files = [
+        ("sites.lua", STARTER_SITES),
+        ("sitewatch.d.lua", LUALS_DEFINITIONS),
+    ];
+    let taken: Vec<&str> = files
+        .iter()
+        .filter(|(name, _)| dir.join(name).symlink_metadata().is_ok())
+        .map(|(name, _)| *name)
+        .collect();
+    if !taken.is_empty() {
+        let verb = if taken.len() == 1 { "exists" } else { "exist" };
+        let _ = writeln!(
+            std::io::stderr(),
+            "sitewatch init: {} already {verb} in {}; nothing written (move it away first)",
+            taken.join(" and "),
+            dir.display()
+        );
+        return Exit::NotMet;
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        // create_new: a file that appeared since the check above is not overwritten either.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        if let Err(error) = written {
+            let _ = writeln!(
+                std::io::stderr(),
+                "sitewatch init: cannot write {}: {error}",
+                path.display()
+            );
+            return match error.kind() {
+                std::io::ErrorKind::AlreadyExists => Exit::NotMet,
+                _ => Exit::Failure,
+            };
+        }
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "wrote sites.lua and sitewatch.d.lua in {}\nnext: edit sites.lua, then `sitewatch validate` and `sitewatch check`",
+        dir.display()
+    );
+    Exit::Ok
+}
+
+/// `sitewatch completions SHELL`: the completion script on stdout.
+pub fn completions(shell: cli::CompletionShell) -> Exit {
+    let mut command = cli::Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(
+        clap_complete::Shell::from(shell),
+        &mut command,
+        "sitewatch",
+        &mut script,
+    );
+    print_bytes(&script)
+}
+
+/// `sitewatch man`: the manual page, roff, on stdout.
+pub fn man() -> Exit {
+    let mut page = Vec::new();
+    // Rendering into memory cannot fail: a Vec takes every write.
+    let _ = clap_mangen::Man::new(cli::Cli::command()).render(&mut page);
+    print_bytes(&page)
+}
+
+/// Writes generated text to stdout; a closed pipe is the reader's choice, not a failure.
+fn print_bytes(bytes: &[u8]) -> Exit {
+    let _ = std::io::stdout().lock().write_all(bytes);
+    Exit::Ok
+}
 
 /// Loads and validates, printing every error to stderr.
 pub fn load_or_report(path: &Path) -> Result<Config, ConfigErrors> {
@@ -68,7 +151,7 @@ pub async fn check(path: &Path, only: &[String], json: bool) -> Exit {
         let _ = write!(out, "{}", table(&results));
     }
     if results.iter().any(|r| r.outcome == Outcome::Down) {
-        Exit::SiteDown
+        Exit::NotMet
     } else {
         Exit::Ok
     }
@@ -215,7 +298,7 @@ pub async fn report(env_file: Option<&PathBuf>, args: &cli::ReportArgs) -> Exit 
         let _ = write!(out, "{}", report::table(&reports, &period));
     }
     if reports.iter().any(report::SiteReport::breached) {
-        Exit::SiteDown
+        Exit::NotMet
     } else {
         Exit::Ok
     }

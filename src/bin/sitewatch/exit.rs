@@ -15,8 +15,9 @@ use sitewatch::serve::ServeError;
 pub enum Exit {
     /// Done; for `check`, no checked site is down (degraded counts as up).
     Ok = 0,
-    /// `check`: at least one checked site is down.
-    SiteDown = 1,
+    /// `check`: at least one checked site is down; `report`: an SLO is breached; `init`: a file
+    /// it would write exists already (nothing written).
+    NotMet = 1,
     /// The configuration is invalid (every error printed on stderr), or names an unknown site.
     ConfigInvalid = 2,
     /// sitewatch's own failure: unreachable broker or database, bad settings, a fatal error.

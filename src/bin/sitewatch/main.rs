@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use sitewatch::metrics::SiteMetrics;
 use sitewatch::{alert, consume, produce, run};
 
 use cli::{Cli, Command};
@@ -32,7 +33,10 @@ fn main() -> ExitCode {
     };
     telemetry::init_tracing(cli.log_format);
     let env_file = cli.env_file.as_ref();
+    // Filled by the producer (`produce`, `run`), rendered by the metrics endpoint.
+    let site_metrics = SiteMetrics::default();
     let exit = match cli.command {
+        Command::Init => commands::init(std::path::Path::new(".")),
         Command::Validate(config) => commands::validate(&config.config),
         Command::Check {
             config,
@@ -45,11 +49,12 @@ fn main() -> ExitCode {
             metrics_addr,
         } => match kafka.settings(env_file) {
             Err(error) => fail(&error),
-            Ok(kafka) => serve(metrics_addr, async move {
-                let options = produce.options();
-                finish(
-                    produce::produce(&kafka, options, signals::reload(), signals::shutdown()).await,
-                )
+            Ok(kafka) => serve(metrics_addr, &site_metrics, {
+                let options = produce.options(site_metrics.clone());
+                async move {
+                    let (reload, shutdown) = (signals::reload(), signals::shutdown());
+                    finish(produce::produce(&kafka, options, reload, shutdown).await)
+                }
             }),
         },
         Command::Consume {
@@ -58,7 +63,7 @@ fn main() -> ExitCode {
             metrics_addr,
         } => match kafka.settings_with_database(env_file) {
             Err(error) => fail(&error),
-            Ok((kafka, db)) => serve(metrics_addr, async move {
+            Ok((kafka, db)) => serve(metrics_addr, &site_metrics, async move {
                 finish(consume::run(&kafka, &db, consume.options(), signals::shutdown()).await)
             }),
         },
@@ -71,11 +76,14 @@ fn main() -> ExitCode {
             metrics_addr,
         } => match kafka.settings_with_database(env_file) {
             Err(error) => fail(&error),
-            Ok((kafka, db)) => serve(metrics_addr, async move {
-                let (produce, consume) = (produce.options(), consume.options());
+            Ok((kafka, db)) => serve(metrics_addr, &site_metrics, {
+                let (produce, consume) = (produce.options(site_metrics.clone()), consume.options());
                 let serve_addr = (!no_serve).then_some(serve_addr);
-                let (reload, shutdown) = (signals::reload(), signals::shutdown());
-                finish(run::run(&kafka, &db, produce, consume, serve_addr, reload, shutdown).await)
+                async move {
+                    let (reload, shutdown) = (signals::reload(), signals::shutdown());
+                    let ran = run::run(&kafka, &db, produce, consume, serve_addr, reload, shutdown);
+                    finish(ran.await)
+                }
             }),
         },
         Command::Serve(args) => match cli::database_settings(env_file) {
@@ -89,11 +97,13 @@ fn main() -> ExitCode {
         } => block_on(commands::rebuild(env_file, from, to)),
         Command::Alert(args) => match args.kafka.settings_with_database(env_file) {
             Err(error) => fail(&error),
-            Ok((kafka, db)) => serve(args.metrics_addr, async move {
+            Ok((kafka, db)) => serve(args.metrics_addr, &site_metrics, async move {
                 let (options, kafka) = args.options(kafka);
                 finish(alert::run(&kafka, &db, options, signals::shutdown()).await)
             }),
         },
+        Command::Completions { shell } => commands::completions(shell),
+        Command::Man => commands::man(),
         Command::Migrate => block_on(commands::migrate(env_file)),
         Command::Prune(args) => block_on(commands::prune(env_file, args.retention())),
         Command::Report(args) => block_on(commands::report(env_file, &args)),
@@ -119,9 +129,14 @@ fn block_on(work: impl Future<Output = Exit>) -> Exit {
 }
 
 /// [`block_on`] for the long-running roles: the metrics endpoint first, then `work`.
-fn serve(metrics_addr: Option<SocketAddr>, work: impl Future<Output = Exit>) -> Exit {
+fn serve(
+    metrics_addr: Option<SocketAddr>,
+    sites: &SiteMetrics,
+    work: impl Future<Output = Exit>,
+) -> Exit {
+    let sites = sites.clone();
     block_on(async move {
-        match telemetry::serve_metrics(metrics_addr) {
+        match telemetry::serve_metrics(metrics_addr, sites).await {
             Ok(()) => work.await,
             Err(error) => fail(&error),
         }

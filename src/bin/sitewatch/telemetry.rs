@@ -3,6 +3,9 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sitewatch::metrics::SiteMetrics;
 
 use crate::cli::LogFormat;
 
@@ -11,25 +14,66 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// How often the recorder folds histogram samples into their buckets (the exporter's default).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serve metrics on {addr}")]
-pub struct MetricsError {
-    addr: SocketAddr,
-    #[source]
-    source: metrics_exporter_prometheus::BuildError,
+pub enum MetricsError {
+    #[error("cannot serve metrics on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the metrics recorder")]
+    Install(#[source] metrics_exporter_prometheus::BuildError),
 }
 
-/// Serves `/metrics` on `addr` (nothing when `None`) with every metric described up front.
-/// Needs a running Tokio runtime.
-pub fn serve_metrics(addr: Option<SocketAddr>) -> Result<(), MetricsError> {
+/// Serves `/metrics` on `addr` (nothing when `None`): the `metrics` recorder's output, every
+/// metric described up front, followed by the per-site series of `sites`. Port 0 picks a free
+/// port; the log line says which. Needs a running Tokio runtime.
+pub async fn serve_metrics(
+    addr: Option<SocketAddr>,
+    sites: SiteMetrics,
+) -> Result<(), MetricsError> {
     let Some(addr) = addr else { return Ok(()) };
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(SECONDS_BUCKETS)
-        .and_then(|b| b.install())
-        .map_err(|source| MetricsError { addr, source })?;
+        .and_then(|b| b.install_recorder())
+        .map_err(MetricsError::Install)?;
     sitewatch::metrics::describe();
-    tracing::info!(%addr, "serving Prometheus metrics");
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP_INTERVAL).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let scrape = move || {
+        let (handle, sites) = (handle.clone(), sites.clone());
+        async move {
+            let mut text = handle.render();
+            sites.render(&mut text);
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+        }
+    };
+    let router = axum::Router::new().route("/metrics", axum::routing::get(scrape));
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "serving Prometheus metrics");
     Ok(())
 }
 

@@ -2,8 +2,14 @@
 //! [`describe`], which registers help texts and zero values at startup so a counter is present
 //! on `/metrics` (as 0) before its first event — alert rules then see 0, not "no data".
 //!
-//! `docs/metrics.md`-level documentation lives in the README's metrics table; a name used
-//! anywhere else in `src/` is one of these constants.
+//! Most metrics go through the `metrics` crate's recorder; the per-site series of the last
+//! check (`sitewatch_site_*`) are kept in [`sites`], which can forget a removed site.
+//! `docs/metrics.md` documents them all for operators; a name used anywhere else in `src/` is
+//! one of these constants.
+
+pub mod sites;
+
+pub use sites::{SiteGauges, SiteMetrics};
 
 /// Checks finished, by `site` and `outcome` (counter).
 pub const PROBES: &str = "sitewatch_probes_total";
@@ -48,6 +54,29 @@ pub const NOTIFICATIONS_PENDING: &str = "sitewatch_notifications_pending";
 pub const NOTIFICATIONS_SENT: &str = "sitewatch_notifications_sent_total";
 /// Failed delivery attempts, by `notifier` (counter); the notification stays in the outbox.
 pub const NOTIFICATIONS_FAILED: &str = "sitewatch_notification_failures_total";
+
+/// Outcome of the site's last check: 1 up, 0.5 degraded, 0 down, by `site` (gauge).
+pub const SITE_UP: &str = "sitewatch_site_up";
+/// Seconds each phase of the site's last check took, by `site` and `phase` (gauge).
+pub const SITE_PHASE_SECONDS: &str = "sitewatch_site_phase_seconds";
+/// HTTP status of the site's last check, 0 without a response, by `site` (gauge).
+pub const SITE_STATUS_CODE: &str = "sitewatch_site_status_code";
+/// Expiry of the site's leaf TLS certificate as a Unix time, by `site` (gauge).
+pub const SITE_CERT_NOT_AFTER: &str = "sitewatch_site_cert_not_after_seconds";
+/// Down checks of the site in a row, by `site` (gauge).
+pub const SITE_CONSECUTIVE_FAILURES: &str = "sitewatch_site_consecutive_failures";
+
+/// Help texts of the per-site series (rendered by [`sites`], not by the recorder).
+pub(crate) const SITE_UP_HELP: &str =
+    "Outcome of the site's last check: 1 up, 0.5 degraded, 0 down.";
+pub(crate) const SITE_PHASE_SECONDS_HELP: &str =
+    "Seconds the phases of the site's last check took (dns, connect, tls, ttfb, transfer, total).";
+pub(crate) const SITE_STATUS_CODE_HELP: &str =
+    "HTTP status code of the site's last check, 0 when no response arrived.";
+pub(crate) const SITE_CERT_NOT_AFTER_HELP: &str =
+    "Expiry time of the site's leaf TLS certificate in seconds since the Unix epoch.";
+pub(crate) const SITE_CONSECUTIVE_FAILURES_HELP: &str =
+    "Down checks of the site in a row, reset by an up or degraded check.";
 
 /// Consumers of `run` started again after a failure, by `role` (counter).
 pub const ROLE_RESTARTS: &str = "sitewatch_role_restarts_total";
