@@ -663,3 +663,88 @@ async fn server_controlled_text_in_a_result_is_capped() {
     }
     assert!(hooks.failure.as_ref().unwrap().message.len() <= 4096 + 3);
 }
+
+/// `check URL` without a sites.lua: the same table (or JSON) and exit codes, expectations from
+/// flags, and a waterfall of the phases — TLS among them over https.
+#[tokio::test]
+async fn an_ad_hoc_url_is_checked_without_a_config_file() {
+    let dir = tempfile::tempdir().unwrap(); // no sites.lua in it
+    let server = app().await;
+    let url = server.url("/health");
+
+    let output = sitewatch(
+        dir.path(),
+        &["check", &url, "--expect-status", "200", "--body", "\"UP\""],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with("SITE"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1  up"), "{stdout}");
+    for phase in ["DNS", "connect", "first byte", "transfer", "total"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(phase)),
+            "{phase}: {stdout}"
+        );
+    }
+    let tls_line = stdout.lines().find(|l| l.starts_with("TLS")).unwrap();
+    assert!(tls_line.ends_with('-'), "no TLS over http: {tls_line}");
+    assert!(stdout.contains('█'), "bars: {stdout}");
+
+    // Expectations that fail: exit 1 with the reason; a bad URL or regex: exit 2.
+    let output = sitewatch(dir.path(), &["check", &server.url("/missing"), "--json"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let result = results(&output).remove("127.0.0.1").expect("one result");
+    assert_eq!(result.status, Some(404));
+    assert_eq!(result.outcome, Outcome::Down);
+    let output = sitewatch(
+        dir.path(),
+        &["check", &url, "--body", "needs \"quotes\" and \\d+ no"],
+    )
+    .await;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a quoted regex is passed intact"
+    );
+    for bad in [
+        vec!["check", "ftp://example.invalid/"],
+        vec!["check", &url, "--body", "("],
+    ] {
+        let output = sitewatch(dir.path(), &bad).await;
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("<command line>:1"),
+            "{bad:?}"
+        );
+    }
+
+    // Over https with the server's CA: the waterfall has a TLS bar.
+    let ca = support::TestCa::new("ad hoc CA");
+    let https = support::TlsServer::start(
+        &ca.leaf("localhost", &["127.0.0.1"], support::Validity::Until(2099)),
+        None,
+    );
+    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+    let output = sitewatch(dir.path(), &["check", &https.url("/"), "--ca", "ca.pem"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tls_line = stdout.lines().find(|l| l.starts_with("TLS")).unwrap();
+    assert!(
+        tls_line.contains(" ms ") && tls_line.contains('█'),
+        "{tls_line}"
+    );
+    // Without it the certificate is refused: down, exit 1.
+    let output = sitewatch(dir.path(), &["check", &https.url("/")]).await;
+    assert_eq!(output.status.code(), Some(1));
+}

@@ -114,6 +114,7 @@ fn kafka_startup_errors_name_the_brokers_dialled_and_the_cause() {
         "{stderr}"
     );
     assert!(last.contains("Connection refused"), "{stderr}");
+}
 
 /// Runs `sitewatch` in `dir`.
 fn sitewatch_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -50,12 +50,27 @@ pub enum Command {
     /// Check sites.lua and report every error (exit 0 valid, 2 invalid).
     Validate(ConfigArg),
     /// Probe sites once and print the results (exit 0 none down, 1 some down, 2 invalid config).
+    /// With a URL, probe that URL alone, no sites.lua needed, and draw its phases as a
+    /// waterfall.
     Check {
+        /// Probe this http(s) URL instead of the sites of sites.lua.
+        #[arg(value_name = "URL", conflicts_with_all = ["config", "sites"])]
+        url: Option<String>,
         #[command(flatten)]
         config: ConfigArg,
         /// Only this site (repeatable).
         #[arg(long = "site", value_name = "NAME")]
         sites: Vec<String>,
+        /// With URL: the status the final response must have, e.g. 200 or 3xx (default: any
+        /// 2xx).
+        #[arg(long, value_name = "STATUS", requires = "url")]
+        expect_status: Option<String>,
+        /// With URL: a regex the body must match.
+        #[arg(long, value_name = "REGEX", requires = "url")]
+        body: Option<String>,
+        /// With URL: a PEM file of CA certificates trusted besides the system roots (tls.ca).
+        #[arg(long, value_name = "PATH", requires = "url")]
+        ca: Option<PathBuf>,
         /// One CheckResult JSON object per line instead of a table.
         #[arg(long)]
         json: bool,

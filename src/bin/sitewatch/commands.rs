@@ -136,7 +136,74 @@ pub async fn check(path: &Path, only: &[String], json: bool) -> Exit {
     let Ok(config) = load_or_report(path) else {
         return Exit::ConfigInvalid;
     };
-    let results = match check::check_once(&config, only).await {
+    check_and_print(&config, only, json, false).await
+}
+
+/// `sitewatch check URL`: one site written as sites.lua would write it, validated the same way
+/// (errors name the flag instead of a line), probed once; the table gets a phase waterfall.
+/// What `check URL` expects besides a 2xx, and whom it trusts.
+pub struct UrlCheck<'a> {
+    pub status: Option<&'a str>,
+    pub body: Option<&'a str>,
+    pub ca: Option<&'a Path>,
+}
+
+pub async fn check_url(url: &str, with: &UrlCheck<'_>, json: bool) -> Exit {
+    let mut expect = Vec::new();
+    if let Some(status) = with.status {
+        // A number stays a number (200); anything else is a pattern string ("3xx").
+        match status.parse::<u16>() {
+            Ok(code) => expect.push(format!("status = {code}")),
+            Err(_) => expect.push(format!("status = {}", lua_string(status))),
+        }
+    }
+    if let Some(body) = with.body {
+        expect.push(format!("body = {}", lua_string(body)));
+    }
+    let tls = match with.ca {
+        Some(ca) => format!(", tls = {{ ca = {} }}", lua_string(&ca.to_string_lossy())),
+        None => String::new(),
+    };
+    // Named after its host, so the table reads like one of sites.lua.
+    let name = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "check".to_owned());
+    let text = format!(
+        "site {{ name = {}, url = {}, expect = {{ {} }}{tls} }}\n",
+        lua_string(&name),
+        lua_string(url),
+        expect.join(", ")
+    );
+    let label = Path::new("<command line>");
+    let config = match config::load_str(label, &text, Path::new("scripts")) {
+        Ok(config) => config,
+        Err(errors) => {
+            let _ = writeln!(std::io::stderr(), "{errors}");
+            return Exit::ConfigInvalid;
+        }
+    };
+    check_and_print(&config, &[], json, true).await
+}
+
+/// `text` as a Lua string literal that means exactly `text`.
+fn lua_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+async fn check_and_print(config: &Config, only: &[String], json: bool, waterfall: bool) -> Exit {
+    let results = match check::check_once(config, only).await {
         Ok(results) => results,
         Err(error) => return fail(&error),
     };
@@ -149,12 +216,53 @@ pub async fn check(path: &Path, only: &[String], json: bool) -> Exit {
         }
     } else {
         let _ = write!(out, "{}", table(&results));
+        if waterfall {
+            for result in &results {
+                let _ = write!(out, "\n{}", phase_waterfall(&result.timings));
+            }
+        }
     }
     if results.iter().any(|r| r.outcome == Outcome::Down) {
         Exit::NotMet
     } else {
         Exit::Ok
     }
+}
+
+/// Width of the waterfall's bar area, in terminal columns.
+const WATERFALL_COLUMNS: usize = 48;
+
+/// The phases of one check as a waterfall: each phase a bar starting where the one before it
+/// ended, scaled to the total time; a phase that did not happen (no TLS on http://, a
+/// connection reused) is a dash.
+fn phase_waterfall(t: &sitewatch::result::Timings) -> String {
+    let phases = [
+        ("DNS", t.dns_ms),
+        ("connect", t.connect_ms),
+        ("TLS", t.tls_ms),
+        ("first byte", t.ttfb_ms),
+        ("transfer", t.transfer_ms),
+    ];
+    let scale = WATERFALL_COLUMNS as f64 / t.total_ms.max(f64::MIN_POSITIVE);
+    let mut out = String::new();
+    let mut start_ms = 0.0;
+    for (name, ms) in phases {
+        let Some(ms) = ms else {
+            out.push_str(&format!("{name:<10}  {:>9}\n", "-"));
+            continue;
+        };
+        let from = ((start_ms * scale).round() as usize).min(WATERFALL_COLUMNS);
+        let to = (((start_ms + ms) * scale).round() as usize).clamp(from, WATERFALL_COLUMNS);
+        let bar = "█".repeat((to - from).max(usize::from(ms > 0.0)));
+        out.push_str(&format!(
+            "{name:<10}  {:>6.1} ms  {}{bar}\n",
+            ms,
+            " ".repeat(from)
+        ));
+        start_ms += ms;
+    }
+    out.push_str(&format!("{:<10}  {:>6.1} ms\n", "total", t.total_ms));
+    out
 }
 
 /// The human-readable report of `check`: one row per site.

@@ -39,9 +39,26 @@ fn main() -> ExitCode {
         Command::Init => commands::init(std::path::Path::new(".")),
         Command::Validate(config) => commands::validate(&config.config),
         Command::Check {
+            url: Some(url),
+            expect_status,
+            body,
+            ca,
+            json,
+            ..
+        } => block_on(commands::check_url(
+            &url,
+            &commands::UrlCheck {
+                status: expect_status.as_deref(),
+                body: body.as_deref(),
+                ca: ca.as_deref(),
+            },
+            json,
+        )),
+        Command::Check {
             config,
             sites,
             json,
+            ..
         } => block_on(commands::check(&config.config, &sites, json)),
         Command::Produce {
             produce,
