@@ -15,7 +15,8 @@ use crate::config::{maintenance, Config, MaintenanceWindow, Site};
 use crate::hooks::{HookError, HookInput, HookLimits, HookPool};
 use crate::probe::{Attempt, Prober, DEFAULT_USER_AGENT};
 use crate::result::{
-    shorten, AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome, SCHEMA_VERSION,
+    replace_nul, shorten, AssertionResult, CheckResult, Failure, FailureKind, Level, Outcome,
+    SCHEMA_VERSION,
 };
 
 /// Longest `final_url` in a result, in bytes: the server picks it with its redirects.
@@ -260,6 +261,7 @@ impl Checker {
         if let Some(failure) = verdict.failure.as_mut() {
             shorten(&mut failure.message, MAX_FAILURE_MESSAGE);
         }
+        verdict.replace_nul();
         CheckResult {
             schema: SCHEMA_VERSION,
             id,
@@ -285,6 +287,33 @@ impl Checker {
             // opens is outside it however long it waited for a permit.
             maintenance: maintenance::window_at(&self.maintenance, &site.name, scheduled_at)
                 .map(str::to_string),
+        }
+    }
+}
+
+impl Verdict {
+    /// Every text a server or a hook chose, storable by PostgreSQL ([`replace_nul`]).
+    fn replace_nul(&mut self) {
+        let texts = self
+            .final_url
+            .iter_mut()
+            .chain(self.failure.iter_mut().map(|f| &mut f.message))
+            .chain(self.assertions.iter_mut().flat_map(|a| {
+                [&mut a.name, &mut a.expected, &mut a.actual]
+                    .into_iter()
+                    .chain(a.reason.as_mut())
+            }));
+        for text in texts {
+            replace_nul(text);
+        }
+        if self.metrics.keys().any(|name| name.contains('\0')) {
+            self.metrics = std::mem::take(&mut self.metrics)
+                .into_iter()
+                .map(|(mut name, value)| {
+                    replace_nul(&mut name);
+                    (name, value)
+                })
+                .collect();
         }
     }
 }

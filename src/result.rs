@@ -31,6 +31,15 @@ pub fn shorten(text: &mut String, max: usize) {
     }
 }
 
+/// Replaces each NUL character of `text` with U+FFFD. PostgreSQL stores NUL in neither `text`
+/// nor `jsonb`, so a result quoting one (a hook's reason, a metric name, a server's header) would
+/// be refused and end as a dead letter instead of a row.
+pub fn replace_nul(text: &mut String) {
+    if text.contains('\0') {
+        *text = text.replace('\0', "\u{FFFD}");
+    }
+}
+
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

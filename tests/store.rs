@@ -4,6 +4,7 @@
 
 mod insight;
 mod stack;
+mod support;
 
 use std::collections::BTreeMap;
 
@@ -769,4 +770,66 @@ async fn a_tls_handshake_cut_short_is_transient() {
     assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
     assert!(error.is_transient(), "{}", chain(&error));
     server.abort();
+}
+
+/// NUL bytes a server sends and a hook quotes (its reason, a metric name) leave the checker as
+/// U+FFFD, so the result is stored as a row: PostgreSQL refuses NUL in text and jsonb, which
+/// made such results dead letters.
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_bytes_from_servers_and_hooks_never_make_a_dead_letter() {
+    let _stack = StackLock::shared();
+    let server = support::serve("127.0.0.1:0", |_request, mut conn| async move {
+        conn.respond(200, &[("Content-Type", "text/plain")], b"ok\0tail")
+            .await;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sites.lua"),
+        format!(
+            r#"site {{ name = "nul", url = "{}", hooks = {{
+                 function(r) return false, r.body end,
+                 function(r) return {{ ok = true, metrics = {{ ["m\0x"] = 1 }} }} end }},
+               expect = {{ body_not = "ok" }} }}"#,
+            server.url("/")
+        ),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(["check", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let line = String::from_utf8_lossy(&output.stdout).to_string();
+    let result: CheckResult = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("{e}: {line}{}", String::from_utf8_lossy(&output.stderr)));
+    assert!(!line.contains("\\u0000"), "a NUL left the checker: {line}");
+    let reason = result
+        .assertions
+        .iter()
+        .find_map(|a| a.reason.clone().filter(|r| r.starts_with("ok")))
+        .unwrap_or_else(|| panic!("the hook's reason: {line}"));
+    assert_eq!(reason, "ok\u{FFFD}tail");
+    assert!(result.metrics.contains_key("m\u{FFFD}x"), "{line}");
+
+    let (url, mut client) = migrated().await;
+    let batch = WriteBatch {
+        rows: vec![pending(&result, 0, 0)],
+        dead_letters: Vec::new(),
+        offsets: vec![OffsetAdvance {
+            partition: 0,
+            expected: None,
+            next: 1,
+        }],
+    };
+    let outcome = store::write_batch(&mut client, "g", "t", &batch)
+        .await
+        .unwrap();
+    let WriteOutcome::Committed(stats) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!((stats.rows_written, stats.dead_letters), (1, 0), "{line}");
+    drop(client);
+    stack::drop_database(&url).await;
 }
