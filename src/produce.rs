@@ -181,6 +181,10 @@ pub async fn produce(
             },
         };
         match loaded {
+            // Asked for by an operator (SIGHUP): say so; a file touched without a change: quiet.
+            Ok(Ok(None)) if why == "SIGHUP" => {
+                tracing::info!(trigger = why, "configuration unchanged: nothing to reload")
+            }
             Ok(Ok(None)) => tracing::debug!(trigger = why, "configuration unchanged"),
             Ok(Ok(Some((config, checker)))) => {
                 *job.checker.write() = checker;
@@ -244,6 +248,9 @@ fn load_again(
     let config = config::load(path).map_err(|errors| errors.to_string())?;
     if config.version == running {
         return Ok(None);
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
     }
     let checker =
         Checker::for_config(&config, prober).map_err(|error| ErrorChain(&error).to_string())?;

@@ -252,6 +252,21 @@ async fn reload_adds_removes_and_changes_sites_and_survives_a_broken_file() {
     sitewatch.signal("HUP");
     wait_for("/keep-v3", 3).await;
 
+    // SIGHUP with nothing changed says so at info.
+    sitewatch.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sitewatch
+        .log_text()
+        .contains("configuration unchanged: nothing to reload")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no word of an unchanged SIGHUP reload; log:\n{}",
+            sitewatch.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A broken file keeps the running configuration.
     write(&config, "site { name = 'broken', url = 'ftp://nope' ");
     sitewatch.signal("HUP");
