@@ -404,7 +404,13 @@ async fn hostile_hooks_fail_promptly_and_the_pool_keeps_working() {
         ("site", "function(r) site { name = 'x', url = 'https://x.example/' } end", "site() is only available at load time"),
         ("deep", "function(r) local function f() return f() + 1 end return f() end", "hook exceeded memory limit"),
     ];
-    let pool = HookPool::start(&source(&sites(&cases.map(|c| (c.0, c.1)))), limits(2)).unwrap();
+    // Each case must meet its own limit, not the wall clock (tested by `wall_time_limit`): on a
+    // loaded machine a memory bomb could take longer than the default second to reach 32 MiB.
+    let generous = HookLimits {
+        wall_time: PROMPT - Duration::from_secs(1),
+        ..limits(2)
+    };
+    let pool = HookPool::start(&source(&sites(&cases.map(|c| (c.0, c.1)))), generous).unwrap();
     for (name, _, reason) in cases {
         let started = Instant::now();
         let verdict = pool.call(name, 0, input(name)).await;
