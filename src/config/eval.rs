@@ -521,8 +521,6 @@ pub(crate) fn env_denied(name: &str) -> Option<&'static str> {
         .map(|(_, owner)| *owner)
 }
 
-/// The location of the Lua code calling the running global, or the file when unknown.
-
 /// A `site{}`-like global: each call snapshots its table into the list `into` picks (at the
 /// caller's `file:line`), or reports what it got instead of a table.
 fn declaring(
@@ -557,6 +555,7 @@ fn declaring(
     })
 }
 
+/// The location of the Lua code calling the running global, or the file when unknown.
 fn here(lua: &Lua, file: &str) -> Location {
     caller_location(lua).unwrap_or_else(|| Location {
         file: file.to_string(),
