@@ -188,7 +188,7 @@ impl Batcher {
             self.opened_at = Some(Instant::now());
         }
         let decoded = CheckResult::decode(payload, schema_header).and_then(|result| {
-            CheckRow::from_result(&result, partition, offset)
+            CheckRow::from_result(result, partition, offset)
                 .map_err(|error| format!("cannot be stored: {error}"))
         });
         match decoded {
