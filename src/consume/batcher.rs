@@ -231,8 +231,11 @@ impl Batcher {
             .collect();
         offsets.sort_by_key(|advance| advance.partition);
         self.opened_at = None;
+        // The next batch is likely the size of this one: room for it now saves growing the
+        // vector (each row is several hundred bytes) step by step.
+        let room = self.rows.len();
         WriteBatch {
-            rows: std::mem::take(&mut self.rows),
+            rows: std::mem::replace(&mut self.rows, Vec::with_capacity(room)),
             dead_letters: std::mem::take(&mut self.dead_letters),
             offsets,
         }
