@@ -46,6 +46,10 @@ const FAST_TAKEOVER: &[&str] = &[
     "heartbeat.interval.ms=1000",
 ];
 
+/// Log filter under which the consumer reports every committed batch, with the messages it
+/// read while that batch was being written.
+const BATCH_LOG: &str = "info,sitewatch::consume=debug";
+
 /// A `sitewatch consume` child process whose output goes to a log file (printed on failure).
 struct ConsumerProcess {
     name: String,
@@ -56,6 +60,18 @@ struct ConsumerProcess {
 
 impl ConsumerProcess {
     fn start(name: &str, topic: &str, group: &str, database_url: &str, args: &[&str]) -> Self {
+        Self::start_logging(name, topic, group, database_url, args, "info")
+    }
+
+    /// [`ConsumerProcess::start`] with `RUST_LOG=log_filter`.
+    fn start_logging(
+        name: &str,
+        topic: &str,
+        group: &str,
+        database_url: &str,
+        args: &[&str],
+        log_filter: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(format!("{name}.log"));
         let out = File::create(&log).unwrap();
@@ -68,7 +84,7 @@ impl ConsumerProcess {
             .env("SITEWATCH_KAFKA_TOPIC", topic)
             .env("SITEWATCH_KAFKA_GROUP", group)
             .env("SITEWATCH_DATABASE_URL", database_url)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -93,6 +109,23 @@ impl ConsumerProcess {
 
     fn log_contains(&self, needle: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains(needle))
+    }
+
+    /// The most messages the consumer decoded into the next batch while one was being written
+    /// (`read_meanwhile` of its "batch committed" events, logged with [`BATCH_LOG`]).
+    fn most_read_while_writing(&self) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|line| line.contains("batch committed"))
+            .filter_map(|line| line.split("read_meanwhile=").nth(1))
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Panics (with the log) if the process has exited.
@@ -469,6 +502,76 @@ async fn exactly_once_across_repeated_kill_9() {
         );
     }
     assert!(killed_mid_copy);
+
+    let mut consumer = ConsumerProcess::start("final", &topic, &group, &url, &[]);
+    wait_until!("all results stored", consumer.log_tail(), {
+        db.rows().await >= BULK as i64
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await; // would let a duplicate show up
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+    assert_exactly_once(&mut db, &ids).await;
+    assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    assert_insight_and_rebuild(&mut db, &url).await;
+    stack::drop_database(&url).await;
+}
+
+/// The consumer decodes the next batch while one is written. Stopped (SIGTERM) or killed (-9)
+/// with a batch in flight and the next one filling, it still stores every result once: the
+/// filling batch never commits ahead of the one in flight, and a graceful stop writes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_when_stopped_while_batches_overlap() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(3).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let (messages, ids) = bulk(BULK);
+    publish(&producer(), &topic, &messages).await;
+    let mut db = Db::new(&url);
+    let mut rng = Rng::new();
+    let args = ["--batch-rows", "500"];
+
+    for round in 0..4 {
+        let name = format!("overlap{round}");
+        let mut consumer =
+            ConsumerProcess::start_logging(&name, &topic, &group, &url, &args, BATCH_LOG);
+        wait_until!(
+            "a batch written while the next one filled",
+            consumer.log_tail(),
+            {
+                consumer.assert_running();
+                consumer.most_read_while_writing() > 0
+            }
+        );
+        // Now at a random moment with a batch transaction open (the next batch filling).
+        tokio::time::sleep(Duration::from_millis(rng.below(100))).await;
+        wait_until!("a batch in flight", consumer.log_tail(), {
+            consumer.assert_running();
+            consumer_transaction_open(&mut db).await
+        });
+        if round > 0 {
+            consumer.kill_9();
+        } else {
+            // A graceful stop writes the batch in flight, then the one in hand: what is stored
+            // is exactly what the stored offsets cover.
+            assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+            assert_eq!(
+                db.rows().await,
+                db.consumed(&group).await,
+                "rows vs stored offsets after SIGTERM\n{}",
+                consumer.log_tail()
+            );
+        }
+        let stored = db.rows().await;
+        eprintln!(
+            "round {round}: stopped with {stored} rows stored, up to {} messages read while \
+             a batch was written",
+            consumer.most_read_while_writing()
+        );
+        assert!(
+            (stored as usize) < BULK,
+            "everything was stored before stop {round}: the test did not interrupt consumption"
+        );
+    }
 
     let mut consumer = ConsumerProcess::start("final", &topic, &group, &url, &[]);
     wait_until!("all results stored", consumer.log_tail(), {

@@ -146,7 +146,7 @@ async fn fixture(now: DateTime<Utc>) -> (String, Client, ServeState, tempfile::T
             .iter()
             .enumerate()
             .map(|(i, r)| PendingRow {
-                row: CheckRow::from_result(r, 0, base + i as i64).unwrap(),
+                row: CheckRow::from_result(r.clone(), 0, base + i as i64).unwrap(),
                 key: Some(r.site.clone().into_bytes()),
                 payload: serde_json::to_vec(r).unwrap(),
             })

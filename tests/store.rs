@@ -65,7 +65,7 @@ fn result(site: &str, age: Age) -> CheckResult {
 
 fn pending(result: &CheckResult, partition: i32, offset: i64) -> PendingRow {
     PendingRow {
-        row: CheckRow::from_result(result, partition, offset).unwrap(),
+        row: CheckRow::from_result(result.clone(), partition, offset).unwrap(),
         key: Some(result.site.clone().into_bytes()),
         payload: serde_json::to_vec(result).unwrap(),
     }
@@ -643,7 +643,7 @@ async fn migrating_a_database_of_the_first_schema_keeps_every_row() {
             Outcome::Up
         };
         result.timings.total_ms = 3.0 + i as f64;
-        let row = CheckRow::from_result(&result, 0, i).unwrap();
+        let row = CheckRow::from_result(result.clone(), 0, i).unwrap();
         client.execute(&insert, &row.values()[..28]).await.unwrap();
     }
     let fingerprint = format!(

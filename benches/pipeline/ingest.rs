@@ -326,8 +326,7 @@ async fn copy_ceiling(
             .map(|k| {
                 let result = sample_result(k, base);
                 let partition = (k % partitions as u64) as i32;
-                let row =
-                    CheckRow::from_result(&result, partition, (k / partitions as u64) as i64)?;
+                let row = CheckRow::from_result(result, partition, (k / partitions as u64) as i64)?;
                 anyhow::Ok(row)
             })
             .collect::<Result<_>>()?;
@@ -562,9 +561,10 @@ pub fn row_cost() -> Result<Value> {
         .collect::<Result<_, _>>()?;
     let decode_us = per_row(start);
 
+    let owned = decoded.clone();
     let start = Instant::now();
-    let rows: Vec<CheckRow> = decoded
-        .iter()
+    let rows: Vec<CheckRow> = owned
+        .into_iter()
         .enumerate()
         .map(|(i, r)| CheckRow::from_result(r, 0, i as i64))
         .collect::<Result<_, _>>()?;

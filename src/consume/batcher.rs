@@ -213,7 +213,7 @@ impl Batcher {
             self.opened_at = Some(Instant::now());
         }
         let decoded = CheckResult::decode(payload, schema_header).and_then(|result| {
-            CheckRow::from_result(&result, partition, offset)
+            CheckRow::from_result(result, partition, offset)
                 .map_err(|error| format!("cannot be stored: {error}"))
         });
         match decoded {
@@ -236,6 +236,11 @@ impl Batcher {
     }
 
     /// Moves the batch out for writing, with the offset advance of every partition it covers.
+    ///
+    /// Each advance starts at the stored offset, so the next batch may be taken only once this
+    /// one is settled: [`Batcher::committed`] moves the stored offsets to where it ended, and
+    /// [`Batcher::reposition_all`] forgets everything. Written while this one is not stored, the
+    /// next batch would move the offsets past messages that never were.
     pub(crate) fn take(&mut self) -> WriteBatch {
         let mut offsets: Vec<OffsetAdvance> = self
             .positioned
@@ -251,20 +256,33 @@ impl Batcher {
             .collect();
         offsets.sort_by_key(|advance| advance.partition);
         self.opened_at = None;
+        // The next batch is likely the size of this one: room for it now saves growing the
+        // vector (each row is several hundred bytes) step by step.
+        let room = self.rows.len();
         WriteBatch {
-            rows: std::mem::take(&mut self.rows),
+            rows: std::mem::replace(&mut self.rows, Vec::with_capacity(room)),
             dead_letters: std::mem::take(&mut self.dead_letters),
             offsets,
         }
     }
 
-    /// Records that `offsets` are now stored.
-    pub(crate) fn committed(&mut self, offsets: &[OffsetAdvance]) {
-        for advance in offsets {
-            if let Some(state) = self.positioned.get_mut(&advance.partition) {
-                state.stored = Some(advance.next);
-            }
-        }
+    /// Records that `offsets` are now stored; returns those of partitions this consumer still
+    /// owns. A partition revoked while the batch was written is not touched: if it came back,
+    /// it waits to be positioned, and the offset is read again from the database.
+    pub(crate) fn committed(&mut self, offsets: &[OffsetAdvance]) -> Vec<OffsetAdvance> {
+        offsets
+            .iter()
+            .filter(
+                |advance| match self.positioned.get_mut(&advance.partition) {
+                    Some(state) => {
+                        state.stored = Some(advance.next);
+                        true
+                    }
+                    None => false,
+                },
+            )
+            .copied()
+            .collect()
     }
 }
 
@@ -398,6 +416,72 @@ mod tests {
         assert!(batcher.is_due(2, wait, opened), "full");
         batcher.take();
         assert!(!batcher.is_due(2, wait, opened + wait * 10));
+    }
+
+    #[test]
+    fn the_batch_filled_during_a_write_starts_where_that_write_ends() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0, 1])]);
+        batcher.positioned_at(0, Some(10));
+        batcher.positioned_at(1, Some(0));
+        batcher.add(0, 10, None, Some(&payload(1)), None);
+        batcher.add(1, 0, None, Some(&payload(1)), None);
+        let in_flight = batcher.take();
+        // Read while it is written: partition 0 goes on; partition 1 is revoked and comes back.
+        batcher.add(0, 11, None, Some(&payload(1)), None);
+        batcher.add(1, 1, None, Some(&payload(1)), None);
+        batcher.apply(vec![
+            Assignment::Revoked(vec![1]),
+            Assignment::Assigned(vec![1]),
+        ]);
+        assert_eq!(batcher.len(), 1, "partition 1's message dropped");
+        // Committed: only what this consumer still owns is recorded; partition 1 is re-read.
+        assert_eq!(
+            batcher.committed(&in_flight.offsets),
+            vec![OffsetAdvance {
+                partition: 0,
+                expected: Some(10),
+                next: 11
+            }]
+        );
+        assert_eq!(batcher.unpositioned(), vec![1]);
+        let next = batcher.take();
+        assert_eq!(
+            next.offsets,
+            vec![OffsetAdvance {
+                partition: 0,
+                expected: Some(11),
+                next: 12
+            }]
+        );
+        assert_eq!(next.rows.len(), 1);
+        assert_eq!(next.rows[0].row.kafka_offset, 11);
+    }
+
+    #[test]
+    fn a_fenced_write_drops_the_batch_filled_meanwhile() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0])]);
+        batcher.positioned_at(0, Some(0));
+        batcher.add(0, 0, None, Some(&payload(1)), None);
+        let _fenced = batcher.take();
+        batcher.add(0, 1, None, Some(&payload(1)), None);
+        batcher.reposition_all();
+        assert_eq!(batcher.len(), 0);
+        assert!(batcher.take().offsets.is_empty());
+        // Nothing enters until partition 0 is positioned again at what the database holds.
+        batcher.add(0, 2, None, Some(&payload(1)), None);
+        assert_eq!(batcher.len(), 0);
+        batcher.positioned_at(0, Some(0));
+        batcher.add(0, 0, None, Some(&payload(1)), None);
+        assert_eq!(
+            batcher.take().offsets,
+            vec![OffsetAdvance {
+                partition: 0,
+                expected: Some(0),
+                next: 1
+            }]
+        );
     }
 
     #[test]

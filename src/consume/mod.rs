@@ -1,20 +1,26 @@
 //! The consumer: check results from Kafka into PostgreSQL, exactly once.
 //!
 //! ```text
-//! Kafka topic ──StreamConsumer (group, no auto-commit)──► decode ──► batch: rows | dead letters
-//!     ▲                                                                │ max_batch_rows rows or
-//!     │ seek every assigned partition to consumer_offsets              │ max_batch_wait after its
-//!     │                                                                ▼ first message
-//!     └────────────── store::write_batch: rows + dead letters + next offsets, ONE transaction
+//! Kafka ──StreamConsumer (group, no auto-commit)──► decode ──► filling batch: rows | dead letters
+//!   ▲                                                            │ due: max_batch_rows messages,
+//!   │ seek each assigned partition to consumer_offsets           │ nothing more arrived, or
+//!   │                                                            ▼ max_batch_wait since its first
+//!   └─ batch in flight: rows + dead letters + next offsets, ONE transaction (store::write_batch)
+//!      while it is written the next batch fills; that one is taken once this one has settled
 //! ```
 //!
 //! PostgreSQL, not Kafka, holds the consumer's position: `consumer_offsets` is advanced in the
 //! transaction that stores the rows it covers, and every partition assigned to this consumer is
 //! first seeked to the offset stored there. Messages read before that seek, or older than the
 //! stored offset, are skipped. The offset update is conditional on the value this consumer read,
-//! so a consumer that lost its partitions without noticing cannot store a batch twice. When
-//! PostgreSQL is away the batch in hand is kept, no more is read, and the same batch is retried
-//! with capped exponential backoff. `docs/storage.md` makes the whole argument.
+//! so a consumer that lost its partitions without noticing cannot store a batch twice.
+//!
+//! Decoding and writing overlap: at most one batch is in flight and one fills (reading pauses
+//! when it is full), and the filling batch is written only after the one in flight committed —
+//! its offset advances start where that one's end. Fenced, both are dropped and every position
+//! is read again; a partition revoked meanwhile loses its messages in the filling batch. When
+//! PostgreSQL is away the batch in flight is kept, no more is read, and the same batch is
+//! retried with capped exponential backoff. `docs/storage.md` makes the whole argument.
 //!
 //! Layout: [`batcher`] (pure: what enters the batch, when it is due), [`kafka`] (the consumer,
 //! rebalance events, seeks), [`sink`] (PostgreSQL with one retry/backoff rule); this file holds
@@ -211,7 +217,8 @@ pub async fn run_with(
     result
 }
 
-/// The consume loop: position, batch, flush; returns when `shutdown` is cancelled.
+/// The consume loop: position, fill a batch, write it while the next one fills; returns when
+/// `shutdown` is cancelled.
 async fn consume(
     consumer: &KafkaConsumer,
     topic: &str,
@@ -224,6 +231,8 @@ async fn consume(
     loop {
         batcher.apply(consumer.context().take_events());
         let now = Instant::now();
+        // Never while a batch is in flight (write_batch has returned): an offset read now is
+        // the one that batch's transaction left.
         if batcher.positioning_due(now) {
             sink.position(consumer, batcher).await?;
         }
@@ -245,9 +254,12 @@ async fn consume(
             }
         };
         if drained || batcher.is_due(max_rows, options.max_batch_wait, now) {
-            sink.flush(consumer, batcher, shutdown).await?;
-            if shutdown.is_cancelled() {
+            let written = write_batch(consumer, topic, sink, batcher, max_rows, shutdown).await?;
+            if written == Written::Abandoned {
                 return Ok(());
+            }
+            if shutdown.is_cancelled() {
+                break;
             }
             continue;
         }
@@ -278,9 +290,116 @@ async fn consume(
             messages = batcher.len(),
             "shutting down: writing the batch in hand"
         );
-        sink.flush(consumer, batcher, shutdown).await?;
+        write_batch(consumer, topic, sink, batcher, max_rows, shutdown).await?;
     }
     Ok(())
+}
+
+/// How [`write_batch`] left the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Committed, or fenced and dropped: the batcher is ready for the next batch.
+    Settled,
+    /// Shutdown came while the batch was failing: it stays uncommitted, and so must the batch
+    /// that filled meanwhile (its offsets would skip this one's messages).
+    Abandoned,
+}
+
+/// Writes the batch in hand and, while its first attempt is in flight, reads and decodes the
+/// next one into the batcher: PostgreSQL and decoding overlap. At most one batch is in flight
+/// and one fills (up to `max_rows` messages, then reading pauses); nothing is read after
+/// shutdown. A failed attempt is retried with backoff without reading further.
+///
+/// Returns only once the batch is settled, so the filling batch is taken after this one's
+/// offsets are stored (or all positions forgotten): its offset advances start where this
+/// batch's end.
+#[tracing::instrument(skip_all, fields(messages = batcher.len()))]
+async fn write_batch(
+    consumer: &KafkaConsumer,
+    topic: &str,
+    sink: &mut Sink<'_>,
+    batcher: &mut Batcher,
+    max_rows: usize,
+    shutdown: &CancellationToken,
+) -> Result<Written, ConsumeError> {
+    let batch = batcher.take();
+    if batch.offsets.is_empty() {
+        return Ok(Written::Settled);
+    }
+    let started = Instant::now();
+    let attempt = sink.write(&batch);
+    let first = read_while(attempt, consumer, topic, batcher, max_rows, shutdown).await??;
+    let outcome = match first {
+        Ok(outcome) => outcome,
+        Err(delay) => match sink.rewrite(&batch, delay, shutdown).await? {
+            Some(outcome) => outcome,
+            None => return Ok(Written::Abandoned),
+        },
+    };
+    match outcome {
+        WriteOutcome::Committed(stats) => {
+            tracing::debug!(
+                rows = stats.rows_written,
+                duplicates = stats.duplicates,
+                dead_letters = stats.dead_letters,
+                path = stats.path.as_str(),
+                seconds = started.elapsed().as_secs_f64(),
+                read_meanwhile = batcher.len(),
+                "batch committed"
+            );
+            let stored = batcher.committed(&batch.offsets);
+            for advance in &stored {
+                consumer
+                    .context()
+                    .set_stored(advance.partition, Some(advance.next));
+            }
+            kafka::commit_to_kafka(consumer, topic, &stored);
+        }
+        WriteOutcome::Fenced { partitions } => {
+            metrics::counter!(crate::metrics::CONSUMER_FENCED_BATCHES).increment(1);
+            tracing::warn!(
+                ?partitions,
+                messages = batch.rows.len() + batch.dead_letters.len(),
+                read_meanwhile = batcher.len(),
+                "stored offsets moved under this consumer (another member of the group wrote \
+                 them): batch dropped with the one read meanwhile, re-reading positions"
+            );
+            batcher.reposition_all();
+        }
+    }
+    Ok(Written::Settled)
+}
+
+/// Drives `write` to its end while reading messages into the batcher (rebalances included) as
+/// long as the batch has room and shutdown has not come.
+async fn read_while<T>(
+    write: impl std::future::Future<Output = T>,
+    consumer: &KafkaConsumer,
+    topic: &str,
+    batcher: &mut Batcher,
+    max_rows: usize,
+    shutdown: &CancellationToken,
+) -> Result<T, ConsumeError> {
+    let mut write = std::pin::pin!(write);
+    loop {
+        let reading = batcher.len() < max_rows && !shutdown.is_cancelled();
+        tokio::select! {
+            biased;
+            written = &mut write => return Ok(written),
+            // Only wakes the loop, so that it stops reading.
+            _ = shutdown.cancelled(), if reading => {}
+            _ = consumer.context().wake.notified() => {
+                batcher.apply(consumer.context().take_events());
+            }
+            message = consumer.recv(), if reading => {
+                batcher.apply(consumer.context().take_events());
+                match message {
+                    Ok(message) => kafka::accept(batcher, topic, &message),
+                    Err(error) => on_kafka_error(topic, error)?,
+                }
+            }
+        }
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -1,5 +1,7 @@
 //! The PostgreSQL side of the consumer: one client, reconnected on demand, and the two things
-//! the loop asks of it — read the stored offsets of newly assigned partitions, and write a batch.
+//! the loop asks of it — read the stored offsets of newly assigned partitions, and write a batch
+//! (one attempt, which the loop overlaps with reading the next batch; then, if it failed,
+//! retries with backoff).
 //!
 //! Both go through [`Sink::settle`]: a deadline, then transient failures drop the connection
 //! and back off exponentially, while errors retrying cannot fix stop the consumer.
@@ -10,15 +12,13 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use rdkafka::consumer::Consumer;
-
 use super::batcher::Batcher;
 use super::kafka::{self, KafkaConsumer};
 use super::{BatchWriter, ConsumeError};
 use crate::error::ErrorChain;
 use crate::metrics as names;
 use crate::settings::DatabaseSettings;
-use crate::store::{self, StoreError, WriteOutcome};
+use crate::store::{self, StoreError, WriteBatch, WriteOutcome};
 
 /// First delay before retrying PostgreSQL; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -152,78 +152,57 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    /// Writes the batch in hand: retried on transient failures until it commits (or shutdown
-    /// abandons it uncommitted), never partially.
-    #[tracing::instrument(skip_all, fields(messages = batcher.len()))]
-    pub(crate) async fn flush(
+    /// One attempt at storing `batch` (under [`WRITE_TIMEOUT`]): `Ok(Ok(outcome))` committed or
+    /// fenced; `Ok(Err(delay))` a transient failure, to be retried with the same batch after
+    /// `delay` ([`Sink::rewrite`]); `Err` a failure retrying cannot fix.
+    pub(crate) async fn write(
         &mut self,
-        consumer: &KafkaConsumer,
-        batcher: &mut Batcher,
-        shutdown: &CancellationToken,
-    ) -> Result<(), ConsumeError> {
-        let batch = batcher.take();
-        if batch.offsets.is_empty() {
-            return Ok(());
+        batch: &WriteBatch,
+    ) -> Result<Result<WriteOutcome, Duration>, ConsumeError> {
+        let started = Instant::now();
+        let (group, topic, writer) = (self.group, self.topic, self.writer);
+        let write = async {
+            let client = self.client().await?;
+            writer.write(client, group, topic, batch).await
+        };
+        let written = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+        let what = "cannot store the batch; keeping it and retrying (not reading further)";
+        let outcome = self.settle(what, written)?;
+        if let Ok(WriteOutcome::Committed(stats)) = &outcome {
+            metrics::counter!(names::CONSUMER_ROWS_WRITTEN).increment(stats.rows_written);
+            metrics::counter!(names::CONSUMER_BATCHES, "path" => stats.path.as_str()).increment(1);
+            metrics::histogram!(names::CONSUMER_BATCH_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(names::CONSUMER_DEAD_LETTERS).increment(stats.dead_letters);
+            metrics::counter!(names::CONSUMER_DUPLICATES).increment(stats.duplicates);
         }
-        let messages = batch.rows.len() + batch.dead_letters.len();
+        Ok(outcome)
+    }
+
+    /// Stores `batch` after a failed attempt: waits `delay`, tries again, backing off, until it
+    /// commits or is fenced. `None`: shutdown came first and the batch stays uncommitted (it is
+    /// read again at the next start). Nothing is read from Kafka meanwhile.
+    pub(crate) async fn rewrite(
+        &mut self,
+        batch: &WriteBatch,
+        mut delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<WriteOutcome>, ConsumeError> {
         loop {
-            let started = Instant::now();
-            let (group, topic, writer) = (self.group, self.topic, self.writer);
-            let write = async {
-                let client = self.client().await?;
-                writer.write(client, group, topic, &batch).await
-            };
-            let written = tokio::time::timeout(WRITE_TIMEOUT, write).await;
-            let what = "cannot store the batch; keeping it and retrying (not reading further)";
-            let delay = match self.settle(what, written)? {
-                Ok(WriteOutcome::Committed(stats)) => {
-                    metrics::counter!(names::CONSUMER_ROWS_WRITTEN).increment(stats.rows_written);
-                    metrics::counter!(names::CONSUMER_BATCHES, "path" => stats.path.as_str())
-                        .increment(1);
-                    metrics::histogram!(names::CONSUMER_BATCH_SECONDS)
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::counter!(names::CONSUMER_DEAD_LETTERS).increment(stats.dead_letters);
-                    metrics::counter!(names::CONSUMER_DUPLICATES).increment(stats.duplicates);
-                    tracing::debug!(
-                        rows = stats.rows_written,
-                        duplicates = stats.duplicates,
-                        dead_letters = stats.dead_letters,
-                        path = stats.path.as_str(),
-                        seconds = started.elapsed().as_secs_f64(),
-                        "batch committed"
-                    );
-                    batcher.committed(&batch.offsets);
-                    for advance in &batch.offsets {
-                        consumer
-                            .context()
-                            .set_stored(advance.partition, Some(advance.next));
-                    }
-                    kafka::commit_to_kafka(consumer, self.topic, &batch.offsets);
-                    return Ok(());
-                }
-                Ok(WriteOutcome::Fenced { partitions }) => {
-                    metrics::counter!(names::CONSUMER_FENCED_BATCHES).increment(1);
-                    tracing::warn!(
-                        ?partitions,
-                        messages,
-                        "stored offsets moved under this consumer (another member of the group \
-                         wrote them): batch dropped, re-reading positions"
-                    );
-                    batcher.reposition_all();
-                    return Ok(());
-                }
-                Err(delay) => delay,
-            };
             metrics::counter!(names::CONSUMER_WRITE_RETRIES).increment(1);
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     tracing::warn!(
-                        messages,
+                        messages = batch.rows.len() + batch.dead_letters.len(),
                         "shutting down with the batch uncommitted: it is read again at the next start"
                     );
-                    return Ok(());
+                    return Ok(None);
                 }
                 _ = tokio::time::sleep(delay) => {}
+            }
+            match self.write(batch).await? {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(next) => delay = next,
             }
         }
     }

@@ -13,7 +13,7 @@
 //! Rust (one read of the touched buckets, one write) keeps a single definition of how buckets
 //! add up — the same one `rollup rebuild`, `report` and the status page use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{GenericClient, Row};
@@ -301,9 +301,8 @@ async fn advance_states(
     tx: &impl GenericClient,
     rows: &[&CheckRow],
 ) -> Result<(), tokio_postgres::Error> {
-    let mut sites: Vec<&str> = rows.iter().map(|r| r.site.as_str()).collect();
-    sites.sort_unstable();
-    sites.dedup();
+    let sites: HashSet<&str> = rows.iter().map(|r| r.site.as_str()).collect();
+    let sites: Vec<&str> = sites.into_iter().collect();
     let stored = tx
         .query(
             "SELECT site, outcome, since, last_result_id, last_scheduled_at, \
@@ -313,7 +312,8 @@ async fn advance_states(
             &[&sites],
         )
         .await?;
-    let mut states: HashMap<String, Option<SiteState>> = stored
+    // Keyed by borrowed names: one lookup per row, no copy of the name.
+    let mut states: HashMap<&str, Option<SiteState>> = stored
         .iter()
         .map(|row| {
             let since: DateTime<Utc> = row.get(2);
@@ -328,12 +328,12 @@ async fn advance_states(
                 last_failure_kind: row.get(7),
                 last_failure_message: row.get(8),
             };
-            (row.get::<_, String>(0), Some(state))
+            (row.get::<_, &str>(0), Some(state))
         })
         .collect();
     let mut changes: Vec<(&str, Change)> = Vec::new();
     for row in rows {
-        let state = states.entry(row.site.clone()).or_default();
+        let state = states.entry(row.site.as_str()).or_default();
         let seen = Observation {
             id: row.id,
             scheduled_at_us: row.scheduled_at.timestamp_micros(),
@@ -351,7 +351,7 @@ async fn advance_states(
 
 async fn write_states(
     tx: &impl GenericClient,
-    states: &HashMap<String, Option<SiteState>>,
+    states: &HashMap<&str, Option<SiteState>>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut c = StateColumns::default();
     for (site, state) in states {

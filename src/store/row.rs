@@ -99,10 +99,11 @@ pub const MAX_SITE_BYTES: usize = 1024;
 
 impl CheckRow {
     /// Maps a decoded result read at `partition`/`offset` to a row, or says why it cannot be one.
+    /// Takes the result by value: its texts move into the row instead of being copied.
     /// Long on purpose (over 80 lines): the checks of what PostgreSQL would refuse, then the
     /// column mapping, field by field.
     pub fn from_result(
-        result: &CheckResult,
+        result: CheckResult,
         partition: i32,
         offset: i64,
     ) -> Result<CheckRow, RowError> {
@@ -172,9 +173,9 @@ impl CheckRow {
                 .transpose()?,
             body_truncated: result.body_truncated,
             tls_insecure: result.tls_insecure,
-            site: result.site.clone(),
-            url: result.url.clone(),
-            final_url: result.final_url.clone(),
+            site: result.site,
+            url: result.url,
+            final_url: result.final_url,
             outcome: result.outcome.as_str(),
             failure_kind: result.failure.as_ref().map(|f| f.kind.as_str()),
             failure_phase: result
@@ -182,10 +183,10 @@ impl CheckRow {
                 .as_ref()
                 .and_then(|f| f.phase)
                 .map(Phase::as_str),
-            failure_message: result.failure.as_ref().map(|f| f.message.clone()),
-            config_version: result.config_version.clone(),
-            probe_host: result.probe_host.clone(),
-            maintenance: result.maintenance.clone(),
+            failure_message: result.failure.map(|f| f.message),
+            config_version: result.config_version,
+            probe_host: result.probe_host,
+            maintenance: result.maintenance,
             assertions: json("assertions", serde_json::to_string(&result.assertions))?,
             metrics: json("metrics", serde_json::to_string(&result.metrics))?,
         })
@@ -294,7 +295,7 @@ mod tests {
     #[test]
     fn result_maps_to_typed_columns() {
         let result = sample();
-        let row = CheckRow::from_result(&result, 3, 42).unwrap();
+        let row = CheckRow::from_result(result.clone(), 3, 42).unwrap();
         assert_eq!(row.id, result.id);
         assert_eq!(row.outcome, "down");
         assert_eq!(row.status, Some(503));
@@ -377,7 +378,7 @@ mod tests {
         for (name, edit, expected) in cases {
             let mut result = sample();
             edit(&mut result);
-            let error = CheckRow::from_result(&result, 0, 0).unwrap_err();
+            let error = CheckRow::from_result(result, 0, 0).unwrap_err();
             assert!(error.to_string().contains(expected), "{name}: {error}");
         }
     }
