@@ -71,6 +71,7 @@ impl Job for PublishJob {
     type SiteState = Arc<SiteGauges>;
 
     fn site_state(&self, site: &Site) -> Arc<SiteGauges> {
+        names::zero_site(&site.name);
         self.site_metrics.site(&site.name)
     }
 

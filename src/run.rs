@@ -106,6 +106,7 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::error::Error + 'static,
 {
+    names::zero_role(name);
     let mut delay = RESTART_FIRST;
     loop {
         match role().await {

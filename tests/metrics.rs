@@ -326,15 +326,37 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_exported() {
     let url = metrics_url(&sitewatch);
     // Names appear as their events happen (a first check, a first batch, the alerter's first
     // refresh): wait until every one is there, then report the missing ones if some never come.
-    let exported = |samples: &[Sample]| -> BTreeSet<String> {
-        samples.iter().map(|s| s.name.clone()).collect()
+    // Counters of events that never happen here (a healthy site is never down, no tick is
+    // missed, no batch goes row by row, no role restarts) must be there too, at 0: an alert
+    // rule on their rate sees 0, not "no data".
+    let zeros = [
+        ("sitewatch_probes_total", "outcome", "down"),
+        ("sitewatch_missed_ticks_total", "site", "dash"),
+        ("sitewatch_consumer_batches_total", "path", "row_by_row"),
+        ("sitewatch_role_restarts_total", "role", "alerter"),
+        ("sitewatch_role_restarts_total", "role", "storing consumer"),
+        ("sitewatch_config_reloads_total", "result", "failed"),
+    ];
+    let lacking = |samples: &[Sample]| -> Vec<String> {
+        let present: BTreeSet<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+        let names = wanted.iter().filter(|n| !present.contains(n.as_str()));
+        let zeros = zeros.iter().filter(|(name, label, value)| {
+            !samples.iter().any(|s| {
+                s.name == *name
+                    && s.labels.get(*label).map(String::as_str) == Some(value)
+                    && s.value == 0.0
+            })
+        });
+        names
+            .cloned()
+            .chain(zeros.map(|(name, label, value)| format!("{name}{{{label}=\"{value}\"}} 0")))
+            .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let missing = loop {
-        let present = exported(&parse(&scrape(&url).await));
-        let missing: Vec<&String> = wanted.iter().filter(|n| !present.contains(*n)).collect();
+        let missing = lacking(&parse(&scrape(&url).await));
         if missing.is_empty() || Instant::now() > deadline {
-            break missing.into_iter().cloned().collect::<Vec<_>>();
+            break missing;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -342,7 +364,8 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_exported() {
     stack::drop_database(&database).await;
     assert!(
         missing.is_empty(),
-        "the dashboard or the rules use metrics sitewatch does not export: {missing:?}"
+        "the dashboard or the rules use metrics sitewatch does not export, or a counter is absent \
+         until its first event: {missing:?}"
     );
 }
 

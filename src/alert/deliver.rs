@@ -68,6 +68,7 @@ pub async fn run(
             return;
         }
     };
+    names::zero_notifier(&notifier.name);
     let sender = Sender {
         notifier,
         formatters,

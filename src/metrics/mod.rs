@@ -11,6 +11,9 @@ pub mod sites;
 
 pub use sites::{SiteGauges, SiteMetrics};
 
+use crate::result::Outcome;
+use crate::store::WritePath;
+
 /// Checks finished, by `site` and `outcome` (counter).
 pub const PROBES: &str = "sitewatch_probes_total";
 /// Duration of one check, all attempts (histogram, seconds).
@@ -159,4 +162,27 @@ pub fn describe() {
     for result in ["ok", "failed"] {
         metrics::counter!(CONFIG_RELOADS, "result" => result).absolute(0);
     }
+    for path in [WritePath::Copy, WritePath::OnConflict, WritePath::RowByRow] {
+        metrics::counter!(CONSUMER_BATCHES, "path" => path.as_str()).absolute(0);
+    }
+}
+
+/// Registers the zero values of a site's labelled counters, when its checks start.
+pub fn zero_site(site: &str) {
+    for outcome in [Outcome::Up, Outcome::Degraded, Outcome::Down] {
+        metrics::counter!(PROBES, "site" => site.to_owned(), "outcome" => outcome.as_str())
+            .absolute(0);
+    }
+    metrics::counter!(MISSED_TICKS, "site" => site.to_owned()).absolute(0);
+}
+
+/// Registers the zero values of a notifier's counters, when its delivery task starts.
+pub fn zero_notifier(notifier: &str) {
+    metrics::counter!(NOTIFICATIONS_SENT, "notifier" => notifier.to_owned()).absolute(0);
+    metrics::counter!(NOTIFICATIONS_FAILED, "notifier" => notifier.to_owned()).absolute(0);
+}
+
+/// Registers the zero value of a supervised role's restarts, when `run` starts it.
+pub fn zero_role(role: &str) {
+    metrics::counter!(ROLE_RESTARTS, "role" => role.to_owned()).absolute(0);
 }
