@@ -138,7 +138,7 @@ pub async fn produce(
     let mut scheduler = Scheduler::new(Arc::clone(&job), limits, shutdown.child_token());
     let Config { sites, version, .. } = config;
     let sites = in_shard(sites, options.shard);
-    tracing::info!(sites = sites.len(), %version, shard = ?options.shard, "scheduling");
+    tracing::info!(sites = sites.len(), %version, shard = %options.shard, "scheduling");
     scheduler.apply(sites);
 
     let mut stamp = sources_stamp(&options.config_path);

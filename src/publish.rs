@@ -140,7 +140,7 @@ impl ProducerContext for Context {
                 metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
                 tracing::error!(
                     result_id = %id,
-                    site = ?message.key().map(String::from_utf8_lossy),
+                    site = %message.key().map(String::from_utf8_lossy).unwrap_or_default(),
                     %error,
                     "result could not be delivered to Kafka and is dropped"
                 );

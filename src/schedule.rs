@@ -94,6 +94,13 @@ impl Shard {
     }
 }
 
+/// As the `--shard` flag writes it: `0/1`.
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 impl std::str::FromStr for Shard {
     type Err = String;
 
@@ -491,6 +498,13 @@ impl<J: Job> SiteLoop<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_print_as_the_flag_writes_them() {
+        assert_eq!(Shard::ALL.to_string(), "0/1");
+        let shard: Shard = "2/3".parse().unwrap();
+        assert_eq!(shard.to_string(), "2/3");
+    }
 
     #[test]
     fn fingerprints_change_with_what_probes_and_only_with_that() {

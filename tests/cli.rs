@@ -213,3 +213,63 @@ fn completions_for_bash_zsh_and_fish_and_a_man_page() {
         assert!(page.contains(word), "the man page lacks {word}");
     }
 }
+
+/// With `--log-format json`, stderr is JSON lines to the end: the fatal error is one too, with
+/// its chain of causes and the exit code. Debug logs of a failing check say what they mean, not
+/// Rust's `Debug` forms of the values behind them.
+#[test]
+fn json_logs_stay_json_through_the_fatal_error_and_show_no_debug_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lua_site(dir.path(), "http://127.0.0.1:9/");
+    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args([
+            "produce",
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env(
+            "SITEWATCH_KAFKA_BROKERS",
+            format!("127.0.0.1:{}", support::closed_port()),
+        )
+        .env("SITEWATCH_KAFKA_SECURITY_PROTOCOL", "plaintext")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sitewatch");
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["fields"]["exit_code"], 3, "{last}");
+    let error = last["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot reach Kafka"), "{last}");
+
+    // A refused check at debug level: the failure kind as it is stored (`connect`), not `Connect`.
+    let url = format!("http://127.0.0.1:{}/", support::closed_port());
+    let config = lua_site(dir.path(), &url);
+    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sitewatch");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failed = stderr
+        .lines()
+        .find(|l| l.contains("probe failed"))
+        .unwrap_or_else(|| panic!("no probe failure logged: {stderr}"));
+    assert!(failed.contains("kind=\"connect\""), "{failed}");
+    for line in stderr.lines().filter(|l| l.contains("sitewatch")) {
+        for debug_form in ["Some(", "=None", " { ", "TimeDelta"] {
+            assert!(!line.contains(debug_form), "{debug_form:?} in {line}");
+        }
+    }
+}

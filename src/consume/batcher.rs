@@ -20,6 +20,31 @@ pub(crate) enum Assignment {
     Revoked(Vec<i32>),
 }
 
+/// Partition numbers for a log line, in order, separated by spaces: `0 1 5`.
+pub(crate) fn partition_list(partitions: impl IntoIterator<Item = i32>) -> String {
+    let mut sorted: Vec<i32> = partitions.into_iter().collect();
+    sorted.sort_unstable();
+    sorted
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `assigned 0 1` / `revoked 2`, for the log.
+impl std::fmt::Display for Assignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, partitions) = match self {
+            Assignment::Assigned(p) => ("assigned", p),
+            Assignment::Revoked(p) => ("revoked", p),
+        };
+        if partitions.is_empty() {
+            return write!(f, "{what} no partition");
+        }
+        write!(f, "{what} {}", partition_list(partitions.iter().copied()))
+    }
+}
+
 /// Where this consumer is in one owned, positioned partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PartitionState {
@@ -114,7 +139,7 @@ impl Batcher {
         if before > self.len() {
             tracing::info!(
                 dropped = before - self.len(),
-                ?partitions,
+                partitions = %partition_list(partitions.iter().copied()),
                 "dropped uncommitted messages of reassigned partitions"
             );
         }
@@ -290,6 +315,19 @@ impl Batcher {
 mod tests {
     use super::*;
     use crate::result::tests::sample;
+
+    #[test]
+    fn assignments_print_their_partitions_in_order() {
+        assert_eq!(
+            Assignment::Assigned(vec![2, 0, 1]).to_string(),
+            "assigned 0 1 2"
+        );
+        assert_eq!(
+            Assignment::Revoked(vec![]).to_string(),
+            "revoked no partition"
+        );
+        assert_eq!(partition_list([5, 3]), "3 5");
+    }
 
     fn payload(schema: u32) -> Vec<u8> {
         serde_json::to_vec(&sample(schema)).unwrap()

@@ -18,7 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
 
-use super::batcher::{Assignment, Batcher};
+use super::batcher::{partition_list, Assignment, Batcher};
 use super::{ConsumeError, SEEK_TIMEOUT, STATISTICS_INTERVAL_MS};
 use crate::metrics as names;
 use crate::result::SCHEMA_HEADER;
@@ -134,7 +134,7 @@ impl ConsumerContext for KafkaContext {
                 return;
             }
         };
-        tracing::info!(?event, "partition assignment changed");
+        tracing::info!(%event, "partition assignment changed");
         self.events.lock().push(event);
         self.wake.notify_one();
     }
@@ -208,7 +208,7 @@ pub(crate) fn seek(
             tracing::info!(%topic, partitions = %all, "partitions positioned at their stored offsets")
         }
         None => {
-            tracing::debug!(partitions = %positioned.join(" "), waiting = ?batcher.unpositioned(),
+            tracing::debug!(partitions = %positioned.join(" "), waiting = %partition_list(batcher.unpositioned()),
             "some partitions positioned; the others wait for a retry")
         }
     }

@@ -124,7 +124,7 @@ impl<'a> Sink<'a> {
         // Whatever state the connection is in, the retry starts from a fresh one.
         self.client = None;
         let delay = self.backoff.next_delay();
-        tracing::warn!(%error, retry_in = ?delay, "{what}");
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what}");
         Ok(Err(delay))
     }
 

@@ -196,7 +196,7 @@ impl Prober {
         let mut timings = progress.timings;
         timings.total_ms = millis(started.elapsed());
         if let Err(failure) = &outcome {
-            tracing::debug!(kind = ?failure.kind, message = %failure.message, "probe failed");
+            tracing::debug!(kind = failure.kind.as_str(), message = %failure.message, "probe failed");
         }
         Attempt {
             timings,

@@ -120,7 +120,7 @@ async fn migrate_with(
         .map_err(StoreError::query("committing schema_migrations"))?;
     if !report.unknown_versions.is_empty() {
         tracing::warn!(
-            versions = ?report.unknown_versions,
+            versions = %report.unknown_versions.iter().map(i32::to_string).collect::<Vec<_>>().join(" "),
             "the database has migrations this sitewatch does not know (a newer version migrated it)"
         );
     }

@@ -27,6 +27,23 @@ pub struct Retention {
     pub daily_rollups: Option<Duration>,
 }
 
+/// `results 30d, hourly rollups 90d, daily rollups kept`, for the log.
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let age = |age: Option<Duration>| match age {
+            Some(age) => crate::duration::human(age.num_seconds() as f64),
+            None => "kept".to_owned(),
+        };
+        write!(
+            f,
+            "results {}, hourly rollups {}, daily rollups {}",
+            age(Some(self.results)),
+            age(self.hourly_rollups),
+            age(self.daily_rollups)
+        )
+    }
+}
+
 /// What [`prune`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
@@ -39,7 +56,7 @@ pub struct PruneReport {
 }
 
 /// Applies `retention` as of now.
-#[tracing::instrument(skip(client))]
+#[tracing::instrument(skip_all, fields(%retention))]
 pub async fn prune(client: &Client, retention: Retention) -> Result<PruneReport, StoreError> {
     for age in [
         Some(retention.results),
@@ -156,6 +173,19 @@ fn partition_day(name: &str) -> Option<NaiveDate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_prints_for_people() {
+        let retention = Retention {
+            results: Duration::days(30),
+            hourly_rollups: Some(Duration::hours(36)),
+            daily_rollups: None,
+        };
+        assert_eq!(
+            retention.to_string(),
+            "results 30d 0h, hourly rollups 1d 12h, daily rollups kept"
+        );
+    }
 
     #[test]
     fn partition_names_give_their_day() {
