@@ -36,7 +36,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -294,7 +294,7 @@ impl ReportArgs {
     }
 }
 
-/// Consumer flags (`consume`, `run`).
+/// Consumer flags (`consume`, `run`, `alert`).
 #[derive(Args)]
 pub struct ConsumeArgs {
     /// Do not apply pending migrations at startup.

@@ -10,7 +10,7 @@ use sitewatch::produce::ProduceError;
 use sitewatch::run::RunError;
 use sitewatch::serve::ServeError;
 
-/// What the process tells its caller. `docs/config.md` documents the same table.
+/// What the process tells its caller. README.md ("Exit codes") documents the same table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Done; for `check`, no checked site is down (degraded counts as up).
@@ -92,10 +92,16 @@ impl Status for sitewatch::settings::SettingsError {}
 impl Status for sitewatch::store::StoreError {}
 impl Status for crate::telemetry::MetricsError {}
 
-/// Prints the error with its chain of causes and returns its exit code.
+/// Prints the error with its chain of causes and returns its exit code. With
+/// `--log-format json` it is logged instead, so that stderr stays all JSON lines.
 pub fn fail(error: &dyn Status) -> Exit {
-    let _ = writeln!(std::io::stderr(), "sitewatch: {}", ErrorChain(error));
-    error.exit()
+    let exit = error.exit();
+    if crate::telemetry::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(error = %ErrorChain(error), exit_code = exit as u8, "sitewatch stopped");
+    } else {
+        let _ = writeln!(std::io::stderr(), "sitewatch: {}", ErrorChain(error));
+    }
+    exit
 }
 
 /// `Ok(())` is [`Exit::Ok`]; an error is printed and mapped by [`fail`].

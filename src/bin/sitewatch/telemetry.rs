@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sitewatch::metrics::SiteMetrics;
@@ -92,7 +92,11 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    JSON_LOGS.store(format == LogFormat::Json, Ordering::Relaxed);
 }
+
+/// Whether logs are JSON lines, so that a fatal error is one too (see `exit::fail`).
+pub static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 
 /// Log lines lost because stderr could not take them (full disk, closed pipe).
 pub static LOST_LOG_LINES: AtomicU64 = AtomicU64::new(0);
