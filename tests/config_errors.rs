@@ -186,7 +186,37 @@ fn invalid_jsonpath_includes_the_parser_message() {
     assert_error(
         r#"site { name = "a", url = "https://a.example/", expect = { json = { ["status"] = "UP" } } }"#,
         1,
-        &["invalid JSONPath \"status\""],
+        &[
+            "invalid JSONPath \"status\"",
+            "starts at the document",
+            "write \"$.status\"",
+        ],
+    );
+}
+
+/// The usual JSONPath mistakes come with the spelling that works.
+#[test]
+fn invalid_jsonpath_names_what_to_write() {
+    let cases = [
+        ("$.foo-bar", r#"write "$['foo-bar']""#),
+        ("$.data.x-y[0].id", r#"write "$.data['x-y'][0].id""#),
+        ("$.a b", r#"write "$['a b']""#),
+        ("[0].id", r#"write "$[0].id""#),
+    ];
+    for (query, hint) in cases {
+        assert_error(
+            &format!(
+                r#"site {{ name = "a", url = "https://a.example/", expect = {{ json = {{ ["{query}"] = 1 }} }} }}"#
+            ),
+            1,
+            &[&format!("invalid JSONPath {query:?}"), hint],
+        );
+    }
+    // No hint is better than a wrong one.
+    assert_error(
+        r#"site { name = "a", url = "https://a.example/", expect = { json = { ["$.status["] = 1 } } }"#,
+        1,
+        &["invalid JSONPath"],
     );
 }
 

@@ -1614,12 +1614,80 @@ fn expect_headers(raw: &Raw, problems: &mut Vec<Kind>) -> Vec<HeaderExpectation>
     out
 }
 
+/// What to write instead of an unparsable JSONPath, for the two usual mistakes: no leading `$`,
+/// and a name in dot notation with characters other than letters, digits and `_` (`$.foo-bar`,
+/// which RFC 9535 spells `$['foo-bar']`).
+fn jsonpath_hint(query: &str) -> Option<String> {
+    let Some(rest) = query.strip_prefix('$') else {
+        let fixed = if query.starts_with('[') || query.starts_with('.') {
+            format!("${query}")
+        } else {
+            format!("$.{query}")
+        };
+        return Some(match JsonPath::parse(&fixed) {
+            Ok(_) => format!("a JSONPath starts at the document, `$`: write {fixed:?}"),
+            Err(_) => "a JSONPath starts at the document, `$` (e.g. \"$.data.items[0].id\")".into(),
+        });
+    };
+    // Dot segments at bracket depth 0, outside quotes; a segment's own `[…]` suffix stays.
+    let mut fixed = String::from("$");
+    let mut changed = false;
+    for segment in split_dots(rest)? {
+        let (name, suffix) = segment.split_at(segment.find('[').unwrap_or(segment.len()));
+        let plain = |c: char| c.is_alphanumeric() || c == '_';
+        if name.is_empty() || name == "*" || name.chars().all(plain) {
+            fixed.push('.');
+        } else {
+            fixed.push_str(&format!(
+                "['{}']",
+                name.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+            changed = true;
+            fixed.push_str(suffix);
+            continue;
+        }
+        fixed.push_str(name);
+        fixed.push_str(suffix);
+    }
+    (changed && JsonPath::parse(&fixed).is_ok()).then(|| {
+        format!("names with characters other than letters, digits and _ go in brackets: write {fixed:?}")
+    })
+}
+
+/// `.a.b[0].c` → `["a", "b[0]", "c"]`: splits at dots outside brackets and quotes; `None` when
+/// the text does not start with a dot or has unbalanced brackets.
+fn split_dots(text: &str) -> Option<Vec<&str>> {
+    if !text.starts_with('.') {
+        return None;
+    }
+    let (mut segments, mut start, mut depth, mut quote) = (Vec::new(), 1, 0i32, None);
+    for (i, c) in text.char_indices().skip(1) {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') => depth -= 1,
+            (None, '.') if depth == 0 => {
+                segments.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    segments.push(&text[start..]);
+    (depth == 0 && quote.is_none()).then_some(segments)
+}
+
 fn expect_json(raw: &Raw, problems: &mut Vec<Kind>) -> Vec<JsonExpectation> {
     let mut out = Vec::new();
     for (query, value) in named_entries("expect.json", raw, problems) {
         let path = JsonPath::parse(query).map_err(|e| Kind::JsonPath {
             query: query.to_string(),
-            message: one_line(&e.to_string()),
+            message: match jsonpath_hint(query) {
+                Some(hint) => format!("{}; {hint}", one_line(&e.to_string())),
+                None => one_line(&e.to_string()),
+            },
         });
         let equals = to_json(value).map_err(|reason| Kind::JsonValue {
             key: format!("expect.json[{query:?}]"),
