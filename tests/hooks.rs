@@ -646,6 +646,32 @@ fn start_gives_up_on_an_evaluation_stuck_in_a_library_call() {
     assert!(started.elapsed() < Duration::from_secs(40));
 }
 
+/// `pcall` around a library function written in Rust gives its message as a string, like the
+/// errors of Lua's own functions: no "runtime error:" and no Rust stack trace.
+#[tokio::test]
+async fn pcall_gives_library_errors_as_plain_messages() {
+    let cases = [
+        ("decode", "function(r) local ok, e = pcall(json.decode, '{bad') assert(not ok) return false, e end"),
+        ("encode", "function(r) local ok, e = pcall(json.encode, function() end) assert(not ok) return false, e end"),
+        ("xpcall", "function(r) local _, e = xpcall(json.decode, function(m) return 'handled: ' .. m end, '[1,') return false, e end"),
+        ("typed", "function(r) local ok, e = pcall(json.decode, '{bad') return false, type(e) end"),
+    ];
+    let pool = HookPool::start(&source(&sites(&cases)), limits(1)).unwrap();
+    let expected = [
+        "json.decode: key must be a string at line 1 column 2",
+        "json.encode: cannot encode a function",
+        "handled: ",
+        "string",
+    ];
+    for ((name, _), needle) in cases.iter().zip(expected) {
+        let verdict = pool.call(name, 0, input(name)).await;
+        let reason = verdict.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains(needle), "{name}: {reason}");
+        assert!(!reason.contains("runtime error"), "{name}: {reason}");
+        assert!(!reason.contains("stack traceback"), "{name}: {reason}");
+    }
+}
+
 /// Deep tables in a hook: json.encode refuses them instead of overflowing the worker's stack
 /// (which aborted the process), and Lua ↔ Rust recursion through `__tostring` is stopped by
 /// Lua's call depth limit.

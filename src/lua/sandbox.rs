@@ -117,9 +117,23 @@ do
   end
 end
 
+-- An error raised by a library function written in Rust (json.decode, …) reaches Lua as an
+-- object printing "runtime error: <message>" and a Rust stack trace; pcall and xpcall hand
+-- over the message alone, a string like the errors of Lua's own library functions.
+local function plain(e)
+  if type(e) ~= "userdata" then return e end
+  local text = tostring(e)
+  if type(text) ~= "string" or text:sub(1, 15) ~= "runtime error: " then return e end
+  local cut = text:find("\nstack traceback:", 16, true)
+  return text:sub(16, (cut or 0) - 1)
+end
+
 -- A budget error must not be swallowed by pcall: re-raise it once the protected call returns.
 local function settle(ok, ...)
-  if not ok then check() end
+  if not ok then
+    check()
+    return ok, plain((...))
+  end
   return ok, ...
 end
 G.pcall = function(...) return settle(raw_pcall(...)) end
@@ -131,7 +145,7 @@ G.xpcall = function(f, handler, ...)
   if type(handler) ~= "function" then return settle(raw_xpcall(f, handler, ...)) end
   return settle(raw_xpcall(f, function(e)
     if tripped() then return e end
-    return handler(e)
+    return handler(plain(e))
   end, ...))
 end
 
