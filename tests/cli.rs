@@ -273,3 +273,31 @@ fn json_logs_stay_json_through_the_fatal_error_and_show_no_debug_forms() {
         }
     }
 }
+
+/// The hook workers evaluate `sites.lua` again for its functions; what it prints at load time
+/// appears once, from the load of the configuration itself.
+#[test]
+fn load_time_output_appears_once_however_many_hook_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(
+        &config,
+        format!(
+            r#"print("loaded-marker")
+log.info("logged-marker")
+site {{ name = "a", url = "http://127.0.0.1:{}/", timeout = "1s", hooks = {{ function(r) return true end }} }}"#,
+            support::closed_port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sitewatch");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("loaded-marker").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("logged-marker").count(), 1, "{stderr}");
+}

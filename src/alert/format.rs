@@ -89,7 +89,9 @@ struct Worker {
 impl Worker {
     fn new(source: &ConfigSource, limits: HookLimits) -> Result<Worker, String> {
         let sandbox = Sandbox::new(LOAD_MEMORY_LIMIT).map_err(|e| e.to_string())?;
+        sandbox.set_quiet(true);
         let evaluation = eval::evaluate_keeping(&sandbox, source, eval::KEEP_FUNCTIONS);
+        sandbox.set_quiet(false);
         if let Some(error) = evaluation.errors.first() {
             return Err(format!("{}: {error}", source.path.display()));
         }

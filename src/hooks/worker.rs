@@ -39,7 +39,9 @@ impl Worker {
         };
         let sandbox = Sandbox::new(LOAD_MEMORY_LIMIT).map_err(sandbox_error)?;
         let build_r = r_table::builder(&sandbox.lua).map_err(sandbox_error)?;
+        sandbox.set_quiet(true);
         let evaluation = eval::evaluate_keeping(&sandbox, source, eval::KEEP_FUNCTIONS);
+        sandbox.set_quiet(false);
         if !evaluation.errors.is_empty() {
             return Err(HookError::Evaluate {
                 path: source.path.clone(),

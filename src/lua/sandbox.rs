@@ -382,6 +382,8 @@ pub(crate) struct Sandbox {
     freeze: Function,
     /// The heap limit currently set (0: none), which `json.decode` sizes its work by.
     memory_limit: Rc<Cell<usize>>,
+    /// While set, `log.*` and `print` write nothing (see [`Sandbox::set_quiet`]).
+    quiet: Rc<Cell<bool>>,
 }
 
 impl Sandbox {
@@ -400,7 +402,8 @@ impl Sandbox {
         let globals = lua.globals();
         globals.raw_set("json", json_table(&lua, &memory_limit, &budget)?)?;
         globals.raw_set("regex", regex_table(&lua)?)?;
-        globals.raw_set("log", log_table(&lua, &current_site)?)?;
+        let quiet = Rc::new(Cell::new(false));
+        globals.raw_set("log", log_table(&lua, &current_site, &quiet)?)?;
         let check_budget = Rc::clone(&budget);
         let check = lua.create_function(move |_, ()| match check_budget.tripped() {
             Some(trip) => Err(trip_error(trip)),
@@ -426,7 +429,15 @@ impl Sandbox {
             current_site,
             freeze,
             memory_limit,
+            quiet,
         })
+    }
+
+    /// Silences `log.*` and `print` (or lets them speak again). The hook workers and the alert
+    /// formatters evaluate `sites.lua` once more each, for its functions; what it logs at load
+    /// time was logged once already, when the configuration itself was loaded.
+    pub(crate) fn set_quiet(&self, quiet: bool) {
+        self.quiet.set(quiet);
     }
 
     /// Caps the state's heap at `bytes`.
@@ -664,11 +675,19 @@ pub(crate) fn escape_controls(text: &str) -> String {
     out
 }
 
-fn log_table(lua: &Lua, current_site: &Rc<RefCell<String>>) -> mlua::Result<Table> {
+fn log_table(
+    lua: &Lua,
+    current_site: &Rc<RefCell<String>>,
+    quiet: &Rc<Cell<bool>>,
+) -> mlua::Result<Table> {
     let table = lua.create_table()?;
     for warn in [false, true] {
         let site = Rc::clone(current_site);
+        let quiet = Rc::clone(quiet);
         let function = lua.create_function(move |_, message: Value| {
+            if quiet.get() {
+                return Ok(());
+            }
             let raw = match &message {
                 // Only what can be logged is copied out of Lua.
                 Value::String(s) => {
