@@ -184,13 +184,15 @@ impl Checker {
                     failure: Some(failure),
                     assertions: Vec::new(),
                     metrics: Default::default(),
-                    status: None,
-                    final_url: None,
+                    // What arrived before the failure: a 200 whose body timed out, the
+                    // last 302 of a redirect loop.
+                    status: attempt.head.as_ref().map(|h| h.status),
+                    final_url: attempt.head.map(|h| h.url.to_string()),
                     body_bytes: 0,
                     body_truncated: false,
                     cert_not_after: attempt.cert.map(|c| c.not_after),
                     timings: attempt.timings,
-                }
+                };
             }
         };
         let mut list = assertions::evaluate(&site.expect, &response, &attempt.timings, Utc::now());

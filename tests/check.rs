@@ -748,3 +748,73 @@ async fn an_ad_hoc_url_is_checked_without_a_config_file() {
     let output = sitewatch(dir.path(), &["check", &https.url("/")]).await;
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// A failure after something arrived keeps what did: the 200 head of a body that timed out,
+/// the last 302 of a redirect loop, the expiry of a certificate that failed verification.
+#[tokio::test]
+async fn what_arrived_before_a_failure_is_kept() {
+    let server = support::serve("127.0.0.1:0", |request, mut conn| async move {
+        match request.target.as_str() {
+            "/stall" => {
+                let _ = conn.head(200, &[("Content-Length", "100")]).await;
+                conn.wait_closed(std::time::Duration::from_secs(5)).await;
+            }
+            "/loop1" => conn.respond(302, &[("Location", "/loop2")], b"").await,
+            _ => conn.respond(302, &[("Location", "/loop1")], b"").await,
+        }
+    })
+    .await;
+    let ca = support::TestCa::new("check test CA");
+    let expired = support::TlsServer::start(
+        &ca.leaf("old", &["127.0.0.1"], support::Validity::Expired),
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+    config(
+        dir.path(),
+        &format!(
+            r#"
+site {{ name = "stall", url = "{}", timeout = "500ms" }}
+site {{ name = "loop", url = "{}" }}
+site {{ name = "expired", url = "{}", tls = {{ ca = "ca.pem" }} }}
+"#,
+            server.url("/stall"),
+            server.url("/loop1"),
+            expired.url("/"),
+        ),
+    );
+    let output = sitewatch(dir.path(), &["check", "--json"]).await;
+    let results = results(&output);
+
+    let stall = &results["stall"];
+    let failure = stall.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Timeout, "{failure:?}");
+    assert_eq!(failure.phase, Some(sitewatch::result::Phase::Transfer));
+    assert_eq!(stall.status, Some(200));
+    assert_eq!(
+        stall.final_url.as_deref(),
+        Some(server.url("/stall").as_str())
+    );
+
+    let looped = &results["loop"];
+    assert_eq!(
+        looped.failure.as_ref().unwrap().kind,
+        FailureKind::RedirectLoop
+    );
+    assert_eq!(looped.status, Some(302));
+    assert_eq!(
+        looped.final_url.as_deref(),
+        Some(server.url("/loop2").as_str())
+    );
+
+    let expired = &results["expired"];
+    let failure = expired.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Tls, "{failure:?}");
+    assert_eq!(failure.message, "certificate has expired");
+    assert_eq!(
+        expired.cert_not_after.map(|t| t.to_rfc3339()).as_deref(),
+        Some("2001-01-01T00:00:00+00:00")
+    );
+    assert_eq!((expired.status, expired.final_url.as_deref()), (None, None));
+}

@@ -295,6 +295,11 @@ async fn redirect_loop_fails() {
         f.message
     );
     assert_eq!(server.requests().len(), 2);
+    let head = attempt.head.as_ref().expect("the last 302 arrived");
+    assert_eq!(
+        (head.status, head.url.as_str()),
+        (302, server.url("/loop2").as_str())
+    );
 }
 
 #[tokio::test]
@@ -586,6 +591,11 @@ async fn trickling_body_times_out_in_transfer() {
         "{f:?}"
     );
     assert!(attempt.timings.transfer_ms.unwrap() > 400.0);
+    let head = attempt.head.as_ref().expect("the 200 head arrived");
+    assert_eq!(
+        (head.status, head.url.as_str()),
+        (200, server.url("/").as_str())
+    );
 }
 
 #[tokio::test]
@@ -862,7 +872,12 @@ async fn self_signed_cert_is_rejected() {
     assert_eq!(f.kind, FailureKind::Tls);
     assert!(f.message.contains("self-signed"), "{}", f.message);
     assert!(attempt.timings.tls_ms.is_some());
-    assert!(attempt.cert.is_none(), "the handshake did not complete");
+    let cert = attempt
+        .cert
+        .as_ref()
+        .expect("the rejected leaf is still read");
+    assert!(cert.subject.contains("self"), "{}", cert.subject);
+    assert!(attempt.head.is_none(), "no response arrived");
 }
 
 #[tokio::test]
@@ -877,6 +892,39 @@ async fn cert_from_unknown_ca_is_untrusted() {
     .clone();
     assert_eq!(f.kind, FailureKind::Tls);
     assert!(f.message.contains("not trusted"), "{}", f.message);
+}
+
+/// Verification failed, but the result still says what the server presented: an expired
+/// certificate is exactly when its date matters.
+#[tokio::test]
+async fn rejected_certificate_facts_are_kept() {
+    let ca = TestCa::new("old CA");
+    let server = TlsServer::start(&ca.leaf("old", &["127.0.0.1"], Validity::Expired), None);
+    let p = prober();
+    for tls in [trusting(&ca), TlsOptions::default()] {
+        let attempt = p.probe(&https_site(&server, tls)).await;
+        assert_eq!(failed(&attempt).kind, FailureKind::Tls);
+        let cert = attempt.cert.as_ref().expect("facts of the rejected leaf");
+        assert_eq!(cert.not_after.to_rfc3339(), "2001-01-01T00:00:00+00:00");
+        assert!(cert.subject.contains("old"), "{}", cert.subject);
+        assert!(cert.issuer.contains("old CA"), "{}", cert.issuer);
+    }
+    // Not for a server that speaks no TLS at all: nothing was presented, nothing is retried.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let attempt = p.probe(&site(&format!("https://{addr}/"))).await;
+    assert_eq!(failed(&attempt).kind, FailureKind::Tls, "{attempt:?}");
+    assert!(attempt.cert.is_none());
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -156,6 +156,23 @@ const TLS_REASONS: &[(&str, TlsReason)] = &[
     ("alert protocol version", TlsReason::ProtocolVersion),
 ];
 
+/// Whether a handshake error says the client rejected the server's certificate (expired,
+/// untrusted, another host's): the server did present one, and its facts are worth reading.
+pub(crate) fn certificate_rejected(text: &str) -> bool {
+    matches!(
+        tls_reason(&text.to_ascii_lowercase()),
+        Some(
+            TlsReason::Expired
+                | TlsReason::NotYetValid
+                | TlsReason::Revoked
+                | TlsReason::SelfSigned
+                | TlsReason::SelfSignedInChain
+                | TlsReason::Untrusted
+                | TlsReason::HostMismatch
+        )
+    )
+}
+
 pub(crate) fn tls_reason(lower: &str) -> Option<TlsReason> {
     TLS_REASONS
         .iter()
@@ -363,6 +380,27 @@ mod tests {
 
     const VERIFY: &str = "error:0A000086:SSL routines:tls_post_process_server_certificate:\
         certificate verify failed:../ssl/statem/statem_clnt.c:1889:";
+
+    #[test]
+    fn rejected_certificates() {
+        let cases = [
+            (format!("{VERIFY} (certificate has expired)"), true),
+            (format!("{VERIFY} (self-signed certificate)"), true),
+            (
+                format!("{VERIFY} (unable to get local issuer certificate)"),
+                true,
+            ),
+            (format!("{VERIFY} (Hostname mismatch)"), true),
+            (format!("{VERIFY} (certificate is not yet valid)"), true),
+            ("x:sslv3 alert handshake failure:y".to_owned(), false),
+            ("x:tlsv13 alert certificate required:y".to_owned(), false),
+            ("x:wrong version number:y".to_owned(), false),
+            ("connection reset by peer".to_owned(), false),
+        ];
+        for (text, want) in cases {
+            assert_eq!(certificate_rejected(&text), want, "{text}");
+        }
+    }
 
     #[test]
     fn tls_handshake_messages() {

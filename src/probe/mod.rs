@@ -38,6 +38,11 @@
 //! - The body is read until `site.body_cap` decoded bytes; past it the connection is dropped
 //!   (not drained) and the body marked truncated. gzip and deflate are decoded as the bytes
 //!   arrive, so a compression bomb costs at most the cap in memory.
+//! - What arrived is kept when the attempt fails later: the status and URL of the last
+//!   response head ([`Attempt::head`]), and the leaf certificate of the last hop. A handshake
+//!   that fails because the certificate is rejected is followed, once the attempt is timed, by
+//!   a second handshake that verifies nothing, only to read that certificate (native-tls does
+//!   not expose it from the failed one); it gets what remains of the deadline.
 //! - The request carries `Host`, `User-Agent` and `Accept-Encoding: gzip, deflate` unless the
 //!   site sets its own, and always `Connection: close`. No site-configured header is sent to
 //!   another origin after a redirect (the defaults are, for that origin).
@@ -68,7 +73,7 @@ use url::{Host, Position, Url};
 
 use self::body::{BodySink, Encoding, Fill};
 use self::classify::{ErrorFacts, Stage};
-use crate::config::Site;
+use crate::config::{Site, TlsOptions};
 use crate::result::{Failure, FailureKind, Phase, Timings};
 
 /// The `User-Agent` a probe sends when the site sets none; pass it to [`Prober::new`] unless
@@ -124,9 +129,23 @@ pub struct Response {
 pub struct Attempt {
     pub timings: Timings,
     pub outcome: Result<Response, Failure>,
-    /// Leaf certificate of the last hop, when that hop's TLS handshake completed: set when the
-    /// attempt failed after the handshake (and, on success, equal to [`Response::cert`]).
+    /// Leaf certificate of the last hop: set when that hop's handshake completed and the
+    /// attempt failed after it, and when the handshake failed because the certificate was
+    /// rejected (expired, untrusted, another host's), read then by [`Prober::probe`] over a
+    /// second, unverified handshake. On success, equal to [`Response::cert`].
     pub cert: Option<CertInfo>,
+    /// Status and URL of the last response head that arrived, kept when the attempt failed
+    /// after it: a 200 whose body timed out, the last 302 of a redirect loop. `None` when no
+    /// head arrived; on success, the final response's.
+    pub head: Option<Head>,
+}
+
+/// A response head as it arrived: what a failed attempt still knows about the server's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub status: u16,
+    /// The URL that answered with `status`.
+    pub url: Url,
 }
 
 /// sitewatch's own faults when setting up probing (a site being down is never one).
@@ -198,11 +217,40 @@ impl Prober {
         if let Err(failure) = &outcome {
             tracing::debug!(kind = failure.kind.as_str(), message = %failure.message, "probe failed");
         }
+        // After the timings: reading the rejected leaf is not part of what the site costs.
+        let cert = match progress.rejected {
+            Some(url) => self.rejected_leaf(site, &url, deadline).await,
+            None => progress.cert,
+        };
         Attempt {
             timings,
             outcome,
-            cert: progress.cert,
+            cert,
+            head: progress.head,
         }
+    }
+
+    /// The leaf certificate a server presented but verification rejected: a second handshake
+    /// to `url`, verifying nothing, made only to read it (native-tls gives no access to the
+    /// certificate of a failed handshake). An expired certificate is exactly when its date
+    /// matters. Bounded by what remains of the attempt's deadline; any failure gives `None`.
+    async fn rejected_leaf(&self, site: &Site, url: &Url, deadline: Instant) -> Option<CertInfo> {
+        let read = async {
+            let host = url.host()?;
+            let port = url.port_or_known_default()?;
+            let tcp = connect(host, port, &mut Progress::new()).await.ok()?;
+            let unverified = TlsOptions {
+                insecure: true,
+                ..site.tls.clone()
+            };
+            let connector = self.tls.get(&unverified).ok()?;
+            let stream = connector.connect(tls_name(url), tcp).await.ok()?;
+            tls::peer_cert_info(&stream)
+        };
+        tokio::time::timeout_at(deadline.into(), read)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The redirect loop: one hop per iteration until a final response or a failure.
@@ -277,21 +325,19 @@ impl Prober {
         if url.scheme() != "https" {
             return self.exchange(tcp, site, req, p).await;
         }
-        // The name to verify: a domain, or an IP address without the brackets of the URL.
-        let name = url
-            .host_str()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let name = tls_name(url);
         p.begin(Phase::Tls);
         let connector = self
             .tls
             .get(&site.tls)
             .map_err(|e| classify::tls_config(&e))?;
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| classify::tls_handshake(name, &e.to_string()))?;
+        let stream = connector.connect(name, tcp).await.map_err(|e| {
+            let text = e.to_string();
+            if classify::certificate_rejected(&text) {
+                p.rejected = Some(url.clone());
+            }
+            classify::tls_handshake(name, &text)
+        })?;
         p.end();
         p.cert = tls::peer_cert_info(&stream);
         self.exchange(stream, site, req, p).await
@@ -326,6 +372,10 @@ impl Prober {
         p.end();
 
         let status = response.status().as_u16();
+        p.head = Some(Head {
+            status,
+            url: req.url.clone(),
+        });
         if redirect::is_redirect(status) {
             if let Some(location) = response.headers().get(LOCATION) {
                 let next = redirect::resolve_location(req.url, location).map_err(|why| {
@@ -418,6 +468,14 @@ impl Prober {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
         Ok(request)
     }
+}
+
+/// The name TLS verifies for `url`: a domain, or an IP address without the brackets of the URL.
+fn tls_name(url: &Url) -> &str {
+    url.host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }
 
 /// Whether a site-configured header goes out on this hop. None goes to another origin: any of
@@ -568,6 +626,11 @@ struct Progress {
     since: Option<Instant>,
     /// Certificate of the current hop's completed handshake.
     cert: Option<CertInfo>,
+    /// The last response head that arrived, on any hop.
+    head: Option<Head>,
+    /// The hop whose handshake failed because its certificate was rejected: the leaf is read
+    /// once the attempt is over.
+    rejected: Option<Url>,
 }
 
 impl Progress {
@@ -577,6 +640,8 @@ impl Progress {
             phase: Phase::Dns,
             since: None,
             cert: None,
+            head: None,
+            rejected: None,
         }
     }
 
