@@ -33,10 +33,22 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         let number: u64 = rest[..digits]
             .parse()
             .map_err(|_| "too large".to_string())?;
-        rest = &rest[digits..];
-        if rest.starts_with('.') {
-            return Err("fractions are not supported (write \"1500ms\", not \"1.5s\")".into());
+        if rest[digits..].starts_with('.') {
+            // This part alone: `1.5s` of `1.5s200ms`.
+            let fraction = rest[digits + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            let unit = rest[digits + 1 + fraction..]
+                .bytes()
+                .take_while(u8::is_ascii_alphabetic)
+                .count();
+            return Err(fraction_error(
+                &rest[..digits + 1 + fraction + unit],
+                DURATION_UNITS,
+            ));
         }
+        rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         if unit_len == 0 {
             return Err(format!("missing unit after {number}; {DURATION_HINT}"));
@@ -55,6 +67,33 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(Duration::from_millis(total_ms))
+}
+
+/// Why `text`, a number with a fraction and a unit (`1.5s`), is refused, with the whole number
+/// of a smaller unit that says the same (`1500ms`) when there is one; `units` smallest first.
+pub(crate) fn fraction_error(text: &str, units: &[(&str, u64)]) -> String {
+    const REFUSED: &str = "fractions are not supported";
+    let exact = || -> Option<String> {
+        let unit_at = text.find(|c: char| c.is_ascii_alphabetic())?;
+        let (number, unit) = text.split_at(unit_at);
+        let (&(_, factor), smaller) = units
+            .iter()
+            .position(|(name, _)| *name == unit)
+            .map(|i| (&units[i], &units[..i]))?;
+        let (whole, fraction) = number.split_once('.')?;
+        let scale = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+        let mantissa: u128 = format!("{whole}{fraction}").parse().ok()?;
+        let base = mantissa.checked_mul(u128::from(factor))?;
+        // The largest smaller unit the value is a whole number of.
+        smaller.iter().rev().find_map(|&(name, f)| {
+            let divisor = scale.checked_mul(u128::from(f))?;
+            (base % divisor == 0).then(|| format!("{}{name}", base / divisor))
+        })
+    };
+    match exact() {
+        Some(whole) => format!("{REFUSED}: write \"{whole}\" for \"{text}\""),
+        None => format!("{REFUSED}: write a whole number of a smaller unit"),
+    }
 }
 
 /// Formats a duration the way it would be written: `1m30s`, `800ms`, `2h`.
@@ -128,7 +167,14 @@ mod tests {
             ("0s", "greater than zero"),
             ("0ms", "greater than zero"),
             ("", "empty"),
-            ("1.5s", "fractions"),
+            (
+                "1.5s",
+                "fractions are not supported: write \"1500ms\" for \"1.5s\"",
+            ),
+            ("1.5m", "write \"90s\" for \"1.5m\""),
+            ("1m2.25h", "write \"135m\" for \"2.25h\""),
+            ("0.5ms", "write a whole number of a smaller unit"),
+            ("2.5", "fractions are not supported"),
             ("10x", "unknown unit \"x\""),
             ("10 s", "missing unit"),
             ("5w", "unknown unit \"w\""),

@@ -34,10 +34,19 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|_| "too large".to_string())?;
     let unit = &text[digits..];
     if unit.starts_with('.') {
-        return Err("fractions are not supported (write \"1500KB\", not \"1.5MB\")".into());
+        // Within the unit's family: 1.5MB is 1500KB, 1.5MiB is 1536KiB.
+        let binary = text.ends_with("iB");
+        let family: Vec<(&str, u64)> = SIZE_UNITS
+            .iter()
+            .filter(|(name, _)| *name == "B" || name.ends_with("iB") == binary)
+            .copied()
+            .collect();
+        return Err(crate::duration::fraction_error(text, &family));
     }
     if unit.is_empty() {
-        return Err(format!("missing unit; {SIZE_HINT}"));
+        return Err(format!(
+            "missing unit: write \"{number}B\" (or the number {number}, in bytes); {SIZE_HINT}"
+        ));
     }
     let Some(&(_, factor)) = SIZE_UNITS.iter().find(|(name, _)| *name == unit) else {
         return Err(format!("unknown unit {unit:?}; {SIZE_HINT}"));
@@ -107,11 +116,17 @@ mod tests {
             assert_eq!(parse_size(text), Ok(bytes), "{text}");
         }
         let bad = [
-            ("512", "missing unit"),
+            (
+                "512",
+                "missing unit: write \"512B\" (or the number 512, in bytes)",
+            ),
             ("KB", "expected a number"),
             ("-1KB", "negative"),
             ("0B", "greater than zero"),
-            ("1.5MB", "fractions"),
+            ("1.5MB", "write \"1500KB\" for \"1.5MB\""),
+            ("1.5KB", "write \"1500B\" for \"1.5KB\""),
+            ("1.5MiB", "write \"1536KiB\" for \"1.5MiB\""),
+            ("0.1KiB", "write a whole number of a smaller unit"),
             ("10kb", "unknown unit \"kb\""),
             ("10 KB", "unknown unit"),
             ("99999999999GiB", "too large"),
