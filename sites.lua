@@ -23,7 +23,7 @@ site {
 site {
   name = "iana",
   url  = "https://www.iana.org/",
-  expect = { status = { 200, 301, 302 }, max_body = "2MiB" },
+  expect = { status = 200, max_body = "2MiB" },
   hooks = { script "cert_expiry" },
 }
 

@@ -20,7 +20,7 @@
 
 ---Built-in expectations. Keys set on a site override those of defaults{} one by one.
 ---@class sitewatch.Expect
----@field status? sitewatch.Status Accepted statuses of the final response (default: any 2xx).
+---@field status? sitewatch.Status Accepted statuses of the final response (default: any 2xx); a redirect status only with follow_redirects = false.
 ---@field body? string Rust regex that must match the body.
 ---@field body_not? string Rust regex that must not match the body.
 ---@field max_time? sitewatch.Duration Slower than this (whole attempt): down.
@@ -85,7 +85,8 @@
 ---@field request? sitewatch.Request What to send; a site's request replaces the default one whole.
 ---@field tls? sitewatch.Tls TLS options; a site's tls replaces the default one whole (tls = {} verifies again).
 ---@field retries? integer Extra attempts (0-10) before a failing check is declared down (default 0).
----@field max_redirects? integer Redirects followed (0-100, default 10).
+---@field max_redirects? integer Redirects followed (0-100, default 10); more fail as redirect_loop. 0 follows none, like follow_redirects = false.
+---@field follow_redirects? boolean false: judge the first response as it arrived (a 301, its Location in expect.headers). Default true.
 ---@field body_cap? sitewatch.Size Body bytes read at most (default "1MiB"; raised past expect.max_body).
 ---@field hooks? sitewatch.Hook[] Lua assertions, run in order after the built-in ones.
 ---@field slo? sitewatch.Slo Service-level objective; a site's slo replaces the default one whole.

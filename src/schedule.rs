@@ -372,6 +372,7 @@ pub fn probe_fingerprint(site: &Site) -> [u8; 32] {
         expect,
         retries,
         max_redirects,
+        follow_redirects,
         body_cap,
         hooks,
         slo: _,
@@ -418,6 +419,7 @@ pub fn probe_fingerprint(site: &Site) -> [u8; 32] {
     }
     field(&retries.to_le_bytes());
     field(&max_redirects.to_le_bytes());
+    field(&[u8::from(*follow_redirects)]);
     field(&body_cap.to_le_bytes());
     field(hooks.join("\n").as_bytes());
     h.finalize().into()

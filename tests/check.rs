@@ -818,3 +818,69 @@ site {{ name = "expired", url = "{}", tls = {{ ca = "ca.pem" }} }}
     );
     assert_eq!((expired.status, expired.final_url.as_deref()), (None, None));
 }
+
+/// "http:// redirects to https://" as a monitor: `follow_redirects = false` judges the 301
+/// itself, its `Location` through `expect.headers`.
+#[tokio::test]
+async fn a_redirect_is_monitored_with_follow_redirects_false() {
+    let https = format!("https://127.0.0.1:{}/", support::closed_port());
+    let location = https.clone();
+    let server = support::serve("127.0.0.1:0", move |_request, mut conn| {
+        let location = location.clone();
+        async move {
+            conn.respond(301, &[("Location", location.as_str())], b"")
+                .await
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/");
+    config(
+        dir.path(),
+        &format!(
+            r#"
+site {{ name = "to-https", url = "{url}", follow_redirects = false,
+        expect = {{ status = 301, headers = {{ Location = "^https://" }} }} }}
+site {{ name = "to-www", url = "{url}", follow_redirects = false,
+        expect = {{ status = 301, headers = {{ Location = "^https://www\\." }} }} }}
+site {{ name = "followed", url = "{url}", expect = {{ status = 301 }} }}
+"#
+        ),
+    );
+    let output = sitewatch(dir.path(), &["check", "--json"]).await;
+    let results = results(&output);
+
+    let up = &results["to-https"];
+    assert_eq!(up.outcome, Outcome::Up, "{:?}", up.failure);
+    assert_eq!(
+        (up.status, up.final_url.as_deref()),
+        (Some(301), Some(url.as_str()))
+    );
+
+    let wrong = &results["to-www"];
+    assert_eq!(wrong.outcome, Outcome::Down);
+    let failure = wrong.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Assertion);
+    assert!(
+        failure.message.contains("header:location") && failure.message.contains(&https),
+        "{}",
+        failure.message
+    );
+    let location = wrong
+        .assertions
+        .iter()
+        .find(|a| a.name == "header:location")
+        .unwrap();
+    assert_eq!(
+        (location.ok, location.actual.as_str()),
+        (false, https.as_str())
+    );
+
+    // Following (the default) is unchanged: the 301 is never the answer.
+    let followed = &results["followed"];
+    assert_eq!(
+        followed.failure.as_ref().unwrap().kind,
+        FailureKind::Connect
+    );
+    assert_eq!(followed.status, Some(301), "the last head that arrived");
+}

@@ -481,6 +481,25 @@ fn sandbox_and_budget_at_load_time() {
 }
 
 #[test]
+fn follow_redirects_is_a_boolean_defaulting_to_true() {
+    let config = load(
+        "defaults { follow_redirects = false }\n\
+         site { name = \"a\", url = \"http://a.example/\" }\n\
+         site { name = \"b\", url = \"http://b.example/\", follow_redirects = true }",
+    )
+    .unwrap();
+    let follow: Vec<bool> = config.sites.iter().map(|s| s.follow_redirects).collect();
+    assert_eq!(follow, [false, true]);
+    let plain = load(r#"site { name = "a", url = "http://a.example/" }"#).unwrap();
+    assert!(plain.sites[0].follow_redirects);
+    assert_error(
+        "\nsite { name = \"a\", url = \"http://a.example/\", follow_redirects = \"no\" }",
+        2,
+        &["follow_redirects must be a boolean, got string"],
+    );
+}
+
+#[test]
 fn defaults_rules() {
     assert_error(
         "defaults { retries = 1 }\ndefaults { retries = 2 }",
@@ -1663,4 +1682,47 @@ fn expectation_regexes_have_a_size_limit() {
         "site { name = 'a', url = 'https://a.example/', expect = { body = '\\\\w{50}' } }"
     )
     .is_ok());
+}
+
+/// The URL standard reads these as `http://host/`; in sites.lua they are typos.
+#[test]
+fn urls_whose_host_does_not_follow_the_slashes() {
+    for url in [
+        "http:///nohost",
+        "http:/nohost",
+        "http:nohost",
+        "https:\\\\nohost/",
+        "http:////nohost",
+    ] {
+        assert_error(
+            &format!(r#"site {{ name = "a", url = [[{url}]] }}"#),
+            1,
+            &["is invalid", "the host must follow"],
+        );
+    }
+    for url in [
+        "http://ok.example/",
+        "HTTPS://OK.example/x",
+        "http://[::1]:8080/",
+    ] {
+        let loaded = load(&format!(r#"site {{ name = "a", url = [[{url}]] }}"#));
+        assert!(
+            loaded.is_ok(),
+            "{url}: {:?}",
+            loaded.err().map(|e| e.to_string())
+        );
+    }
+}
+
+/// A `defaults{}` refused for its place still has its values checked: one pass, every mistake.
+#[test]
+fn a_misplaced_defaults_has_its_values_checked_too() {
+    let text = r#"site { name = "a", url = "https://a.example/" }
+defaults { interval = "banana", timout = "5s" }
+defaults { interval = "1m" }"#;
+    assert_error(text, 2, &["defaults{} must come before the first site{}"]);
+    assert_error(text, 2, &[r#"interval = "banana""#]);
+    assert_error(text, 2, &[r#"unknown key "timout""#]);
+    assert_error(text, 3, &["must come before"]);
+    assert_eq!(errors(text).len(), 4, "{:?}", errors(text));
 }

@@ -316,13 +316,40 @@ async fn too_many_redirects_fail() {
         4,
         "the original request and 3 redirects"
     );
+}
 
-    let mut s = site(&server.url("/n/0"));
-    s.max_redirects = 0;
-    assert_eq!(
-        failed(&prober().probe(&s).await).kind,
-        FailureKind::RedirectLoop
-    );
+/// `follow_redirects = false`, and `max_redirects = 0` alike, make the first response the
+/// answer: a 301 with its `Location`, for monitors of the redirect itself.
+#[tokio::test]
+async fn a_redirect_can_be_the_answer() {
+    let target = format!("https://127.0.0.1:{}/", support::closed_port());
+    let location = target.clone();
+    let server = serve("127.0.0.1:0", move |_req: Received, mut conn: Conn| {
+        let location = location.clone();
+        async move {
+            conn.respond(301, &[("Location", location.as_str())], b"moved")
+                .await
+        }
+    })
+    .await;
+    let p = prober();
+
+    let mut s = site(&server.url("/"));
+    s.follow_redirects = false;
+    let mut zero = site(&server.url("/"));
+    zero.max_redirects = 0;
+    for s in [s, zero] {
+        let attempt = p.probe(&s).await;
+        let r = ok(&attempt);
+        assert_eq!((r.status, &r.body[..]), (301, &b"moved"[..]));
+        assert_eq!(r.final_url.as_str(), server.url("/"));
+        assert!(r.headers.contains(&("location".to_owned(), target.clone())));
+    }
+    assert_eq!(server.requests().len(), 2);
+
+    // Followed by default: to the closed port.
+    let attempt = p.probe(&site(&server.url("/"))).await;
+    assert_eq!(failed(&attempt).kind, FailureKind::Connect);
 }
 
 #[tokio::test]

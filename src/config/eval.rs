@@ -64,6 +64,9 @@ pub(crate) struct Evaluation {
     /// `site{}` calls in call order.
     pub(crate) sites: Vec<Declaration>,
     pub(crate) defaults: Option<Declaration>,
+    /// `defaults{}` calls refused for their place (a second one, or one after a site): their
+    /// values are still checked, so every mistake is reported in one pass.
+    pub(crate) refused_defaults: Vec<Declaration>,
     /// `notifier` calls in call order.
     pub(crate) notifiers: Vec<NotifierDeclaration>,
     /// `maintenance{}` calls in call order.
@@ -324,6 +327,14 @@ fn install(
                 })
             };
             match (problem, value) {
+                (Some(kind), Value::Table(table)) => {
+                    state.report(lua, ConfigError::at(&location, kind))?;
+                    let raw = state.snapshot(lua, &table)?;
+                    state.eval.refused_defaults.push(Declaration {
+                        location,
+                        table: raw,
+                    });
+                }
                 (Some(kind), _) => state.report(lua, ConfigError::at(&location, kind))?,
                 (None, Value::Table(table)) => {
                     let raw = state.snapshot(lua, &table)?;

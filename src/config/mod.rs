@@ -330,6 +330,24 @@ site { name = "means-it", url = "https://means-it.example/", tls = { insecure = 
     }
 
     #[test]
+    fn tls_on_an_http_url_is_a_warning() {
+        let config = load(
+            r#"
+site { name = "plain", url = "http://plain.example/", tls = { insecure = true } }
+site { name = "secure", url = "https://secure.example/", tls = { insecure = true } }
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(
+            config.warnings[0]
+                .starts_with("sites.lua:2: site \"plain\" sets tls, but its URL is http://"),
+            "{}",
+            config.warnings[0]
+        );
+    }
+
+    #[test]
     fn builtin_defaults() {
         let config = load(r#"site { name = "a", url = "http://a.example/" } site { name = "b", url = "http://b.example/", interval = "6s" }"#).unwrap();
         let [a, b] = &config.sites[..] else { panic!() };

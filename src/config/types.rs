@@ -138,7 +138,12 @@ pub struct Site {
     pub expect: Expect,
     /// Extra attempts before a failing check is declared down.
     pub retries: u32,
+    /// Redirects followed at most; one more fails the check as `redirect_loop`. 0 follows
+    /// none, like `follow_redirects = false`.
     pub max_redirects: u32,
+    /// `false`: the first response is judged as it arrived (a 301 and its `Location`), for
+    /// monitors of the redirect itself ("http:// goes to https://"). Default true.
+    pub follow_redirects: bool,
     /// Body bytes read before the connection is dropped and the body marked truncated. Always
     /// greater than `expect.max_body`, so a truncated body proves the limit was exceeded.
     pub body_cap: u64,
@@ -335,6 +340,7 @@ impl Site {
             expect: Expect::default(),
             retries: 0,
             max_redirects: DEFAULT_MAX_REDIRECTS,
+            follow_redirects: true,
             body_cap: DEFAULT_BODY_CAP,
             hooks: Vec::new(),
             slo: None,

@@ -60,6 +60,7 @@ const SITE_KEYS: &[&str] = &[
     "tls",
     "retries",
     "max_redirects",
+    "follow_redirects",
     "body_cap",
     "hooks",
     "slo",
@@ -75,6 +76,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "tls",
     "retries",
     "max_redirects",
+    "follow_redirects",
     "body_cap",
     "hooks",
     "slo",
@@ -150,7 +152,7 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
         notifiers: notifier_names,
     };
     let notifiers = notifiers(&eval.notifiers, &mut errors);
-    let defaults = eval.defaults.as_ref().map(|decl| {
+    let mut check_defaults = |decl: &Declaration| {
         let mut rep = Reporter {
             errors: &mut errors,
             location: &decl.location,
@@ -162,8 +164,11 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
             inherited: None,
         };
         settings(layers, &ctx, &mut rep);
-        &decl.table
-    });
+    };
+    eval.defaults.iter().for_each(&mut check_defaults);
+    // Not applied, but their mistakes are mistakes too.
+    eval.refused_defaults.iter().for_each(&mut check_defaults);
+    let defaults = eval.defaults.as_ref().map(|decl| &decl.table);
 
     let mut sites = Vec::with_capacity(eval.sites.len());
     let mut warnings = Vec::new();
@@ -198,6 +203,13 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
             if let Some(site) = &site {
                 // Turning verification off is a decision about one site, not a default that
                 // silently reaches every site added later.
+                if site.url.scheme() == "http" && decl.table.get("tls").is_some() {
+                    warnings.push(format!(
+                        "{}: site {:?} sets tls, but its URL is http://: tls applies only to \
+                         https:// URLs it is redirected to",
+                        decl.location, site.name
+                    ));
+                }
                 if site.tls.insecure && decl.table.get("tls").is_none() {
                     warnings.push(format!(
                         "{}: site {:?} inherits tls.insecure = true from defaults{{}}: its \
@@ -959,6 +971,7 @@ struct Settings {
     tls: TlsOptions,
     retries: u32,
     max_redirects: u32,
+    follow_redirects: bool,
     body_cap: u64,
     hooks: Vec<String>,
     alert: AlertRule,
@@ -1002,6 +1015,7 @@ fn site(
         expect: settings.expect,
         retries: settings.retries,
         max_redirects: settings.max_redirects,
+        follow_redirects: settings.follow_redirects,
         body_cap: settings.body_cap,
         hooks: settings.hooks,
         slo: settings.slo,
@@ -1058,6 +1072,12 @@ fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Se
             bounded_int("max_redirects", raw, MAX_REDIRECTS_LIMIT)
         })
         .map_or(DEFAULT_MAX_REDIRECTS, |(n, _)| n);
+    let follow_redirects = layers
+        .field("follow_redirects", rep, |raw| match raw {
+            Raw::Bool(b) => Ok(*b),
+            other => Err(wrong_type("follow_redirects", "a boolean", other)),
+        })
+        .is_none_or(|(follow, _)| follow);
     let mut body_cap = layers
         .field("body_cap", rep, |raw| {
             size("body_cap", raw).and_then(|n| size_at_most("body_cap", raw, n, MAX_BODY_CAP))
@@ -1096,6 +1116,7 @@ fn settings(layers: Layers<'_>, ctx: &Context<'_>, rep: &mut Reporter<'_>) -> Se
         tls,
         retries,
         max_redirects,
+        follow_redirects,
         body_cap,
         hooks,
         slo,
@@ -1379,6 +1400,23 @@ fn parse_url(raw: &Raw) -> Result<Url, Kind> {
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
+    }
+    // The URL standard reads `http:///host`, `http:/host` and `http:host` as `http://host/`:
+    // a typo that should not pass as a different URL.
+    let after_scheme = text
+        .trim_start()
+        .get(url.scheme().len() + 1..)
+        .unwrap_or("");
+    let authority = after_scheme
+        .strip_prefix("//")
+        .filter(|rest| !rest.starts_with(['/', '\\']));
+    if authority.is_none() {
+        return Err(invalid(format!(
+            "the host must follow \"{}://\" directly (e.g. \"{}://{}/\")",
+            url.scheme(),
+            url.scheme(),
+            url.host_str().unwrap_or("example.com")
+        )));
     }
     Ok(url)
 }

@@ -34,7 +34,9 @@
 //!   deadline).
 //! - Redirects (301/302/303/307/308 with a `Location`) are followed up to `site.max_redirects`,
 //!   each over a fresh connection; a URL seen twice, or one hop too many, fails as
-//!   `redirect_loop`. Phase timings are summed over hops; `total_ms` is wall clock.
+//!   `redirect_loop`. Phase timings are summed over hops; `total_ms` is wall clock. With
+//!   `site.follow_redirects` false, or `max_redirects = 0`, none is followed: the first
+//!   response is the answer, a 301 read and judged like any other.
 //! - The body is read until `site.body_cap` decoded bytes; past it the connection is dropped
 //!   (not drained) and the body marked truncated. gzip and deflate are decoded as the bytes
 //!   arrive, so a compression bomb costs at most the cap in memory.
@@ -376,7 +378,7 @@ impl Prober {
             status,
             url: req.url.clone(),
         });
-        if redirect::is_redirect(status) {
+        if follows_redirects(site) && redirect::is_redirect(status) {
             if let Some(location) = response.headers().get(LOCATION) {
                 let next = redirect::resolve_location(req.url, location).map_err(|why| {
                     classify::bad_redirect(
@@ -468,6 +470,12 @@ impl Prober {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
         Ok(request)
     }
+}
+
+/// Whether a redirect is followed at all: `max_redirects = 0` means what
+/// `follow_redirects = false` does, judge the first response as it arrived.
+fn follows_redirects(site: &Site) -> bool {
+    site.follow_redirects && site.max_redirects > 0
 }
 
 /// The name TLS verifies for `url`: a domain, or an IP address without the brackets of the URL.
