@@ -80,14 +80,17 @@ pub fn evaluate(
         let document: Result<serde_json::Value, _> = serde_json::from_slice(&response.body);
         for json in &expect.json {
             let name = format!("json:{}", json.path);
-            let expected = json.equals.to_string();
+            let expected = match &json.equals {
+                serde_json::Value::Array(items) if items.is_empty() => "[] or {}".to_owned(),
+                equals => equals.to_string(),
+            };
             let (ok, actual) = match &document {
                 Err(error) => (false, format!("body is not JSON: {error}")),
                 Ok(document) => match json.query.query(document).all().as_slice() {
                     [] => (false, "no match".to_owned()),
-                    [one] => (*one == &json.equals, excerpt(&one.to_string())),
+                    [one] => (json_matches(&json.equals, one), excerpt(&one.to_string())),
                     many => (
-                        many.iter().all(|v| *v == &json.equals),
+                        many.iter().all(|v| json_matches(&json.equals, v)),
                         excerpt(
                             &serde_json::Value::Array(many.iter().map(|v| (*v).clone()).collect())
                                 .to_string(),
@@ -236,6 +239,25 @@ fn excerpt(text: &str) -> String {
     } else {
         let cut: String = text.chars().take(MAX_ACTUAL_CHARS).collect();
         format!("{cut}…")
+    }
+}
+
+/// `actual` equals `expected`, where an empty array in `expected` — an empty Lua table, which is
+/// one value for `[]` and `{}` alike (and which `json.encode` writes as `{}`) — also matches an
+/// empty object, at any depth.
+fn json_matches(expected: &serde_json::Value, actual: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (expected, actual) {
+        (J::Array(e), J::Object(a)) => e.is_empty() && a.is_empty(),
+        (J::Array(e), J::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(e, a)| json_matches(e, a))
+        }
+        (J::Object(e), J::Object(a)) => {
+            e.len() == a.len()
+                && e.iter()
+                    .all(|(key, e)| a.get(key).is_some_and(|a| json_matches(e, a)))
+        }
+        (e, a) => e == a,
     }
 }
 
@@ -402,6 +424,22 @@ mod tests {
             vec![true, true, false, false]
         );
         let not_json = evaluate(&expect, &response(200, "<html>"), &timings(1.0), Utc::now());
+        // An empty Lua table is `[]` and `{}` at once.
+        let empty = Expect {
+            json: vec![
+                json("$.list", serde_json::json!([])),
+                json("$.map", serde_json::json!([])),
+                json("$.nested", serde_json::json!({ "a": [], "b": [1] })),
+                json("$.full", serde_json::json!([])),
+            ],
+            ..Expect::default()
+        };
+        let body = r#"{"list":[],"map":{},"nested":{"a":{},"b":[1]},"full":{"x":1}}"#;
+        let got = run(&empty, &response(200, body), 1.0);
+        assert_eq!(
+            got[1..].iter().map(|(_, ok)| *ok).collect::<Vec<_>>(),
+            vec![true, true, true, false]
+        );
         assert!(not_json[1].actual.starts_with("body is not JSON"));
     }
 
