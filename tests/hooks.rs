@@ -330,6 +330,9 @@ async fn metrics() {
         ("bad", "function(r) return { metrics = { ttfb = 'slow' } } end"),
         ("nan", "function(r) return { metrics = { x = 0/0 } } end"),
         ("longname", "function(r) return { metrics = { [string.rep('m', 129)] = 1 } } end"),
+        ("many", "function(r) local m = {} for i = 1, 65 do m['m' .. i] = i end return { metrics = m } end"),
+        ("most", "function(r) local m = {} for i = 1, 64 do m['m' .. i] = i end return { metrics = m } end"),
+        ("partly", "function(r) return { metrics = { good = 1, bad = 'x' } } end"),
     ];
     let pool = HookPool::start(&source(&sites(&cases)), limits(1)).unwrap();
     for name in ["m1", "m2"] {
@@ -349,6 +352,14 @@ async fn metrics() {
         &pool.call("longname", 0, input("longname")).await,
         "metric names are at most 128 bytes",
     );
+    // A refused verdict stores none of its metrics; 64 is the most a verdict may carry.
+    let many = pool.call("many", 0, input("many")).await;
+    assert_fails(&many, "more than 64 metrics");
+    assert!(many.metrics.is_empty(), "{:?}", many.metrics);
+    let partly = pool.call("partly", 0, input("partly")).await;
+    assert!(partly.metrics.is_empty(), "{:?}", partly.metrics);
+    let most = pool.call("most", 0, input("most")).await;
+    assert_eq!((most.level, most.metrics.len()), (None, 64), "{most:?}");
 }
 
 #[tokio::test]

@@ -134,11 +134,10 @@ fn verdict_table(table: &Table) -> HookVerdict {
         }
         Ok(())
     });
+    // A refused verdict is refused whole: none of its metrics is stored (65 metrics are not 64
+    // of them and a failure).
     if let Some(problem) = problem {
-        return HookVerdict {
-            metrics,
-            ..HookVerdict::fail(problem)
-        };
+        return HookVerdict::fail(problem);
     }
     let level = match (ok, degraded) {
         (false, _) => Some(Level::Fail),
