@@ -288,6 +288,9 @@ const PAGE: &[u8] = b"<!doctype html><html><head><title>Example Domain</title></
 <body><h1>Example Domain</h1><p>This domain is for use in documentation examples.</p></body></html>";
 
 /// The body of `/health`: a health endpoint as `expect.json` and `script "json_status"` want it.
+/// The path the example server answers with `301` to `https://example.com/`, for the docs'
+/// example of monitoring a redirect (`follow_redirects = false`).
+const MOVED: &str = "/moved";
 const HEALTH: &[u8] = br#"{"status":"UP","checks":[{"name":"db","ok":true}]}"#;
 
 /// An HTTPS server on 127.0.0.1 standing in for every host the examples name: `/health`
@@ -320,6 +323,15 @@ fn example_server(leaf: &support::Leaf) -> SocketAddr {
                 let Some(path) = read_request(&mut tls) else {
                     return;
                 };
+                if path == MOVED {
+                    let _ = write!(
+                        tls,
+                        "HTTP/1.1 301 Moved Permanently\r\nLocation: https://example.com/\r\n\
+                         Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = tls.shutdown();
+                    return;
+                }
                 let (content_type, body) = match path.as_str() {
                     "/health" => ("application/json", HEALTH),
                     _ => ("text/html; charset=UTF-8", PAGE),
