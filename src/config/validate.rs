@@ -1782,7 +1782,9 @@ pub(crate) fn to_json(raw: &Raw) -> Result<serde_json::Value, String> {
     })
 }
 
-/// `hooks = { script "name", function(r) ... end }` → `["script:name", "inline:2"]`.
+/// `hooks = { script "name", function(r) ... end }` → `["script:name", "inline:2"]`. A script
+/// used more than once is told apart by its position from the second use on:
+/// `script:name`, `script:name@3`, so every assertion of a result has its own name.
 fn hook_labels(raw: &Raw) -> Result<Vec<String>, Kind> {
     let Raw::Table(table) = raw else {
         return Err(wrong_type("hooks", "a list of functions", raw));
@@ -1790,12 +1792,14 @@ fn hook_labels(raw: &Raw) -> Result<Vec<String>, Kind> {
     let items = table
         .sequence()
         .ok_or_else(|| wrong_type("hooks", "a list of functions", raw))?;
+    let mut seen = std::collections::HashSet::new();
     items
         .into_iter()
         .enumerate()
         .map(|(i, item)| match item {
             Raw::Function(f) => Ok(match &f.script {
-                Some(name) => format!("script:{name}"),
+                Some(name) if seen.insert(name) => format!("script:{name}"),
+                Some(name) => format!("script:{name}@{}", i + 1),
                 None => format!("inline:{}", i + 1),
             }),
             other => Err(wrong_type(
@@ -2089,8 +2093,18 @@ mod tests {
             script: None,
         });
         assert_eq!(
-            hook_labels(&list(vec![script, inline])).unwrap(),
+            hook_labels(&list(vec![script.clone(), inline.clone()])).unwrap(),
             ["script:json_status", "inline:2"]
+        );
+        // The same script twice: each assertion keeps a name of its own.
+        assert_eq!(
+            hook_labels(&list(vec![script.clone(), inline, script.clone(), script])).unwrap(),
+            [
+                "script:json_status",
+                "inline:2",
+                "script:json_status@3",
+                "script:json_status@4"
+            ]
         );
         let err = hook_labels(&list(vec![Raw::Int(1)]))
             .unwrap_err()
