@@ -335,15 +335,23 @@ site { name = "means-it", url = "https://means-it.example/", tls = { insecure = 
             r#"
 site { name = "plain", url = "http://plain.example/", tls = { insecure = true } }
 site { name = "secure", url = "https://secure.example/", tls = { insecure = true } }
+site { name = "first", url = "http://first.example/", follow_redirects = false, tls = {} }
 "#,
         )
         .unwrap();
-        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
         assert!(
-            config.warnings[0]
-                .starts_with("sites.lua:2: site \"plain\" sets tls, but its URL is http://"),
+            config.warnings[0].starts_with(
+                "sites.lua:2: site \"plain\" sets tls, but its URL is http://: tls applies only \
+                 to https:// URLs it is redirected to"
+            ),
             "{}",
             config.warnings[0]
+        );
+        assert!(
+            config.warnings[1].ends_with("it follows no redirect, so tls never applies"),
+            "{}",
+            config.warnings[1]
         );
     }
 

@@ -204,9 +204,13 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
                 // Turning verification off is a decision about one site, not a default that
                 // silently reaches every site added later.
                 if site.url.scheme() == "http" && decl.table.get("tls").is_some() {
+                    let applies = if site.follow_redirects && site.max_redirects > 0 {
+                        "tls applies only to https:// URLs it is redirected to"
+                    } else {
+                        "it follows no redirect, so tls never applies"
+                    };
                     warnings.push(format!(
-                        "{}: site {:?} sets tls, but its URL is http://: tls applies only to \
-                         https:// URLs it is redirected to",
+                        "{}: site {:?} sets tls, but its URL is http://: {applies}",
                         decl.location, site.name
                     ));
                 }
