@@ -40,7 +40,7 @@
 ---@class sitewatch.Tls
 ---@field ca? string PEM file of extra trusted CA certificates (added to the system roots).
 ---@field client_cert? string PEM client certificate for mutual TLS (with client_key).
----@field client_key? string PEM (PKCS#8) key of client_cert.
+---@field client_key? string PEM key of client_cert, unencrypted: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 ---@field insecure? boolean Skip certificate and host name verification; results are flagged tls_insecure. Inherited from defaults{}, it is warned about.
 
 ---A service-level objective, judged by `sitewatch report` and the status page.

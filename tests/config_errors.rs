@@ -1726,3 +1726,90 @@ defaults { interval = "1m" }"#;
     assert_error(text, 3, &["must come before"]);
     assert_eq!(errors(text).len(), 4, "{:?}", errors(text));
 }
+
+/// A self-signed RSA certificate and its key as PKCS#1 (`BEGIN RSA PRIVATE KEY`) and PKCS#8.
+fn rsa_pair(name: &str) -> (String, String, String) {
+    use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut subject = x509::X509NameBuilder::new().unwrap();
+    subject.append_entry_by_text("CN", name).unwrap();
+    let subject = subject.build();
+    let mut cert = x509::X509Builder::new().unwrap();
+    cert.set_version(2).unwrap();
+    cert.set_subject_name(&subject).unwrap();
+    cert.set_issuer_name(&subject).unwrap();
+    cert.set_pubkey(&key).unwrap();
+    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    cert.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    cert.sign(&key, MessageDigest::sha256()).unwrap();
+    let text = |pem: Vec<u8>| String::from_utf8(pem).unwrap();
+    (
+        text(cert.build().to_pem().unwrap()),
+        text(key.rsa().unwrap().private_key_to_pem().unwrap()),
+        text(key.private_key_to_pem_pkcs8().unwrap()),
+    )
+}
+
+/// The client certificate and key are checked as a pair when the file loads, not at the first
+/// probe: PKCS#1 and PKCS#8 keys are taken, and each wrong pairing says what is wrong.
+#[test]
+fn client_certificate_pairs_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, pkcs1, pkcs8) = rsa_pair("client");
+    let (_, other_key, _) = rsa_pair("other");
+    let encrypted = openssl::pkey::PKey::private_key_from_pem(pkcs8.as_bytes())
+        .unwrap()
+        .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret")
+        .unwrap();
+    let files = [
+        ("cert.pem", cert.as_bytes()),
+        ("pkcs1.pem", pkcs1.as_bytes()),
+        ("pkcs8.pem", pkcs8.as_bytes()),
+        ("other.pem", other_key.as_bytes()),
+        ("encrypted.pem", &encrypted[..]),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let load_pair = |cert: &str, key: &str| {
+        let (cert, key) = (dir.path().join(cert), dir.path().join(key));
+        let text = format!(
+            r#"site {{ name = "a", url = "https://a.example/", tls = {{ client_cert = "{}", client_key = "{}" }} }}"#,
+            cert.display(),
+            key.display()
+        );
+        load_str(Path::new(FILE), &text, dir.path()).map_err(|e| e.to_string())
+    };
+    for key in ["pkcs1.pem", "pkcs8.pem"] {
+        assert!(
+            load_pair("cert.pem", key).is_ok(),
+            "{key}: {:?}",
+            load_pair("cert.pem", key)
+        );
+    }
+    let cases = [
+        (
+            "cert.pem",
+            "cert.pem",
+            "client_key holds a certificate, not a private key",
+        ),
+        (
+            "pkcs8.pem",
+            "pkcs8.pem",
+            "client_cert holds a private key, not a certificate",
+        ),
+        (
+            "cert.pem",
+            "other.pem",
+            "client_key does not belong to client_cert",
+        ),
+        ("cert.pem", "encrypted.pem", "client_key is encrypted"),
+    ];
+    for (cert, key, needle) in cases {
+        let err = load_pair(cert, key).unwrap_err();
+        assert!(err.starts_with(&format!("{FILE}:1: ")), "{err}");
+        assert!(err.contains(needle), "{cert} + {key}: {err}");
+    }
+}

@@ -1012,6 +1012,22 @@ async fn mutual_tls() {
     assert_eq!(&ok(&attempt).body[..], b"hello over tls");
     assert!(server.handshakes() >= 1);
     assert!(server.failed_handshakes() >= 1);
+
+    // The same key as SEC1 (`BEGIN EC PRIVATE KEY`), as `openssl ecparam -genkey` writes it.
+    let sec1 = openssl::pkey::PKey::private_key_from_pem(client.key_pem.as_bytes())
+        .unwrap()
+        .ec_key()
+        .unwrap()
+        .private_key_to_pem()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&sec1).contains("BEGIN EC PRIVATE KEY"));
+    let tls = TlsOptions {
+        client_cert_pem: Some(client.cert_pem.as_bytes().to_vec()),
+        client_key_pem: Some(sec1),
+        ..trusting(&ca)
+    };
+    let attempt = p.probe(&https_site(&server, tls)).await;
+    assert_eq!(&ok(&attempt).body[..], b"hello over tls");
 }
 
 #[tokio::test]

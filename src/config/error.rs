@@ -172,6 +172,8 @@ pub enum ConfigErrorKind {
     TlsNotPem { key: &'static str, path: PathBuf },
     #[error("tls.client_cert and tls.client_key must be set together")]
     TlsPair,
+    #[error("tls: {reason}")]
+    TlsIdentity { reason: String },
     #[error("environment variable {name:?} is not set")]
     EnvUnset { name: String },
     /// `env()` of a variable sites.lua may not read (see `eval::env_denied`).
@@ -266,6 +268,7 @@ impl ConfigErrorKind {
                 (vec![name], vec![])
             }
             K::ScriptFailed { name, message } => (vec![name], vec![message]),
+            K::TlsIdentity { reason } => (vec![], vec![reason]),
             K::Weekday { value, reason } | K::Timestamp { value, reason } => {
                 (vec![value], vec![reason])
             }

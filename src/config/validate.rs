@@ -1243,6 +1243,19 @@ fn tls(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> TlsOption
     if let (Some(cert), None) | (None, Some(cert)) = (set("client_cert"), set("client_key")) {
         rep.push_if(cert, Kind::TlsPair);
     }
+    // The pair is checked now, not at the first probe: a PKCS#1 key is fine, a certificate
+    // given as the key or a key of another certificate is not.
+    if let (Some((cert, cert_origin)), Some((key, key_origin))) = (&client_cert, &client_key) {
+        if let Err(reason) = crate::probe::client_identity(cert, key) {
+            // Reported where either half was written; a pair both from defaults{}, there.
+            let origin = if *cert_origin == Origin::Defaults {
+                *key_origin
+            } else {
+                *cert_origin
+            };
+            rep.push_if(origin, Kind::TlsIdentity { reason });
+        }
+    }
     TlsOptions {
         ca_pem: ca.map(|(p, _)| p),
         client_cert_pem: client_cert.map(|(p, _)| p),

@@ -54,6 +54,8 @@ mod classify;
 mod redirect;
 mod tls;
 
+pub(crate) use tls::client_identity;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};

@@ -76,9 +76,7 @@ fn build(opts: &TlsOptions) -> Result<native_tls::TlsConnector, String> {
     }
     match (&opts.client_cert_pem, &opts.client_key_pem) {
         (Some(cert), Some(key)) => {
-            let identity =
-                Identity::from_pkcs8(cert, key).map_err(|e| format!("client certificate: {e}"))?;
-            builder.identity(identity);
+            builder.identity(client_identity(cert, key)?);
         }
         (None, None) => {}
         _ => return Err("client_cert_pem and client_key_pem must be given together".to_owned()),
@@ -88,6 +86,56 @@ fn build(opts: &TlsOptions) -> Result<native_tls::TlsConnector, String> {
         builder.danger_accept_invalid_hostnames(true);
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// The client identity of a PEM certificate (chain, leaf first) and its PEM private key: PKCS#8
+/// (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`),
+/// unencrypted. The key must belong to the leaf. The error says which file is wrong and how;
+/// configuration loading calls this too, so a bad pair is refused before any probe.
+pub(crate) fn client_identity(cert: &[u8], key: &[u8]) -> Result<Identity, String> {
+    use openssl::pkey::PKey;
+    use openssl::x509::X509;
+    let holds = |pem: &[u8], label: &str| pem.windows(label.len()).any(|w| w == label.as_bytes());
+    let chain = X509::stack_from_pem(cert).unwrap_or_default();
+    let Some(leaf) = chain.first() else {
+        return Err(if holds(cert, "PRIVATE KEY-----") {
+            "client_cert holds a private key, not a certificate (are client_cert and client_key \
+             swapped?)"
+                .to_owned()
+        } else {
+            "client_cert holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned()
+        });
+    };
+    if holds(key, "BEGIN ENCRYPTED PRIVATE KEY") || holds(key, "Proc-Type: 4,ENCRYPTED") {
+        return Err(
+            "client_key is encrypted; sitewatch takes an unencrypted key (e.g. `openssl pkey -in \
+             key.pem -out plain.pem`, kept readable only by sitewatch)"
+                .to_owned(),
+        );
+    }
+    // A callback that gives no passphrase: OpenSSL's default asks for one on the terminal.
+    let private = PKey::private_key_from_pem_callback(key, |_| Ok(0)).map_err(|_| {
+        if holds(key, "BEGIN CERTIFICATE") {
+            "client_key holds a certificate, not a private key (are client_cert and client_key \
+             swapped?)"
+                .to_owned()
+        } else {
+            "client_key holds no private key this reads: PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 \
+             (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY)"
+                .to_owned()
+        }
+    })?;
+    let matches = leaf
+        .public_key()
+        .map(|public| public.public_eq(&private))
+        .unwrap_or(false);
+    if !matches {
+        return Err("client_key does not belong to client_cert (their public keys differ)".into());
+    }
+    let pkcs8 = private
+        .private_key_to_pem_pkcs8()
+        .map_err(|e| format!("client_key: {e}"))?;
+    Identity::from_pkcs8(cert, &pkcs8).map_err(|e| format!("client certificate: {e}"))
 }
 
 /// Expiry, subject and issuer of a DER certificate; `None` if it does not parse.
