@@ -3,11 +3,13 @@
 //! This is the unit of work both `sitewatch check` and the scheduler run. A site being down is a
 //! value here, never an `Err`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::assertions;
@@ -86,9 +88,14 @@ fn raise_open_files_limit() -> u64 {
 }
 
 /// `sitewatch check`: probes the selected sites (all when `only` is empty) once, as many at a
-/// time as the open files limit allows ([`open_files_budget`]), and returns their results in
-/// configuration order.
-pub async fn check_once(config: &Config, only: &[String]) -> Result<Vec<CheckResult>, CheckError> {
+/// time as the open files limit allows ([`open_files_budget`]) and at most `max_per_host`
+/// against one `host:port` (as `produce` does: a small server's listen backlog would overflow),
+/// and returns their results in configuration order.
+pub async fn check_once(
+    config: &Config,
+    only: &[String],
+    max_per_host: usize,
+) -> Result<Vec<CheckResult>, CheckError> {
     if let Some(name) = only
         .iter()
         .find(|name| !config.sites.iter().any(|s| &s.name == *name))
@@ -102,10 +109,20 @@ pub async fn check_once(config: &Config, only: &[String]) -> Result<Vec<CheckRes
         .iter()
         .filter(|site| only.is_empty() || only.contains(&site.name));
     let concurrency = open_files_budget();
+    let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
     Ok(futures::stream::iter(selected)
         .map(|site| {
             let checker = checker.clone();
-            async move { checker.check(site, Uuid::now_v7(), Utc::now()).await }
+            let host = Arc::clone(
+                hosts
+                    .entry(crate::schedule::host_key(&site.url))
+                    .or_insert_with(|| Arc::new(Semaphore::new(max_per_host.max(1)))),
+            );
+            async move {
+                // Never closed, so acquiring only waits.
+                let _permit = host.acquire_owned().await;
+                checker.check(site, Uuid::now_v7(), Utc::now()).await
+            }
         })
         .buffered(concurrency)
         .collect()

@@ -79,6 +79,15 @@ impl Default for Limits {
     }
 }
 
+/// What `max_per_host` counts by: `host:port` of a site's URL.
+pub(crate) fn host_key(url: &url::Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
 /// `--shard i/n`: this instance probes the sites whose stable hash modulo `n` is `i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -299,15 +308,10 @@ impl<J: Job> Scheduler<J> {
 
     fn start(&self, site: Arc<Site>, in_flight: Arc<AtomicBool>) -> SiteTask {
         let stop = self.shutdown.child_token();
-        let host_key = format!(
-            "{}:{}",
-            site.url.host_str().unwrap_or_default(),
-            site.url.port_or_known_default().unwrap_or_default()
-        );
         let host = {
             let mut map = self.per_host.lock();
             Arc::clone(
-                map.entry(host_key)
+                map.entry(host_key(&site.url))
                     .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_per_host))),
             )
         };

@@ -884,3 +884,45 @@ site {{ name = "followed", url = "{url}", expect = {{ status = 301 }} }}
     );
     assert_eq!(followed.status, Some(301), "the last head that arrived");
 }
+
+/// `check` holds each `host:port` to `--max-per-host` checks at a time, as `produce` does: a
+/// small server is not sent every site of a large file at once.
+#[tokio::test]
+async fn check_holds_each_host_to_max_per_host() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let server = {
+        let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+        support::serve("127.0.0.1:0", move |_request, mut conn| {
+            let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+            async move {
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(running, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                conn.respond(200, &[("Content-Type", "text/plain")], b"ok")
+                    .await
+            }
+        })
+        .await
+    };
+    let dir = tempfile::tempdir().unwrap();
+    config(
+        dir.path(),
+        &format!(
+            "for i = 1, 24 do site {{ name = 's' .. i, url = '{}?' .. i }} end\n",
+            server.url("/")
+        ),
+    );
+    let output = sitewatch(dir.path(), &["check", "--json", "--max-per-host", "3"]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(results(&output).len(), 24);
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&most), "{most} requests at once");
+}

@@ -74,6 +74,10 @@ pub enum Command {
         /// One CheckResult JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Checks running at once against one host:port (1-10000).
+        #[arg(long, default_value_t = schedule::DEFAULT_MAX_PER_HOST,
+              value_parser = clap::value_parser!(u64).range(1..=10_000).map(|n| n as usize))]
+        max_per_host: usize,
     },
     /// Probe sites on schedule and publish every result to Kafka.
     Produce {

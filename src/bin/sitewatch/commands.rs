@@ -132,11 +132,11 @@ pub fn validate(path: &Path) -> Exit {
 }
 
 /// `sitewatch check`: probe once, print a table or JSON lines.
-pub async fn check(path: &Path, only: &[String], json: bool) -> Exit {
+pub async fn check(path: &Path, only: &[String], json: bool, max_per_host: usize) -> Exit {
     let Ok(config) = load_or_report(path) else {
         return Exit::ConfigInvalid;
     };
-    check_and_print(&config, only, json, false).await
+    check_and_print(&config, only, json, false, max_per_host).await
 }
 
 /// `sitewatch check URL`: one site written as sites.lua would write it, validated the same way
@@ -183,7 +183,7 @@ pub async fn check_url(url: &str, with: &UrlCheck<'_>, json: bool) -> Exit {
             return Exit::ConfigInvalid;
         }
     };
-    check_and_print(&config, &[], json, true).await
+    check_and_print(&config, &[], json, true, 1).await
 }
 
 /// `text` as a Lua string literal that means exactly `text`.
@@ -202,8 +202,14 @@ fn lua_string(text: &str) -> String {
     out
 }
 
-async fn check_and_print(config: &Config, only: &[String], json: bool, waterfall: bool) -> Exit {
-    let results = match check::check_once(config, only).await {
+async fn check_and_print(
+    config: &Config,
+    only: &[String],
+    json: bool,
+    waterfall: bool,
+    max_per_host: usize,
+) -> Exit {
+    let results = match check::check_once(config, only, max_per_host).await {
         Ok(results) => results,
         Err(error) => return fail(&error),
     };

@@ -58,8 +58,9 @@ fn main() -> ExitCode {
             config,
             sites,
             json,
+            max_per_host,
             ..
-        } => block_on(commands::check(&config.config, &sites, json)),
+        } => block_on(commands::check(&config.config, &sites, json, max_per_host)),
         Command::Produce {
             produce,
             kafka,
