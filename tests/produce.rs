@@ -330,3 +330,76 @@ async fn reload_adds_removes_and_changes_sites_and_survives_a_broken_file() {
         .collect();
     assert_contiguous(&v1v2, Duration::from_secs(1), "keep");
 }
+
+/// A log shipper that goes away (stderr a pipe with no reader) or a full disk (/dev/full) does
+/// not stop monitoring: `produce` keeps probing with debug logging on, and SIGTERM still ends
+/// it cleanly (it used to abort, or hang and ignore the signal).
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_stderr_neither_stops_probing_nor_blocks_sigterm() {
+    let _stack = stack::StackLock::shared();
+    let server = support::serve("127.0.0.1:0", |_request, mut conn| async move {
+        conn.respond(200, &[], b"fine").await;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    write(
+        &config,
+        &format!(
+            r#"site {{ name = "logged", url = "{}", interval = "1s" }}"#,
+            server.url("/")
+        ),
+    );
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        std::process::Stdio::from(writer)
+    };
+    let full_disk = || std::process::Stdio::from(std::fs::File::create("/dev/full").unwrap());
+    let sinks: [(&str, &dyn Fn() -> std::process::Stdio); 2] =
+        [("closed pipe", &closed_pipe), ("/dev/full", &full_disk)];
+    for (sink, stderr) in sinks {
+        let before = server.requests().len();
+        let topic = stack::unique_name("lost-stderr");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+            .args(["produce", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "debug")
+            .envs(producer::kafka_env(false, &topic))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while server.requests().len() < before + 3 {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{sink}: produce exited: {:?}",
+                child.try_wait()
+            );
+            assert!(std::time::Instant::now() < deadline, "{sink}: no probes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{sink}: produce ignored SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{sink}: not 101 (panic) or 134 (abort)"
+        );
+    }
+}
