@@ -403,6 +403,23 @@ async fn publish(producer: &FutureProducer, topic: &str, messages: &[Outgoing]) 
 
 /// The stored rows are exactly `expected`: same count, no id twice, no Kafka offset twice.
 async fn assert_exactly_once(db: &mut Db, expected: &HashSet<Uuid>) {
+    assert_ids_once(db, expected).await;
+    let client = db.client().await;
+    let reused: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM check_results \
+             GROUP BY kafka_partition, kafka_offset HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reused, 0, "a Kafka message is stored twice");
+}
+
+/// The stored rows are exactly `expected`: same count, no id twice (offsets may repeat when the
+/// topic's log was replaced).
+async fn assert_ids_once(db: &mut Db, expected: &HashSet<Uuid>) {
     let client = db.client().await;
     let ids: Vec<Uuid> = client
         .query("SELECT id FROM check_results", &[])
@@ -418,16 +435,6 @@ async fn assert_exactly_once(db: &mut Db, expected: &HashSet<Uuid>) {
         distinct == *expected,
         "stored ids differ from published ids"
     );
-    let reused: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT 1 FROM check_results \
-             GROUP BY kafka_partition, kafka_offset HAVING count(*) > 1) d",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(reused, 0, "a Kafka message is stored twice");
 }
 
 fn bulk(n: usize) -> (Vec<Outgoing>, HashSet<Uuid>) {
@@ -1008,4 +1015,138 @@ async fn a_frozen_consumer_does_not_stall_the_group() {
     assert_exactly_once(&mut db, &ids).await;
     assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
     stack::drop_database(&url).await;
+}
+
+/// An admin client for the test broker.
+fn admin() -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", stack::kafka_brokers())
+        .create()
+        .expect("Kafka admin client")
+}
+
+/// Deletes `topic` and creates it again, empty, with one partition (deletion is asynchronous:
+/// creating retries until the old one is gone).
+async fn replace_topic(topic: &str) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let admin = admin();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    admin
+        .delete_topics(&[topic], &options)
+        .await
+        .expect("delete topic");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+        let created = admin
+            .create_topics([&new], &options)
+            .await
+            .expect("create topic");
+        if created.iter().all(Result::is_ok) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} not created again: {created:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The consumer's stored offset outlives the log it points into. A topic deleted and created
+/// again (or a broker that lost its data) starts over at offset 0: the new messages are read
+/// from the start of the new log and stored, not skipped as "already stored" below the old
+/// offset. Messages deleted by retention before they were stored are counted and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_log_is_read_from_its_start_and_a_retention_gap_is_reported() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(1).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let producer = producer();
+    let mut db = Db::new(&url);
+    let (first, mut ids) = bulk(30);
+
+    let mut consumer = ConsumerProcess::start("before", &topic, &group, &url, &[]);
+    publish(&producer, &topic, &first).await;
+    wait_until!(
+        "the first 30",
+        consumer.log_tail(),
+        db.scalar("SELECT count(*) FROM check_results")
+            .await
+            .unwrap_or(0)
+            >= 30
+    );
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+
+    // The stored offset is 30; the new log holds 10 messages, at offsets 0 to 9.
+    replace_topic(&topic).await;
+    let (second, second_ids) = bulk(10);
+    ids.extend(second_ids);
+    publish(&producer, &topic, &second).await;
+    let mut consumer = ConsumerProcess::start("after", &topic, &group, &url, &[]);
+    wait_until!(
+        "the new log's 10",
+        consumer.log_tail(),
+        db.scalar("SELECT count(*) FROM check_results")
+            .await
+            .unwrap_or(0)
+            >= 40
+    );
+    assert!(
+        consumer.log_tail().contains("the log was replaced"),
+        "{}",
+        consumer.log_tail()
+    );
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+    assert_ids_once(&mut db, &ids).await;
+    assert_eq!(
+        db.consumed(&group).await,
+        10,
+        "the offset follows the new log"
+    );
+
+    // Ten more while no consumer runs (offsets 10 to 19), of which retention deletes the first
+    // four before they are stored.
+    let (third, _) = bulk(10);
+    publish(&producer, &topic, &third).await;
+    let mut cut = rdkafka::TopicPartitionList::new();
+    cut.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(14))
+        .unwrap();
+    let options = rdkafka::admin::AdminOptions::new();
+    admin()
+        .delete_records(&cut, &options)
+        .await
+        .expect("delete records");
+    ids.extend(ids_in_order(&third).into_iter().skip(4));
+    let mut consumer = ConsumerProcess::start("gap", &topic, &group, &url, &[]);
+    wait_until!(
+        "the six left",
+        consumer.log_tail(),
+        db.scalar("SELECT count(*) FROM check_results")
+            .await
+            .unwrap_or(0)
+            >= 46
+    );
+    wait_until!(
+        "the warning about the gap",
+        consumer.log_tail(),
+        consumer.log_tail().contains("lost=4")
+    );
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+    assert_ids_once(&mut db, &ids).await;
+    assert_eq!(db.consumed(&group).await, 20);
+    stack::drop_database(&url).await;
+}
+
+/// The ids of `messages`, in publishing order.
+fn ids_in_order(messages: &[Outgoing]) -> Vec<Uuid> {
+    messages
+        .iter()
+        .map(|m| {
+            let result: CheckResult =
+                serde_json::from_slice(m.payload.as_deref().expect("a result")).unwrap();
+            result.id
+        })
+        .collect()
 }

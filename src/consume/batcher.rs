@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::metrics as names;
 use crate::result::CheckResult;
 use crate::store::{CheckRow, DeadLetter, OffsetAdvance, PendingRow, WriteBatch};
 
@@ -193,6 +194,16 @@ impl Batcher {
         }
     }
 
+    /// Like [`Batcher::positioned_at`], for a partition read from wherever its log now starts
+    /// (its stored offset is out of the log's range): the first message that arrives is
+    /// accepted, and the next batch moves the stored offset from `stored` to after it.
+    pub(crate) fn positioned_at_log_start(&mut self, partition: i32, stored: Option<i64>) {
+        if self.unpositioned.remove(&partition) {
+            self.positioned
+                .insert(partition, PartitionState { stored, next: None });
+        }
+    }
+
     /// Forgets every position (the database disagreed with this consumer): everything owned is
     /// re-read from `consumer_offsets` and seeked again; the batch is dropped.
     pub(crate) fn reposition_all(&mut self) {
@@ -219,6 +230,19 @@ impl Batcher {
             return;
         };
         if let Some(next) = state.next {
+            if offset < next - 1 {
+                // Offsets went back past the last one read: the log moved under this consumer
+                // (replaced, or cut by retention, and librdkafka restarted at its start). Every
+                // partition is positioned again, its stored offset checked against its log.
+                tracing::warn!(
+                    partition,
+                    offset,
+                    next,
+                    "the partition's offsets went back: positioning every partition again"
+                );
+                self.reposition_all();
+                return;
+            }
             if offset < next {
                 tracing::trace!(
                     partition,
@@ -229,8 +253,16 @@ impl Batcher {
                 return;
             }
             if offset > next {
-                // Retention removed messages, or a compacted topic: nothing to read there.
-                tracing::debug!(partition, offset, next, "offset gap");
+                // Retention removed messages before they were read (the fetch jumped over
+                // them), or a compacted topic: nothing to read there.
+                metrics::counter!(names::CONSUMER_MESSAGES_LOST).increment((offset - next) as u64);
+                tracing::warn!(
+                    partition,
+                    offset,
+                    next,
+                    lost = offset - next,
+                    "messages missing from the log before they were stored"
+                );
             }
         }
         state.next = Some(offset + 1);
@@ -315,6 +347,47 @@ impl Batcher {
 mod tests {
     use super::*;
     use crate::result::tests::sample;
+
+    /// A partition whose log was replaced: the stored offset (900) is past the new log, whose
+    /// first messages (offsets 0, 1) are accepted, and the batch moves the offset from 900 down.
+    #[test]
+    fn a_replaced_log_is_read_from_its_start() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0])]);
+        batcher.positioned_at_log_start(0, Some(900));
+        batcher.add(0, 0, None, Some(&payload(1)), None);
+        batcher.add(0, 1, None, Some(&payload(1)), None);
+        batcher.add(0, 1, None, Some(&payload(1)), None); // delivered twice
+        assert_eq!(batcher.len(), 2);
+        let batch = batcher.take();
+        assert_eq!(
+            batch.offsets,
+            vec![OffsetAdvance {
+                partition: 0,
+                expected: Some(900),
+                next: 2
+            }]
+        );
+    }
+
+    /// Offsets that go back past the last one read mean the log moved under the consumer:
+    /// every partition is positioned again and the batch in hand dropped (it is read again).
+    #[test]
+    fn offsets_going_back_reposition_every_partition() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0, 1])]);
+        batcher.positioned_at(0, Some(50));
+        batcher.positioned_at(1, Some(7));
+        batcher.add(0, 50, None, Some(&payload(1)), None);
+        batcher.add(1, 7, None, Some(&payload(1)), None);
+        batcher.add(0, 50, None, Some(&payload(1)), None); // delivered twice: skipped
+        assert_eq!(batcher.len(), 2);
+        assert!(!batcher.positioning_due(Instant::now()));
+        batcher.add(0, 0, None, Some(&payload(1)), None);
+        assert_eq!(batcher.len(), 0);
+        assert_eq!(batcher.unpositioned(), vec![0, 1]);
+        assert!(batcher.positioning_due(Instant::now()));
+    }
 
     #[test]
     fn assignments_print_their_partitions_in_order() {

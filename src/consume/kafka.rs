@@ -34,7 +34,11 @@ pub(crate) fn create_consumer(kafka: &KafkaSettings) -> Result<KafkaConsumer, Co
         // Kafka's committed offsets are only for lag dashboards; PostgreSQL holds the position.
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
-        // A partition without a stored offset is read from its first message.
+        // Every partition is seeked explicitly, after its stored offset was checked against the
+        // log (see `seek`). Should the log move under a running consumer, librdkafka restarts
+        // the fetch at the log's start, and the batcher, seeing offsets go back, has every
+        // partition positioned and checked again (`Batcher::add`). ("error" instead stops a
+        // partition before its first seek, whenever Kafka holds no committed offset.)
         ("auto.offset.reset", "earliest"),
         ("enable.partition.eof", "false"),
         ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
@@ -160,8 +164,46 @@ pub(crate) fn accept(batcher: &mut Batcher, topic: &str, message: &BorrowedMessa
     );
 }
 
-/// Seeks `partitions` to their `stored` offsets (the beginning when none is stored); the ones
-/// librdkafka accepted are positioned in the batcher, the others stay waiting for a retry.
+/// Where to start reading a partition, from its stored offset and its log's watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// No offset stored: the log's first message.
+    Beginning,
+    /// The stored offset, inside the log.
+    Stored(i64),
+    /// The stored offset is past the log's end: the log was replaced (topic deleted and
+    /// created again, a broker that lost its disk, an unclean leader election). Every message
+    /// now in it is new: read it from its start.
+    Replaced { stored: i64, low: i64, high: i64 },
+    /// The stored offset is below the log's start: retention deleted `low - stored` messages
+    /// before they were stored. Read on from the start.
+    Lost { stored: i64, low: i64 },
+}
+
+impl Start {
+    pub(crate) fn of(stored: Option<i64>, (low, high): (i64, i64)) -> Start {
+        match stored {
+            None => Start::Beginning,
+            Some(stored) if stored > high => Start::Replaced { stored, low, high },
+            Some(stored) if stored < low => Start::Lost { stored, low },
+            Some(stored) => Start::Stored(stored),
+        }
+    }
+
+    fn offset(self) -> Offset {
+        match self {
+            Start::Beginning => Offset::Beginning,
+            Start::Stored(at) | Start::Replaced { low: at, .. } | Start::Lost { low: at, .. } => {
+                Offset::Offset(at)
+            }
+        }
+    }
+}
+
+/// Seeks `partitions` to their `stored` offsets (the beginning when none is stored), checked
+/// against each log's watermarks first ([`Start`]): a replaced log is read from its start, a
+/// gap left by retention is counted; both are logged as warnings. The partitions librdkafka
+/// accepted are positioned in the batcher, the others stay waiting for a retry.
 pub(crate) fn seek(
     consumer: &KafkaConsumer,
     topic: &str,
@@ -170,13 +212,26 @@ pub(crate) fn seek(
     stored: &HashMap<i32, i64>,
 ) {
     let mut list = TopicPartitionList::new();
-    for partition in partitions {
-        let offset = stored
-            .get(partition)
-            .map_or(Offset::Beginning, |next| Offset::Offset(*next));
-        if let Err(error) = list.add_partition_offset(topic, *partition, offset) {
+    let mut starts = HashMap::new();
+    for &partition in partitions {
+        let stored = stored.get(&partition).copied();
+        let start = match stored {
+            None => Start::Beginning,
+            Some(_) => match consumer.fetch_watermarks(topic, partition, SEEK_TIMEOUT) {
+                Ok(watermarks) => Start::of(stored, watermarks),
+                Err(error) => {
+                    tracing::debug!(partition, %error, "watermarks not available yet");
+                    continue;
+                }
+            },
+        };
+        starts.insert(partition, start);
+        if let Err(error) = list.add_partition_offset(topic, partition, start.offset()) {
             tracing::warn!(partition, %error, "cannot build the seek list");
         }
+    }
+    if list.count() == 0 {
+        return;
     }
     let result = match consumer.seek_partitions(list, SEEK_TIMEOUT) {
         Ok(result) => result,
@@ -188,7 +243,25 @@ pub(crate) fn seek(
         match element.error() {
             Ok(()) => {
                 let next = stored.get(&partition).copied();
-                batcher.positioned_at(partition, next);
+                match starts.get(&partition).copied() {
+                    Some(Start::Replaced { stored, low, high }) => {
+                        metrics::counter!(names::CONSUMER_OFFSET_RESETS).increment(1);
+                        tracing::warn!(%topic, partition, stored, log_start = low, log_end = high,
+                            "the stored offset is past the end of the partition's log: the log \
+                             was replaced (topic created again, or a broker lost its data); \
+                             reading the new log from its start");
+                        batcher.positioned_at_log_start(partition, next);
+                    }
+                    Some(Start::Lost { stored, low }) => {
+                        metrics::counter!(names::CONSUMER_MESSAGES_LOST)
+                            .increment((low - stored) as u64);
+                        tracing::warn!(%topic, partition, stored, log_start = low, lost = low - stored,
+                            "retention deleted messages before they were stored; reading on \
+                             from the start of the log");
+                        batcher.positioned_at_log_start(partition, next);
+                    }
+                    _ => batcher.positioned_at(partition, next),
+                }
                 consumer.context().set_stored(partition, next);
                 positioned.push(format!(
                     "{partition}@{}",
@@ -227,5 +300,59 @@ pub(crate) fn commit_to_kafka(consumer: &KafkaConsumer, topic: &str, offsets: &[
     }
     if let Err(error) = consumer.commit(&list, CommitMode::Async) {
         tracing::debug!(%error, "offset commit to Kafka (for lag visibility) failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_a_partition_starts() {
+        let log = (100, 250); // first message 100, next to be written 250
+        assert_eq!(Start::of(None, log), Start::Beginning);
+        assert_eq!(Start::of(Some(100), log), Start::Stored(100));
+        assert_eq!(Start::of(Some(180), log), Start::Stored(180));
+        // Caught up: the next message written is the next one read.
+        assert_eq!(Start::of(Some(250), log), Start::Stored(250));
+        assert_eq!(
+            Start::of(Some(251), log),
+            Start::Replaced {
+                stored: 251,
+                low: 100,
+                high: 250
+            }
+        );
+        assert_eq!(
+            Start::of(Some(40), log),
+            Start::Lost {
+                stored: 40,
+                low: 100
+            }
+        );
+        // A log created again and still empty.
+        assert_eq!(
+            Start::of(Some(7), (0, 0)),
+            Start::Replaced {
+                stored: 7,
+                low: 0,
+                high: 0
+            }
+        );
+        assert_eq!(Start::of(Some(0), (0, 0)), Start::Stored(0));
+        assert_eq!(
+            Start::Replaced {
+                stored: 7,
+                low: 3,
+                high: 5
+            }
+            .offset(),
+            Offset::Offset(3)
+        );
+        assert_eq!(
+            Start::Lost { stored: 1, low: 3 }.offset(),
+            Offset::Offset(3)
+        );
+        assert_eq!(Start::Beginning.offset(), Offset::Beginning);
     }
 }

@@ -358,7 +358,7 @@ async fn write_batch(
         WriteOutcome::Fenced { partitions } => {
             metrics::counter!(crate::metrics::CONSUMER_FENCED_BATCHES).increment(1);
             tracing::warn!(
-                ?partitions,
+                partitions = %batcher::partition_list(partitions.iter().copied()),
                 messages = batch.rows.len() + batch.dead_letters.len(),
                 read_meanwhile = batcher.len(),
                 "stored offsets moved under this consumer (another member of the group wrote \

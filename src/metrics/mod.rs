@@ -44,6 +44,11 @@ pub const CONSUMER_BATCH_SECONDS: &str = "sitewatch_consumer_batch_seconds";
 pub const CONSUMER_DEAD_LETTERS: &str = "sitewatch_consumer_dead_letters_total";
 /// Duplicate ids absorbed by the fallback path (counter).
 pub const CONSUMER_DUPLICATES: &str = "sitewatch_consumer_duplicates_total";
+/// Partitions found with their stored offset past the log's end, read again from its start:
+/// the log was replaced (counter).
+pub const CONSUMER_OFFSET_RESETS: &str = "sitewatch_consumer_offset_resets_total";
+/// Messages that left the log before they were stored (retention, a jump in offsets) (counter).
+pub const CONSUMER_MESSAGES_LOST: &str = "sitewatch_consumer_messages_lost_total";
 /// Batches dropped because another group member moved the stored offsets (counter).
 pub const CONSUMER_FENCED_BATCHES: &str = "sitewatch_consumer_fenced_batches_total";
 /// Batch writes retried after a transient PostgreSQL failure (counter).
@@ -98,6 +103,14 @@ const COUNTERS: &[(&str, &str)] = &[
         "Messages quarantined in dead_letters.",
     ),
     (CONSUMER_DUPLICATES, "Duplicate result ids absorbed."),
+    (
+        CONSUMER_OFFSET_RESETS,
+        "Partitions whose log was replaced, read again from its start.",
+    ),
+    (
+        CONSUMER_MESSAGES_LOST,
+        "Messages that left the log before they were stored.",
+    ),
     (
         CONSUMER_FENCED_BATCHES,
         "Batches dropped: another group member owned the partition.",
