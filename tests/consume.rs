@@ -1150,3 +1150,62 @@ fn ids_in_order(messages: &[Outgoing]) -> Vec<Uuid> {
         })
         .collect()
 }
+
+/// After a failover the old primary is a standby: writes fail with SQLSTATE 25006 (read-only
+/// transaction). That is transient — the consumer keeps its batch and retries on a new
+/// connection until it reaches a writable server — not a reason to stop. Emulated on one
+/// database: new sessions start read-only, and the consumer's sessions are ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_server_after_a_failover_is_waited_out() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(1).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    let (messages, ids) = bulk(40);
+    let (first, second) = messages.split_at(20);
+    let producer = producer();
+    let mut db = Db::new(&url);
+    let mut consumer = ConsumerProcess::start("read-only", &topic, &group, &url, &[]);
+    publish(&producer, &topic, first).await;
+    wait_until!("the first 20", consumer.log_tail(), db.rows().await >= 20);
+
+    let admin = db.client().await;
+    let name: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let set = |on: bool| {
+        format!(
+            "ALTER DATABASE \"{name}\" SET default_transaction_read_only = {}",
+            if on { "on" } else { "off" }
+        )
+    };
+    admin.batch_execute(&set(true)).await.unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'sitewatch'",
+        )
+        .await
+        .unwrap();
+    publish(&producer, &topic, second).await;
+    wait_until!(
+        "a write refused as read-only",
+        consumer.log_tail(),
+        consumer.log_contains("read-only transaction")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    consumer.assert_running();
+    assert_eq!(db.rows().await, 20, "nothing stored while read-only");
+
+    // The "new primary" accepts writes again: the kept batch is stored, exactly once.
+    db.client().await.batch_execute(&set(false)).await.unwrap();
+    wait_until!("all 40", consumer.log_tail(), {
+        consumer.assert_running();
+        db.rows().await >= 40
+    });
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+    assert_exactly_once(&mut db, &ids).await;
+    stack::drop_database(&url).await;
+}

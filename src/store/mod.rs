@@ -191,12 +191,15 @@ pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
 /// SQLSTATE classes that a retry can outlive: connection exceptions (08), insufficient resources
 /// (53), operator intervention such as a server shutting down or starting up (57), system errors
 /// (58), transaction rollbacks like serialization failures and deadlocks (40), lock timeouts
-/// (55P03), and the server ending a session left idle in its transaction (25P03: a consumer
-/// that was frozen between two statements of a batch, [`CONSUMER_SESSION_LIMITS`]).
+/// (55P03), the server ending a session left idle in its transaction (25P03: a consumer
+/// that was frozen between two statements of a batch, [`CONSUMER_SESSION_LIMITS`]), and a write
+/// refused by a read-only server (25006: after a failover the old primary is a standby; the new
+/// connection of the retry reaches the new primary).
 pub(crate) fn sqlstate_is_transient(code: &str) -> bool {
     matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "40"))
         || code == "55P03"
         || code == "25P03"
+        || code == "25006"
 }
 
 /// True when PostgreSQL rejected a value rather than failing as a server: data exceptions (22),
@@ -429,6 +432,7 @@ mod tests {
             ("40P01", true, false),  // deadlock
             ("55P03", true, false),  // lock not available
             ("25P03", true, false),  // idle-in-transaction timeout (the client was frozen)
+            ("25006", true, false),  // read-only transaction: a standby after a failover
             ("25P02", false, false), // in failed transaction: a bug, not a passing state
             ("23505", false, false), // unique violation: handled by the ON CONFLICT fallback
             ("23514", false, true),  // check violation
