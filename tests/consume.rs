@@ -532,12 +532,15 @@ async fn exactly_once_when_stopped_while_batches_overlap() {
     let group = stack::unique_name("sitewatch-test-group");
     let url = stack::fresh_database().await;
     let (messages, ids) = bulk(BULK);
-    publish(&producer(), &topic, &messages).await;
+    let producer = producer();
     let mut db = Db::new(&url);
     let mut rng = Rng::new();
     let args = ["--batch-rows", "500"];
 
-    for round in 0..4 {
+    // A quarter of the results before each round, so that every round starts with a backlog
+    // (a fast round could otherwise leave the next one too little to overlap).
+    for (round, wave) in messages.chunks(BULK / 4).enumerate() {
+        publish(&producer, &topic, wave).await;
         let name = format!("overlap{round}");
         let mut consumer =
             ConsumerProcess::start_logging(&name, &topic, &group, &url, &args, BATCH_LOG);
