@@ -80,14 +80,15 @@ pub enum PublishError {
 #[derive(Debug, Clone, Copy)]
 pub struct TopicSpec {
     pub partitions: i32,
-    pub replication: i32,
+    /// `None`: the broker's `default.replication.factor`.
+    pub replication: Option<i32>,
 }
 
 impl Default for TopicSpec {
     fn default() -> Self {
         TopicSpec {
             partitions: 6,
-            replication: 1,
+            replication: None,
         }
     }
 }
@@ -196,7 +197,32 @@ impl Publisher {
         };
         publisher.check_reachable(&brokers).await?;
         ensure_topic(settings, topic).await?;
+        publisher.warn_if_unreplicated().await;
         Ok(publisher)
+    }
+
+    /// A topic with a single replica loses every result it holds with its one broker: say so
+    /// once at startup (the local stack's single broker is such a case, and harmless).
+    async fn warn_if_unreplicated(&self) {
+        let producer = Arc::clone(&self.producer);
+        let topic = self.topic.clone();
+        let replicas = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), CONNECT_TIMEOUT)
+                .ok()?;
+            let partitions = metadata.topics().first()?.partitions();
+            partitions.iter().map(|p| p.replicas().len()).min()
+        })
+        .await
+        .ok()
+        .flatten();
+        if replicas == Some(1) {
+            tracing::warn!(topic = %self.topic,
+                "the topic has one replica per partition: losing that broker loses the results \
+                 it holds (create the topic with --topic-replication 3, or set the brokers' \
+                 default.replication.factor)");
+        }
     }
 
     async fn check_reachable(&self, brokers: &str) -> Result<(), PublishError> {
@@ -345,7 +371,8 @@ pub async fn ensure_topic(settings: &KafkaSettings, spec: TopicSpec) -> Result<(
     let topic = NewTopic::new(
         &settings.topic,
         spec.partitions,
-        TopicReplication::Fixed(spec.replication),
+        // -1 asks the broker for its default.replication.factor (Kafka 2.4 and later).
+        TopicReplication::Fixed(spec.replication.unwrap_or(-1)),
     );
     let options = AdminOptions::new().operation_timeout(Some(CONNECT_TIMEOUT));
     let results = admin

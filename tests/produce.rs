@@ -183,6 +183,15 @@ async fn sigterm_publishes_every_finished_check_and_exits_zero() {
         results.iter().all(|p| p.result.outcome == Outcome::Up),
         "in-flight checks must finish, not be cut"
     );
+    // The topic was created with the broker's default replication, one on the local stack's
+    // single broker, and that exposure is said at startup.
+    assert!(
+        sitewatch
+            .log_text()
+            .contains("the topic has one replica per partition"),
+        "{}",
+        sitewatch.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

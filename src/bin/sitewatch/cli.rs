@@ -449,10 +449,10 @@ pub struct ProduceArgs {
     #[arg(long, default_value_t = TopicSpec::default().partitions,
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     topic_partitions: i32,
-    /// Replication factor of the topic when sitewatch creates it (1-32).
-    #[arg(long, default_value_t = TopicSpec::default().replication,
-          value_parser = clap::value_parser!(i32).range(1..=32))]
-    topic_replication: i32,
+    /// Replication factor of the topic when sitewatch creates it (1-32; default: the brokers'
+    /// default.replication.factor).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=32))]
+    topic_replication: Option<i32>,
     /// Seconds shutdown waits for queued results to reach Kafka (0-3600).
     #[arg(long, default_value_t = publish::DEFAULT_FLUSH_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(0..=3600))]
