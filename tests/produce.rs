@@ -158,6 +158,10 @@ async fn sigterm_publishes_every_finished_check_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let signalled = std::time::Instant::now();
+    // Twice in a moment, as `timeout` does (the child, then its process group): one request,
+    // not "exit at once".
+    sitewatch.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     sitewatch.terminate(Duration::from_secs(30));
     assert!(
         signalled.elapsed() < Duration::from_secs(20),
@@ -411,4 +415,45 @@ async fn lost_stderr_neither_stops_probing_nor_blocks_sigterm() {
             "{sink}: not 101 (panic) or 134 (abort)"
         );
     }
+}
+
+/// A second SIGTERM well after the first cuts an orderly shutdown short: exit 130 at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_later_exits_at_once_with_130() {
+    let _stack = stack::StackLock::shared();
+    // Responses that take far longer than the test: the shutdown waits for them.
+    let server = support::serve("127.0.0.1:0", |_request, mut conn| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        conn.respond(200, &[], b"late").await;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    write(
+        &config,
+        &format!(
+            r#"site {{ name = "stuck", url = "{}", interval = "70s", timeout = "65s" }}"#,
+            server.url("/")
+        ),
+    );
+    let topic = stack::unique_name("second-signal");
+    let mut sitewatch = Sitewatch::spawn(
+        &["produce", "--config", config.to_str().unwrap()],
+        &producer::kafka_env(false, &topic),
+        dir.path(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            sitewatch.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sitewatch.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sitewatch.signal("TERM");
+    let status = sitewatch.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{}", sitewatch.log_text());
 }

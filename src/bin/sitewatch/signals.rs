@@ -1,5 +1,5 @@
-//! Unix signals: SIGINT/SIGTERM cancel the shutdown token (a second one exits at once), SIGHUP
-//! asks for a reload.
+//! Unix signals: SIGINT/SIGTERM cancel the shutdown token (a second one, a moment later, exits at
+//! once), SIGHUP asks for a reload.
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -8,7 +8,13 @@ use tokio_util::sync::CancellationToken;
 /// Exit code when a second signal cuts shutdown short (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// Cancelled on the first SIGINT or SIGTERM; a second one exits at once.
+/// Signals this soon after the first are the same request, delivered twice: `timeout` signals
+/// its child and then the child's process group, a terminal's Ctrl-C reaches every process of
+/// the foreground group, a supervisor may signal the main process and then its group.
+const SAME_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Cancelled on the first SIGINT or SIGTERM; another one more than [`SAME_REQUEST`] later exits
+/// at once.
 pub fn shutdown() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
@@ -20,17 +26,25 @@ pub fn shutdown() -> CancellationToken {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        for count in 0.. {
+        let mut first: Option<std::time::Instant> = None;
+        loop {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            if count == 0 {
-                tracing::info!("shutdown requested (again to exit at once)");
-                cancel.cancel();
-            } else {
-                tracing::warn!("second signal: exiting at once");
-                std::process::exit(EXIT_INTERRUPTED);
+            match first {
+                None => {
+                    tracing::info!("shutdown requested (again to exit at once)");
+                    first = Some(std::time::Instant::now());
+                    cancel.cancel();
+                }
+                Some(at) if at.elapsed() < SAME_REQUEST => {
+                    tracing::info!("the same shutdown request again (a moment after the first)");
+                }
+                Some(_) => {
+                    tracing::warn!("second signal: exiting at once");
+                    std::process::exit(EXIT_INTERRUPTED);
+                }
             }
         }
     });
