@@ -141,6 +141,9 @@ pub struct Checker {
     probe_host: Arc<str>,
     /// The configuration's maintenance windows: a result scheduled inside one carries its name.
     maintenance: Arc<[MaintenanceWindow]>,
+    /// Each site's hook list in this configuration (`None`: built without one, pairs with any
+    /// site), so that a site definition is checked with the hooks of its own configuration.
+    hook_lists: Option<Arc<HashMap<String, Vec<String>>>>,
 }
 
 impl Checker {
@@ -151,7 +154,22 @@ impl Checker {
             config_version: config_version.into(),
             probe_host: probe_host().into(),
             maintenance: Arc::new([]),
+            hook_lists: None,
         }
+    }
+
+    /// The version of the configuration this checker was made for.
+    pub fn config_version(&self) -> &str {
+        &self.config_version
+    }
+
+    /// Whether `site` is the definition this checker's configuration has for it, as far as
+    /// hooks go (hook N of the site is hook N of the pool): a site loop started from another
+    /// configuration version must not call this pool's hooks by index.
+    pub fn pairs_with(&self, site: &Site) -> bool {
+        self.hook_lists
+            .as_ref()
+            .is_none_or(|lists| lists.get(&site.name) == Some(&site.hooks))
     }
 
     /// The same checker, labelling results scheduled inside one of `windows` with its name.
@@ -172,7 +190,15 @@ impl Checker {
         } else {
             None
         };
-        Ok(Checker::new(prober, hooks, &config.version).with_maintenance(&config.maintenance))
+        let hook_lists = config
+            .sites
+            .iter()
+            .map(|site| (site.name.clone(), site.hooks.clone()))
+            .collect();
+        Ok(Checker {
+            hook_lists: Some(Arc::new(hook_lists)),
+            ..Checker::new(prober, hooks, &config.version).with_maintenance(&config.maintenance)
+        })
     }
 
     /// Runs the check: up to `1 + site.retries` attempts, stopping at the first that is not down.

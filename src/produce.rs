@@ -62,9 +62,32 @@ pub struct ProduceOptions {
 /// Runs checks and hands each result to the publisher.
 struct PublishJob {
     /// Replaced on reload; each check takes the version current when it starts.
-    checker: RwLock<Checker>,
+    checkers: RwLock<Checkers>,
     publisher: Arc<Publisher>,
     site_metrics: SiteMetrics,
+}
+
+/// How long the previous configuration's checker stays available after a reload.
+const PREVIOUS_CHECKER_GRACE: Duration = Duration::from_secs(2);
+
+/// The checker of the running configuration and, for a moment after a reload, the one before.
+/// The new checker is installed before the scheduler swaps the site loops, so a tick of a
+/// changed site's old loop can fire in between: it takes the checker its definition belongs
+/// to, never the new hooks by the old indices ("no hook 2", or another hook's verdict).
+struct Checkers {
+    current: Checker,
+    previous: Option<Checker>,
+}
+
+impl Checkers {
+    fn for_site(&self, site: &Site) -> Checker {
+        match &self.previous {
+            Some(previous) if !self.current.pairs_with(site) && previous.pairs_with(site) => {
+                previous.clone()
+            }
+            _ => self.current.clone(),
+        }
+    }
 }
 
 impl Job for PublishJob {
@@ -83,7 +106,7 @@ impl Job for PublishJob {
     ) -> impl Future<Output = ()> + Send + 'static {
         // Taken when the tick fires: a reload landing while this check waits for a permit
         // must not pair this site definition with another configuration's hooks.
-        let checker = self.checker.read().clone();
+        let checker = self.checkers.read().for_site(&site);
         async move {
             let result = checker.check(&site, tick.id, tick.scheduled_at).await;
             record_metrics(&result);
@@ -120,7 +143,10 @@ pub async fn produce(
     let publisher = Arc::new(Publisher::connect(kafka, options.topic).await?);
     tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, "connected to Kafka");
     let job = Arc::new(PublishJob {
-        checker: RwLock::new(Checker::for_config(&config, Arc::clone(&prober))?),
+        checkers: RwLock::new(Checkers {
+            current: Checker::for_config(&config, Arc::clone(&prober))?,
+            previous: None,
+        }),
         publisher: Arc::clone(&publisher),
         site_metrics: options.site_metrics.clone(),
     });
@@ -188,13 +214,33 @@ pub async fn produce(
             }
             Ok(Ok(None)) => tracing::debug!(trigger = why, "configuration unchanged"),
             Ok(Ok(Some((config, checker)))) => {
-                *job.checker.write() = checker;
+                {
+                    let mut checkers = job.checkers.write();
+                    let previous = std::mem::replace(&mut checkers.current, checker);
+                    checkers.previous = Some(previous);
+                }
                 let Config {
                     sites,
                     version: new_version,
                     ..
                 } = config;
                 let (added, changed, removed) = scheduler.apply(in_shard(sites, options.shard));
+                // The old loops are stopped; a tick already firing on another thread takes its
+                // checker within moments. Then the old hook workers go with the last check
+                // that holds them.
+                let job = Arc::clone(&job);
+                let replaced = version.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(PREVIOUS_CHECKER_GRACE).await;
+                    let mut checkers = job.checkers.write();
+                    if checkers
+                        .previous
+                        .as_ref()
+                        .is_some_and(|p| p.config_version() == replaced)
+                    {
+                        checkers.previous = None;
+                    }
+                });
                 options.site_metrics.retain(|name| scheduler.contains(name));
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(trigger = why, version = %new_version, added, changed, removed, "configuration reloaded");
@@ -292,4 +338,53 @@ fn sources_stamp(config_path: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
         }));
     }
     stamp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        crate::config::load_str(
+            std::path::Path::new("sites.lua"),
+            text,
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"),
+        )
+        .unwrap()
+    }
+
+    /// Between a reload's new checker and the scheduler's new loops, each site definition is
+    /// checked with the hooks of the configuration it came from.
+    #[tokio::test]
+    async fn a_site_definition_takes_the_checker_of_its_own_configuration() {
+        let old = config(
+            r#"site { name = "a", url = "http://a.example/", hooks = { function(r) return true end, function(r) return true end } }
+site { name = "same", url = "http://s.example/" }"#,
+        );
+        let new = config(
+            r#"site { name = "a", url = "http://a.example/", hooks = { script "json_status" } }
+site { name = "same", url = "http://s.example/" }
+site { name = "added", url = "http://n.example/" }"#,
+        );
+        let prober = Arc::new(Prober::new(DEFAULT_USER_AGENT).unwrap());
+        let checkers = Checkers {
+            current: Checker::for_config(&new, Arc::clone(&prober)).unwrap(),
+            previous: Some(Checker::for_config(&old, prober).unwrap()),
+        };
+        let version = |site: &Site| checkers.for_site(site).config_version().to_owned();
+        assert_eq!(version(&old.sites[0]), old.version, "the old loop's a");
+        assert_eq!(version(&new.sites[0]), new.version, "the new loop's a");
+        // Unchanged and added sites take the new checker.
+        assert_eq!(version(&old.sites[1]), new.version);
+        assert_eq!(version(&new.sites[2]), new.version);
+        // Without a previous checker, the current one (no better choice).
+        let current = Checkers {
+            previous: None,
+            ..checkers
+        };
+        assert_eq!(
+            current.for_site(&old.sites[0]).config_version(),
+            new.version
+        );
+    }
 }
