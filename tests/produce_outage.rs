@@ -37,8 +37,17 @@ async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
     )
     .unwrap();
     let topic = stack::unique_name("outage");
+    // Shutdown waits for the queue to reach the broker: after a restart the producer may take a
+    // while to reconnect (librdkafka backs off up to 10 s), longer than the default 15 s flush
+    // on a loaded machine.
     let mut sitewatch = Sitewatch::spawn(
-        &["produce", "--config", config.to_str().unwrap()],
+        &[
+            "produce",
+            "--config",
+            config.to_str().unwrap(),
+            "--flush-timeout-secs",
+            "90",
+        ],
         &producer::kafka_env(false, &topic),
         dir.path(),
     );
@@ -51,7 +60,7 @@ async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
     stack_command("kafka-start");
     tokio::time::sleep(Duration::from_secs(10)).await;
 
-    sitewatch.terminate(Duration::from_secs(60));
+    sitewatch.terminate(Duration::from_secs(120));
     assert!(
         probed_during_outage >= 30,
         "probing must go on during the outage ({probed_during_outage} probes)"
@@ -69,7 +78,8 @@ async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
     assert_eq!(
         results.len(),
         server.requests().len(),
-        "every probe's result must reach the topic"
+        "every probe's result must reach the topic; log:\n{}",
+        sitewatch.log_text()
     );
     for site in ["o1", "o2", "o3"] {
         let mut ticks: Vec<_> = results
