@@ -531,16 +531,19 @@ async fn exactly_once_when_stopped_while_batches_overlap() {
     let topic = stack::fresh_topic(3).await;
     let group = stack::unique_name("sitewatch-test-group");
     let url = stack::fresh_database().await;
-    let (messages, ids) = bulk(BULK);
+    let (messages, mut ids) = bulk(BULK);
     let producer = producer();
+    publish(&producer, &topic, &messages).await;
     let mut db = Db::new(&url);
     let mut rng = Rng::new();
     let args = ["--batch-rows", "500"];
 
-    // A quarter of the results before each round, so that every round starts with a backlog
-    // (a fast round could otherwise leave the next one too little to overlap).
-    for (round, wave) in messages.chunks(BULK / 4).enumerate() {
-        publish(&producer, &topic, wave).await;
+    for round in 0..4 {
+        // More before each round, so that every round starts with a backlog to overlap on (a
+        // fast round could otherwise leave the next one too little).
+        let (wave, wave_ids) = bulk(BULK / 2);
+        publish(&producer, &topic, &wave).await;
+        ids.extend(wave_ids);
         let name = format!("overlap{round}");
         let mut consumer =
             ConsumerProcess::start_logging(&name, &topic, &group, &url, &args, BATCH_LOG);
@@ -578,19 +581,23 @@ async fn exactly_once_when_stopped_while_batches_overlap() {
             consumer.most_read_while_writing()
         );
         assert!(
-            (stored as usize) < BULK,
+            (stored as usize) < ids.len(),
             "everything was stored before stop {round}: the test did not interrupt consumption"
         );
     }
 
     let mut consumer = ConsumerProcess::start("final", &topic, &group, &url, &[]);
     wait_until!("all results stored", consumer.log_tail(), {
-        db.rows().await >= BULK as i64
+        db.rows().await >= ids.len() as i64
     });
     tokio::time::sleep(Duration::from_secs(1)).await; // would let a duplicate show up
     assert!(consumer.terminate().success(), "{}", consumer.log_tail());
     assert_exactly_once(&mut db, &ids).await;
-    assert_eq!(db.consumed(&group).await, BULK as i64, "stored offsets");
+    assert_eq!(
+        db.consumed(&group).await,
+        ids.len() as i64,
+        "stored offsets"
+    );
     assert_insight_and_rebuild(&mut db, &url).await;
     stack::drop_database(&url).await;
 }
