@@ -297,18 +297,7 @@ const HEALTH: &[u8] = br#"{"status":"UP","checks":[{"name":"db","ok":true}]}"#;
 /// answers JSON, every other path an HTML page. One thread per connection, like
 /// `support::TlsServer`, which answers a single fixed body.
 fn example_server(leaf: &support::Leaf) -> SocketAddr {
-    use openssl::pkey::PKey;
-    use openssl::ssl::{SslAcceptor, SslMethod};
-    use openssl::x509::X509;
-
-    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-    builder
-        .set_private_key(&PKey::private_key_from_pem(leaf.key_pem.as_bytes()).unwrap())
-        .unwrap();
-    builder
-        .set_certificate(&X509::from_pem(leaf.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let acceptor = Arc::new(builder.build());
+    let acceptor = Arc::new(support::acceptor(leaf).build());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {

@@ -381,6 +381,22 @@ pub fn self_signed(common_name: &str, sans: &[&str]) -> Leaf {
 // ---------------------------------------------------------------------------------------------
 // TLS server
 
+/// A TLS acceptor (Mozilla's intermediate settings) serving `leaf`.
+pub fn acceptor(leaf: &Leaf) -> openssl::ssl::SslAcceptorBuilder {
+    use openssl::pkey::PKey;
+    use openssl::ssl::{SslAcceptor, SslMethod};
+    use openssl::x509::X509;
+
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    builder
+        .set_private_key(&PKey::private_key_from_pem(leaf.key_pem.as_bytes()).unwrap())
+        .unwrap();
+    builder
+        .set_certificate(&X509::from_pem(leaf.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    builder
+}
+
 /// An HTTPS server on 127.0.0.1 answering every request with `200 hello over tls`.
 pub struct TlsServer {
     pub addr: SocketAddr,
@@ -391,17 +407,10 @@ pub struct TlsServer {
 impl TlsServer {
     /// Serves with `leaf`; with `client_ca`, demands a client certificate signed by it.
     pub fn start(leaf: &Leaf, client_ca: Option<&TestCa>) -> TlsServer {
-        use openssl::pkey::PKey;
-        use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
+        use openssl::ssl::SslVerifyMode;
         use openssl::x509::X509;
 
-        let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        builder
-            .set_private_key(&PKey::private_key_from_pem(leaf.key_pem.as_bytes()).unwrap())
-            .unwrap();
-        builder
-            .set_certificate(&X509::from_pem(leaf.cert_pem.as_bytes()).unwrap())
-            .unwrap();
+        let mut builder = acceptor(leaf);
         if let Some(ca) = client_ca {
             builder
                 .cert_store_mut()
