@@ -421,7 +421,8 @@ async fn lost_stderr_neither_stops_probing_nor_blocks_sigterm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_later_exits_at_once_with_130() {
     let _stack = stack::StackLock::shared();
-    // Responses that take far longer than the test: the shutdown waits for them.
+    // Responses that never come in time: a check runs its full 5 s timeout, and the shutdown
+    // waits for it. The second signal comes 1.5 s into that wait.
     let server = support::serve("127.0.0.1:0", |_request, mut conn| async move {
         tokio::time::sleep(Duration::from_secs(60)).await;
         conn.respond(200, &[], b"late").await;
@@ -432,7 +433,7 @@ async fn a_second_signal_later_exits_at_once_with_130() {
     write(
         &config,
         &format!(
-            r#"site {{ name = "stuck", url = "{}", interval = "70s", timeout = "65s" }}"#,
+            r#"site {{ name = "stuck", url = "{}", interval = "6s", timeout = "5s" }}"#,
             server.url("/")
         ),
     );
