@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::MAX_BATCH_BYTES;
 use crate::metrics as names;
 use crate::result::CheckResult;
 use crate::store::{CheckRow, DeadLetter, OffsetAdvance, PendingRow, WriteBatch};
@@ -66,6 +67,9 @@ pub(crate) struct Batcher {
     positioning_retry: Option<Instant>,
     rows: Vec<PendingRow>,
     dead_letters: Vec<DeadLetter>,
+    /// Payload bytes of the rows and dead letters held (each row also holds its decoded form,
+    /// about as large again).
+    bytes: usize,
     /// Arrival of the batch's first message; the batch is due `max_batch_wait` later.
     opened_at: Option<Instant>,
 }
@@ -78,6 +82,7 @@ impl Batcher {
             positioning_retry: None,
             rows: Vec::new(),
             dead_letters: Vec::new(),
+            bytes: 0,
             opened_at: None,
         }
     }
@@ -90,9 +95,15 @@ impl Batcher {
         self.opened_at.map(|at| at + max_wait)
     }
 
+    /// Holds `max_rows` messages, or [`MAX_BATCH_BYTES`] of payload: a batch of large results
+    /// (up to 256 KiB each) is bounded by its size, not only by its count.
+    pub(crate) fn is_full(&self, max_rows: usize) -> bool {
+        self.len() >= max_rows || self.bytes >= MAX_BATCH_BYTES
+    }
+
     /// Full, or its first message has waited long enough.
     pub(crate) fn is_due(&self, max_rows: usize, max_wait: Duration, now: Instant) -> bool {
-        self.len() >= max_rows
+        self.is_full(max_rows)
             || self
                 .deadline(max_wait)
                 .is_some_and(|deadline| deadline <= now)
@@ -134,6 +145,16 @@ impl Batcher {
             .retain(|pending| !partitions.contains(&pending.row.kafka_partition));
         self.dead_letters
             .retain(|letter| !partitions.contains(&letter.partition));
+        self.bytes = self
+            .rows
+            .iter()
+            .map(|pending| pending.payload.len())
+            .sum::<usize>()
+            + self
+                .dead_letters
+                .iter()
+                .map(|letter| letter.payload.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
         if self.len() == 0 {
             self.opened_at = None;
         }
@@ -211,6 +232,7 @@ impl Batcher {
         self.positioned.clear();
         self.rows.clear();
         self.dead_letters.clear();
+        self.bytes = 0;
         self.opened_at = None;
         self.positioning_retry = None;
     }
@@ -269,6 +291,7 @@ impl Batcher {
         if self.opened_at.is_none() {
             self.opened_at = Some(Instant::now());
         }
+        self.bytes += payload.map_or(0, <[u8]>::len);
         let decoded = CheckResult::decode(payload, schema_header).and_then(|result| {
             CheckRow::from_result(result, partition, offset)
                 .map_err(|error| format!("cannot be stored: {error}"))
@@ -313,6 +336,7 @@ impl Batcher {
             .collect();
         offsets.sort_by_key(|advance| advance.partition);
         self.opened_at = None;
+        self.bytes = 0;
         // The next batch is likely the size of this one: room for it now saves growing the
         // vector (each row is several hundred bytes) step by step.
         let room = self.rows.len();
@@ -527,6 +551,40 @@ mod tests {
         assert!(batcher.is_due(2, wait, opened), "full");
         batcher.take();
         assert!(!batcher.is_due(2, wait, opened + wait * 10));
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_byte_bound_whatever_its_count() {
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0, 1])]);
+        batcher.positioned_at(0, None);
+        batcher.positioned_at(1, None);
+        // Undecodable, so dead letters: they count with their payload like rows do.
+        let large = vec![b'x'; MAX_BATCH_BYTES / 4];
+        for offset in 0..3 {
+            batcher.add(0, offset, None, Some(&large), None);
+        }
+        batcher.add(1, 0, None, Some(&payload(1)), None);
+        assert!(!batcher.is_full(1000), "three quarters and a small row");
+        batcher.add(1, 1, None, Some(&large), None);
+        assert!(batcher.is_full(1000), "{} bytes", batcher.bytes);
+        assert!(batcher.is_due(1000, Duration::from_secs(3600), Instant::now()));
+        // Revoking a partition gives its bytes back.
+        batcher.apply(vec![Assignment::Revoked(vec![0])]);
+        assert!(!batcher.is_full(1000));
+        assert_eq!(batcher.len(), 2);
+        batcher.add(1, 2, None, Some(&large), None);
+        batcher.add(1, 3, None, Some(&large), None);
+        assert!(!batcher.is_full(1000));
+        batcher.add(1, 4, None, Some(&large), None);
+        assert!(batcher.is_full(1000));
+        // Taking the batch starts the count again.
+        assert_eq!(batcher.take().dead_letters.len(), 4);
+        assert!(!batcher.is_full(1000));
+        batcher.add(1, 5, None, Some(&large), None);
+        assert!(!batcher.is_full(1000));
+        batcher.reposition_all();
+        assert_eq!(batcher.bytes, 0);
     }
 
     #[test]

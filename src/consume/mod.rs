@@ -47,9 +47,16 @@ use batcher::Batcher;
 use kafka::KafkaConsumer;
 use sink::Sink;
 
-/// Rows per transaction when the topic has a backlog: 5k is where binary COPY stops getting
-/// faster on the reference machine (docs/storage.md), and a batch stays a few MB.
-pub const DEFAULT_MAX_BATCH_ROWS: usize = 5000;
+/// Rows per transaction when the topic has a backlog. Binary COPY alone stops getting faster
+/// near 5,000 rows, but each batch also rewrites the hourly and daily rollups of every site it
+/// holds: 1,000 sites cost 2,000 rollup rows whether the batch has 5,000 rows or 20,000, and
+/// the larger batch took ingest from 0.62 to 0.8 of the COPY ceiling (docs/storage.md). A
+/// batch of typical results is 20–25 MB of payload; [`MAX_BATCH_BYTES`] bounds large ones.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 20_000;
+/// Payload bytes per batch at most, whatever its row count: results may be up to 256 KiB
+/// ([`crate::publish::MAX_RESULT_BYTES`]), and 20,000 of those would be 5 GB. Two batches are
+/// held at once (one written, one filling), each with its rows decoded too.
+pub const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// How long the first message of a batch may wait for company while more keep arriving; a
 /// batch is written at once when nothing more has arrived.
 pub const DEFAULT_MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
@@ -307,7 +314,7 @@ enum Written {
 
 /// Writes the batch in hand and, while its first attempt is in flight, reads and decodes the
 /// next one into the batcher: PostgreSQL and decoding overlap. At most one batch is in flight
-/// and one fills (up to `max_rows` messages, then reading pauses); nothing is read after
+/// and one fills (up to `max_rows` messages or [`MAX_BATCH_BYTES`], then reading pauses); nothing is read after
 /// shutdown. A failed attempt is retried with backoff without reading further.
 ///
 /// Returns only once the batch is settled, so the filling batch is taken after this one's
@@ -382,7 +389,7 @@ async fn read_while<T>(
 ) -> Result<T, ConsumeError> {
     let mut write = std::pin::pin!(write);
     loop {
-        let reading = batcher.len() < max_rows && !shutdown.is_cancelled();
+        let reading = !batcher.is_full(max_rows) && !shutdown.is_cancelled();
         tokio::select! {
             biased;
             written = &mut write => return Ok(written),

@@ -24,8 +24,18 @@ use crate::store::{self, StoreError, WriteBatch, WriteOutcome};
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Longest wait between PostgreSQL retries: an outage is noticed to be over within this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A write that takes longer is treated as a dead connection (dropped, reconnected, retried).
+/// A write that takes longer is treated as a dead connection (dropped, reconnected, retried);
+/// a batch's write gets [`ROW_ALLOWANCE`] per message on top ([`write_timeout`]).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time a batch's write may take per message. A batch that falls back to inserting row by
+/// row (a savepoint and an INSERT each) needs about a millisecond per row: under a fixed 30 s,
+/// 20,000 rows would time out, be retried, and time out again, for ever.
+const ROW_ALLOWANCE: Duration = Duration::from_millis(5);
+
+/// How long writing a batch of `messages` may take: 30 s plus 5 ms a message (130 s for 20,000).
+fn write_timeout(messages: usize) -> Duration {
+    WRITE_TIMEOUT + ROW_ALLOWANCE * u32::try_from(messages).unwrap_or(u32::MAX)
+}
 /// Delay before seeking again a partition librdkafka was not yet ready to seek (fetcher not
 /// started right after the assignment).
 const SEEK_RETRY: Duration = Duration::from_millis(100);
@@ -98,12 +108,13 @@ impl<'a> Sink<'a> {
         Ok(self.client.insert(client))
     }
 
-    /// Judges one attempt (run under [`WRITE_TIMEOUT`]): `Ok(Ok(v))` done, backoff reset;
+    /// Judges one attempt (run under `limit`): `Ok(Ok(v))` done, backoff reset;
     /// `Ok(Err(delay))` a transient failure, logged as `what`, connection dropped: retry after
     /// `delay`; `Err` a failure retrying cannot fix.
     fn settle<T>(
         &mut self,
         what: &str,
+        limit: Duration,
         outcome: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
     ) -> Result<Result<T, Duration>, ConsumeError> {
         let error = match outcome {
@@ -119,7 +130,7 @@ impl<'a> Sink<'a> {
                 })
             }
             Ok(Err(error)) => ErrorChain(&error).to_string(),
-            Err(_) => format!("no answer within {WRITE_TIMEOUT:?}"),
+            Err(_) => format!("no answer within {limit:?}"),
         };
         // Whatever state the connection is in, the retry starts from a fresh one.
         self.client = None;
@@ -142,7 +153,8 @@ impl<'a> Sink<'a> {
             store::load_offsets(client, group, topic, &partitions).await
         };
         let loaded = tokio::time::timeout(WRITE_TIMEOUT, load).await;
-        match self.settle("cannot read consumer_offsets; partitions wait", loaded)? {
+        let what = "cannot read consumer_offsets; partitions wait";
+        match self.settle(what, WRITE_TIMEOUT, loaded)? {
             Ok(stored) => {
                 kafka::seek(consumer, self.topic, batcher, &partitions, &stored);
                 batcher.retry_positioning_at(Instant::now() + SEEK_RETRY);
@@ -152,7 +164,7 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    /// One attempt at storing `batch` (under [`WRITE_TIMEOUT`]): `Ok(Ok(outcome))` committed or
+    /// One attempt at storing `batch` (under [`write_timeout`]): `Ok(Ok(outcome))` committed or
     /// fenced; `Ok(Err(delay))` a transient failure, to be retried with the same batch after
     /// `delay` ([`Sink::rewrite`]); `Err` a failure retrying cannot fix.
     pub(crate) async fn write(
@@ -165,9 +177,10 @@ impl<'a> Sink<'a> {
             let client = self.client().await?;
             writer.write(client, group, topic, batch).await
         };
-        let written = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+        let limit = write_timeout(batch.rows.len() + batch.dead_letters.len());
+        let written = tokio::time::timeout(limit, write).await;
         let what = "cannot store the batch; keeping it and retrying (not reading further)";
-        let outcome = self.settle(what, written)?;
+        let outcome = self.settle(what, limit, written)?;
         if let Ok(WriteOutcome::Committed(stats)) = &outcome {
             metrics::counter!(names::CONSUMER_ROWS_WRITTEN).increment(stats.rows_written);
             metrics::counter!(names::CONSUMER_BATCHES, "path" => stats.path.as_str()).increment(1);
@@ -221,5 +234,12 @@ mod tests {
         assert_eq!(*delays.last().unwrap(), BACKOFF_MAX);
         backoff.reset();
         assert_eq!(backoff.next_delay(), BACKOFF_FIRST);
+    }
+
+    #[test]
+    fn a_larger_batch_may_take_longer() {
+        assert_eq!(write_timeout(0), Duration::from_secs(30));
+        assert_eq!(write_timeout(20_000), Duration::from_secs(130));
+        assert!(write_timeout(usize::MAX) > Duration::from_secs(3600));
     }
 }
