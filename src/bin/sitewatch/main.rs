@@ -19,6 +19,12 @@ use sitewatch::{alert, consume, produce, run};
 use cli::{Cli, Command};
 use exit::{fail, finish, Exit};
 
+/// mimalloc rather than glibc's allocator: decoding a result allocates dozens of small strings
+/// and values, and under a backlog the consumer spent a fifth of its CPU in malloc and free
+/// (perf, `dev/bench ingest`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One arm per command (a screen, a little over 80 lines).
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
