@@ -5,7 +5,7 @@
 //! checked.
 //!
 //! The ceiling, in the same run: the same rows by binary COPY into the same table (fresh
-//! database, same migrations) from this process — batches of 5,000, one transaction each, only
+//! database, same migrations) from this process — batches of 5,000 and of the consumer's batch size, one transaction each, only
 //! the COPY + COMMIT timed (building the rows is not; the two jsonb columns go as ready JSON
 //! text, the cheapest encoding).
 
@@ -56,7 +56,10 @@ impl Options {
 }
 
 /// Rows per COPY transaction in the ceiling loader (the consumer's default batch, too).
-const COPY_BATCH: usize = 5_000;
+/// Rows per COPY transaction of the ceiling: the consumer's own batch size, and 5,000 (its
+/// size before 2026-11-30, when it went up to 20,000). The ceiling is the faster of the two, so
+/// the consumer's batch size never makes the ceiling lower than COPY can do.
+const COPY_BATCHES: [usize; 2] = [5_000, sitewatch::consume::DEFAULT_MAX_BATCH_ROWS];
 /// Distinct sites the generated results belong to (Kafka keys).
 const SITES: u64 = 1_000;
 /// How often each generated site is checked: 1,000,000 results span about 4 hours, so the
@@ -300,6 +303,7 @@ async fn copy_ceiling(
     rows: u64,
     partitions: i32,
     base: DateTime<Utc>,
+    batch_rows: usize,
 ) -> Result<Value> {
     let mut client = sitewatch::store::connect(db).await?;
     let backend: i32 = client
@@ -321,7 +325,7 @@ async fn copy_ceiling(
     let wall = Instant::now();
     let mut i = 0u64;
     while i < rows {
-        let n = (rows - i).min(COPY_BATCH as u64);
+        let n = (rows - i).min(batch_rows as u64);
         let batch: Vec<CheckRow> = (i..i + n)
             .map(|k| {
                 let result = sample_result(k, base);
@@ -484,15 +488,29 @@ pub async fn run(options: &Options) -> Result<Value> {
         let consume_name = format!("sitewatch_bench_consume_{tag}_{round}");
         let group = format!("sitewatch-bench-{tag}-{round}");
         let outcome = async {
-            let ceiling_db = common::fresh_database(&db, &ceiling_name).await?;
             let consume_db = common::fresh_database(&db, &consume_name).await?;
             let (mut ceiling, mut sitewatch) = (Value::Null, Value::Null);
             for step in if round % 2 == 0 { ["copy", "consume"] } else { ["consume", "copy"] } {
                 common::checkpoint();
                 if step == "copy" {
-                    say!("ingest round {}: ceiling: binary COPY of the same rows, batches of {COPY_BATCH}, one transaction each", round + 1);
-                    ceiling = copy_ceiling(&ceiling_db, rows, options.partitions, base).await?;
-                    say!("ingest round {}: ceiling {} rows/s", round + 1, ceiling["rows_per_s"]);
+                    let mut by_batch = serde_json::Map::new();
+                    for batch_rows in COPY_BATCHES {
+                        let ceiling_db = common::fresh_database(&db, &ceiling_name).await?;
+                        common::checkpoint();
+                        say!("ingest round {}: ceiling: binary COPY of the same rows, batches of {batch_rows}, one transaction each", round + 1);
+                        let copied = copy_ceiling(&ceiling_db, rows, options.partitions, base, batch_rows).await?;
+                        common::drop_database(&db, &ceiling_name).await;
+                        say!("ingest round {}: ceiling {} rows/s", round + 1, copied["rows_per_s"]);
+                        let faster = ceiling["rows_per_s"].as_f64().is_none_or(|best| {
+                            copied["rows_per_s"].as_f64().is_some_and(|rate| rate > best)
+                        });
+                        by_batch.insert(batch_rows.to_string(), copied["rows_per_s"].clone());
+                        if faster {
+                            ceiling = copied;
+                            ceiling["batch_rows"] = json!(batch_rows);
+                        }
+                    }
+                    ceiling["rows_per_s_by_batch_rows"] = Value::Object(by_batch);
                 } else {
                     say!("ingest round {}: sitewatch consume into a fresh database", round + 1);
                     sitewatch = consume(&consume_db, &topic, &group, rows).await?;
