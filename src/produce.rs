@@ -107,13 +107,19 @@ impl Job for PublishJob {
         // Taken when the tick fires: a reload landing while this check waits for a permit
         // must not pair this site definition with another configuration's hooks.
         let checker = self.checkers.read().for_site(&site);
+        // Boxed, and only once the check starts: until then, a check waiting for a permit holds
+        // what it captured, not room for the probe's whole state. Offered more than it can
+        // probe, the producer has a check waiting for every site.
         async move {
-            let result = checker.check(&site, tick.id, tick.scheduled_at).await;
-            record_metrics(&result);
-            gauges.record(&result);
-            if let Err(error) = self.publisher.publish(&result).await {
-                tracing::error!(%error, site = %site.name, "result dropped");
-            }
+            Box::pin(async move {
+                let result = checker.check(&site, tick.id, tick.scheduled_at).await;
+                record_metrics(&result);
+                gauges.record(&result);
+                if let Err(error) = self.publisher.publish(&result).await {
+                    tracing::error!(%error, site = %site.name, "result dropped");
+                }
+            })
+            .await
         }
     }
 }

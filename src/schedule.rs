@@ -4,7 +4,8 @@
 //!   wall clock (due times are `k·interval + phase` since the Unix epoch), so restarts and shards
 //!   keep each site's phase.
 //! - Ticks are drift-free: `next = previous_due + interval`.
-//! - A check still in flight when its next tick comes makes that tick *missed*: counted, logged,
+//! - A check still in flight when its next tick comes makes that tick *missed*: counted (and logged,
+//!   at most once a minute per site with the number missed since the previous line),
 //!   never queued. A check stays in flight until its result has been handed to the sink, so a
 //!   sink that pushes back (Kafka down, queue full) shows up here as missed ticks.
 //! - [`Scheduler::apply`] takes a whole new site list (reload): unchanged sites keep their task
@@ -326,6 +327,8 @@ impl<J: Job> Scheduler<J> {
             stop: stop.clone(),
             stats: Arc::clone(&self.stats),
             in_flight: Arc::clone(&in_flight),
+            missed_ticks: metrics::counter!(names::MISSED_TICKS, "site" => site.name.clone()),
+            missed_log: MissedLog::default(),
         };
         self.tracker.spawn(looper.run());
         SiteTask {
@@ -440,6 +443,35 @@ struct SiteLoop<J: Job> {
     stop: CancellationToken,
     stats: Arc<Stats>,
     in_flight: Arc<AtomicBool>,
+    /// `sitewatch_missed_ticks_total` of this site, looked up once.
+    missed_ticks: metrics::Counter,
+    missed_log: MissedLog,
+}
+
+/// A site's missed ticks are logged at most this often, each line with how many were missed
+/// since the previous one (the counter has every one): offered several times what it can probe,
+/// a producer misses thousands of ticks a second, and a line for each would take CPU from the
+/// checks it can still run.
+pub const MISSED_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Which of a site's missed ticks get a log line: the first, then one per [`MISSED_LOG_EVERY`].
+#[derive(Debug, Default)]
+struct MissedLog {
+    logged_at: Option<Instant>,
+    /// Missed since the last line.
+    unlogged: u64,
+}
+
+impl MissedLog {
+    /// Counts one missed tick at `now`; when a line is due, returns how many it reports.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self.logged_at.is_some_and(|at| now < at + MISSED_LOG_EVERY) {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// Clears a site's in-flight flag when its check ends, however it ends.
@@ -452,10 +484,10 @@ impl Drop for InFlight {
 }
 
 impl<J: Job> SiteLoop<J> {
-    async fn run(self) {
+    async fn run(mut self) {
         let interval = self.site.interval;
         let mut due = self.clock.first_due(&self.site.name, interval);
-        let in_flight = &self.in_flight;
+        let in_flight = Arc::clone(&self.in_flight);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -466,7 +498,7 @@ impl<J: Job> SiteLoop<J> {
             if in_flight.swap(true, Ordering::AcqRel) {
                 self.missed(scheduled_at, "previous check still in flight");
             } else {
-                let guard = InFlight(Arc::clone(in_flight));
+                let guard = InFlight(Arc::clone(&in_flight));
                 let tick = Tick {
                     id: Uuid::now_v7(),
                     scheduled_at,
@@ -494,10 +526,12 @@ impl<J: Job> SiteLoop<J> {
         }
     }
 
-    fn missed(&self, scheduled_at: DateTime<Utc>, why: &'static str) {
+    fn missed(&mut self, scheduled_at: DateTime<Utc>, why: &'static str) {
         self.stats.missed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(names::MISSED_TICKS, "site" => self.site.name.clone()).increment(1);
-        tracing::warn!(site = %self.site.name, %scheduled_at, why, "missed tick");
+        self.missed_ticks.increment(1);
+        if let Some(missed) = self.missed_log.note(Instant::now()) {
+            tracing::warn!(site = %self.site.name, %scheduled_at, why, missed, "missed tick");
+        }
     }
 }
 
@@ -694,6 +728,22 @@ mod tests {
         assert!(times
             .windows(2)
             .all(|w| w[1] - w[0] >= Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn missed_ticks_are_logged_once_a_minute_with_their_count() {
+        let start = Instant::now();
+        let mut log = MissedLog::default();
+        assert_eq!(log.note(start), Some(1), "the first one at once");
+        let second = Duration::from_secs(1);
+        for k in 1..60 {
+            assert_eq!(log.note(start + second * k), None, "tick {k}");
+        }
+        assert_eq!(log.note(start + MISSED_LOG_EVERY), Some(60));
+        assert_eq!(log.note(start + MISSED_LOG_EVERY + second), None);
+        // Quiet for a long time: the next one is logged at once, counting only itself
+        // and the one left over.
+        assert_eq!(log.note(start + MISSED_LOG_EVERY * 10), Some(2));
     }
 
     #[tokio::test(start_paused = true)]
