@@ -20,7 +20,7 @@ use crate::error::ErrorChain;
 use crate::metrics::{self as names, SiteGauges, SiteMetrics};
 use crate::probe::{Prober, DEFAULT_USER_AGENT};
 use crate::publish::{Publisher, TopicSpec};
-use crate::result::CheckResult;
+use crate::result::{CheckResult, Outcome};
 use crate::schedule::{Job, Limits, Scheduler, Shard, Tick};
 use crate::settings::KafkaSettings;
 
@@ -90,18 +90,43 @@ impl Checkers {
     }
 }
 
-impl Job for PublishJob {
-    type SiteState = Arc<SiteGauges>;
+/// What a site's checks record into, looked up once when its loop starts rather than by name
+/// and labels at every check.
+#[derive(Clone)]
+struct SiteHandles {
+    gauges: Arc<SiteGauges>,
+    /// `sitewatch_probes_total` of the site, by outcome: up, degraded, down.
+    probes: Arc<[metrics::Counter; 3]>,
+}
 
-    fn site_state(&self, site: &Site) -> Arc<SiteGauges> {
+impl SiteHandles {
+    fn probes(&self, outcome: Outcome) -> &metrics::Counter {
+        match outcome {
+            Outcome::Up => &self.probes[0],
+            Outcome::Degraded => &self.probes[1],
+            Outcome::Down => &self.probes[2],
+        }
+    }
+}
+
+impl Job for PublishJob {
+    type SiteState = SiteHandles;
+
+    fn site_state(&self, site: &Site) -> SiteHandles {
         names::zero_site(&site.name);
-        self.site_metrics.site(&site.name)
+        let probes = [Outcome::Up, Outcome::Degraded, Outcome::Down].map(|outcome| {
+            metrics::counter!(names::PROBES, "site" => site.name.clone(), "outcome" => outcome.as_str())
+        });
+        SiteHandles {
+            gauges: self.site_metrics.site(&site.name),
+            probes: Arc::new(probes),
+        }
     }
 
     fn run(
         self: Arc<Self>,
         site: Arc<Site>,
-        gauges: Arc<SiteGauges>,
+        handles: SiteHandles,
         tick: Tick,
     ) -> impl Future<Output = ()> + Send + 'static {
         // Taken when the tick fires: a reload landing while this check waits for a permit
@@ -113,8 +138,8 @@ impl Job for PublishJob {
         async move {
             Box::pin(async move {
                 let result = checker.check(&site, tick.id, tick.scheduled_at).await;
-                record_metrics(&result);
-                gauges.record(&result);
+                record_metrics(&handles, &result);
+                handles.gauges.record(&result);
                 if let Err(error) = self.publisher.publish(&result).await {
                     tracing::error!(%error, site = %site.name, "result dropped");
                 }
@@ -124,9 +149,8 @@ impl Job for PublishJob {
     }
 }
 
-fn record_metrics(result: &CheckResult) {
-    metrics::counter!(names::PROBES, "site" => result.site.clone(), "outcome" => result.outcome.as_str())
-        .increment(1);
+fn record_metrics(handles: &SiteHandles, result: &CheckResult) {
+    handles.probes(result.outcome).increment(1);
     metrics::histogram!(names::PROBE_DURATION).record(result.timings.total_ms / 1000.0);
     let lag = (result.started_at - result.scheduled_at)
         .num_microseconds()
