@@ -340,8 +340,8 @@ mod tests {
     #[test]
     fn body_and_body_not() {
         let expect = Expect {
-            body: Some(Regex::new("Example Domain").unwrap()),
-            body_not: Some(Regex::new("[Ee]rror").unwrap()),
+            body: Some(Regex::new("Example Domain").unwrap().into()),
+            body_not: Some(Regex::new("[Ee]rror").unwrap().into()),
             ..Expect::default()
         };
         let cases = [
@@ -362,11 +362,11 @@ mod tests {
             headers: vec![
                 HeaderExpectation {
                     name: "content-type".into(),
-                    pattern: Regex::new("^text/html").unwrap(),
+                    pattern: Regex::new("^text/html").unwrap().into(),
                 },
                 HeaderExpectation {
                     name: "x-missing".into(),
-                    pattern: Regex::new(".").unwrap(),
+                    pattern: Regex::new(".").unwrap().into(),
                 },
             ],
             ..Expect::default()
@@ -382,7 +382,7 @@ mod tests {
         let expect = |pattern: &str| Expect {
             headers: vec![HeaderExpectation {
                 name: "set-cookie".into(),
-                pattern: Regex::new(pattern).unwrap(),
+                pattern: Regex::new(pattern).unwrap().into(),
             }],
             ..Expect::default()
         };

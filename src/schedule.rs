@@ -559,7 +559,7 @@ mod tests {
         assert!(same(&|s| s.status_page = !s.status_page));
         assert!(!same(&|s| s.interval = Duration::from_secs(7)));
         assert!(!same(
-            &|s| s.expect.body = Some(regex::Regex::new("ok").unwrap())
+            &|s| s.expect.body = Some(regex::Regex::new("ok").unwrap().into())
         ));
         assert!(!same(&|s| s.expect.max_body = Some(10)));
         assert!(!same(&|s| s.tls.insecure = true));

@@ -77,7 +77,7 @@ pub struct JsonExpectation {
 #[derive(Debug, Clone)]
 pub struct HeaderExpectation {
     pub name: String,
-    pub pattern: Regex,
+    pub pattern: Arc<Regex>,
 }
 
 /// The built-in expectations of a site, after merging `defaults{}` key by key.
@@ -85,8 +85,8 @@ pub struct HeaderExpectation {
 pub struct Expect {
     /// Accepted statuses of the final response; empty means any 2xx.
     pub status: Vec<StatusMatcher>,
-    pub body: Option<Regex>,
-    pub body_not: Option<Regex>,
+    pub body: Option<Arc<Regex>>,
+    pub body_not: Option<Arc<Regex>>,
     pub max_time: Option<Duration>,
     pub warn_time: Option<Duration>,
     pub cert_days: Option<u32>,
