@@ -55,6 +55,46 @@ async fn ok_server() -> support::Server {
     .await
 }
 
+/// A `produce` of `sites_lua` (written into a fresh directory, publishing to a fresh topic
+/// named after `topic_prefix`), once `server` has seen `requests` probes (within 60 s).
+struct Probing {
+    _dir: tempfile::TempDir,
+    topic: String,
+    sitewatch: Sitewatch,
+}
+
+async fn produce_until_probed(
+    server: &support::Server,
+    sites_lua: &str,
+    topic_prefix: &str,
+    requests: usize,
+) -> Probing {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    write(&config, sites_lua);
+    let topic = stack::unique_name(topic_prefix);
+    let sitewatch = Sitewatch::spawn(
+        &["produce", "--config", config.to_str().unwrap()],
+        &producer::kafka_env(false, &topic),
+        dir.path(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.requests().len() < requests {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {requests} probes arrived; log:\n{}",
+            server.requests().len(),
+            sitewatch.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Probing {
+        _dir: dir,
+        topic,
+        sitewatch,
+    }
+}
+
 async fn scheduled_delivery(ssl: bool) {
     let server = ok_server().await;
     let dir = tempfile::tempdir().unwrap();
@@ -132,31 +172,16 @@ async fn sigterm_publishes_every_finished_check_and_exits_zero() {
         conn.respond(200, &[], b"slow but fine").await;
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sites.lua");
-    write(
-        &config,
-        &format!(
-            r#"for i = 1, 4 do site {{ name = "slow" .. i, url = "{}" .. i, interval = "2s", timeout = "1800ms" }} end"#,
-            server.url("/slow/")
-        ),
-    );
-    let topic = stack::unique_name("sigterm");
-    let mut sitewatch = Sitewatch::spawn(
-        &["produce", "--config", config.to_str().unwrap()],
-        &producer::kafka_env(false, &topic),
-        dir.path(),
-    );
     // Wait until several checks ran and some are in flight (requests arrive before answers).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while server.requests().len() < 6 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no probes arrived; log:\n{}",
-            sitewatch.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let sites = format!(
+        r#"for i = 1, 4 do site {{ name = "slow" .. i, url = "{}" .. i, interval = "2s", timeout = "1800ms" }} end"#,
+        server.url("/slow/")
+    );
+    let Probing {
+        _dir,
+        topic,
+        mut sitewatch,
+    } = produce_until_probed(&server, &sites, "sigterm", 6).await;
     let signalled = std::time::Instant::now();
     // Twice in a moment, as `timeout` does (the child, then its process group): one request,
     // not "exit at once".
@@ -428,30 +453,15 @@ async fn a_second_signal_later_exits_at_once_with_130() {
         conn.respond(200, &[], b"late").await;
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sites.lua");
-    write(
-        &config,
-        &format!(
-            r#"site {{ name = "stuck", url = "{}", interval = "6s", timeout = "5s" }}"#,
-            server.url("/")
-        ),
+    let sites = format!(
+        r#"site {{ name = "stuck", url = "{}", interval = "6s", timeout = "5s" }}"#,
+        server.url("/")
     );
-    let topic = stack::unique_name("second-signal");
-    let mut sitewatch = Sitewatch::spawn(
-        &["produce", "--config", config.to_str().unwrap()],
-        &producer::kafka_env(false, &topic),
-        dir.path(),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while server.requests().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            sitewatch.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let Probing {
+        _dir,
+        mut sitewatch,
+        ..
+    } = produce_until_probed(&server, &sites, "second-signal", 1).await;
     sitewatch.signal("TERM");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     sitewatch.signal("TERM");
