@@ -113,9 +113,8 @@ impl Job for PublishJob {
     type SiteState = SiteHandles;
 
     fn site_state(&self, site: &Site) -> SiteHandles {
-        names::zero_site(&site.name);
         let probes = [Outcome::Up, Outcome::Degraded, Outcome::Down].map(|outcome| {
-            metrics::counter!(names::PROBES, "site" => site.name.clone(), "outcome" => outcome.as_str())
+            names::zeroed(metrics::counter!(names::PROBES, "site" => site.name.clone(), "outcome" => outcome.as_str()))
         });
         SiteHandles {
             gauges: self.site_metrics.site(&site.name),

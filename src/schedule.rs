@@ -327,7 +327,9 @@ impl<J: Job> Scheduler<J> {
             stop: stop.clone(),
             stats: Arc::clone(&self.stats),
             in_flight: Arc::clone(&in_flight),
-            missed_ticks: metrics::counter!(names::MISSED_TICKS, "site" => site.name.clone()),
+            missed_ticks: names::zeroed(
+                metrics::counter!(names::MISSED_TICKS, "site" => site.name.clone()),
+            ),
             missed_log: MissedLog::default(),
         };
         self.tracker.spawn(looper.run());

@@ -11,7 +11,6 @@ pub mod sites;
 
 pub use sites::{SiteGauges, SiteMetrics};
 
-use crate::result::Outcome;
 use crate::store::WritePath;
 
 /// Checks finished, by `site` and `outcome` (counter).
@@ -180,13 +179,11 @@ pub fn describe() {
     }
 }
 
-/// Registers the zero values of a site's labelled counters, when its checks start.
-pub fn zero_site(site: &str) {
-    for outcome in [Outcome::Up, Outcome::Degraded, Outcome::Down] {
-        metrics::counter!(PROBES, "site" => site.to_owned(), "outcome" => outcome.as_str())
-            .absolute(0);
-    }
-    metrics::counter!(MISSED_TICKS, "site" => site.to_owned()).absolute(0);
+/// `counter`, registered at 0 so its series is on `/metrics` before its first event (a site's
+/// probes by outcome, its missed ticks: taken once when the site's loop starts).
+pub fn zeroed(counter: metrics::Counter) -> metrics::Counter {
+    counter.absolute(0);
+    counter
 }
 
 /// Registers the zero values of a notifier's counters, when its delivery task starts.
