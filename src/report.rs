@@ -5,10 +5,13 @@
 //!  --since | --from --to | longest SLO window
 //!        │ Period: from rounded down, to rounded up to the UTC hour
 //!        ▼
-//!  Period::split ─► whole UTC days ─► rollup_daily  ─┐ one query, rows streamed and merged
-//!               └─► edge hours    ─► rollup_hourly ─┴─► Summary per site (histograms added
-//!                                                        │ bucket by bucket in Rust)
-//!  state_changes: the last before from + those inside ─► downtime::walk
+//!  site with running totals from before `from` (src/store/running.rs):
+//!        rollup_running(last summed hour) − rollup_running(hour before from)  ─┐ one query,
+//!        + rollup_hourly after the site's `through`; max from two windows      │ streamed and
+//!  any other site: Period::split ─► whole UTC days ─► rollup_daily             │ merged into a
+//!                               └─► edge hours    ─► rollup_hourly             ─┴─► Summary
+//!  state_changes: running downtime of the last change before from, before
+//!                 min(to, now), before to (three index probes)             ─► Downtime
 //!                                                        ▼
 //!                   SiteReport (uptime, budget, quantiles, SLO verdict) ─► table | JSON lines
 //! ```
@@ -29,10 +32,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
 use crate::config::{Config, Site, Slo, DEFAULT_SLO_WINDOW};
-use crate::insight::downtime::{self, Downtime, Transition};
+use crate::insight::downtime::Downtime;
 use crate::insight::histogram::Histogram;
 use crate::insight::rollup::{bucket_start_us, Budget, Grain, PhaseSum, Phases, Summary};
-use crate::result::Outcome;
 
 /// The period when neither `--since` nor `--from`/`--to` is given and no selected site has an
 /// SLO: a month, the usual SLO window.
@@ -444,36 +446,88 @@ pub fn select<'c>(config: &'c Config, only: &[String]) -> Result<Vec<&'c Site>, 
         .collect())
 }
 
-/// Rollup rows of the selected sites: daily rows for the whole days ($2..$3), hourly rows for
-/// the edges ($4..$5 and $6..$7). Both tables are read by their BRIN index on bucket.
+/// Everything a period's figures are made of, in one statement (one snapshot, so an extension
+/// of the running totals between two reads can neither drop nor double an hour). Per site:
+///
+/// * with running totals covering the period's start (`rollup_running_sites`, see
+///   src/store/running.rs): `lo` the running row of the hour before the period (subtracted),
+///   `hi` the row of the period's last summed hour, `max` the second row of the maximum's
+///   window pair, and `add` the hourly rows after the site's `through`: about three rows;
+/// * otherwise (`add` only): daily rows for the whole days ($4..$5), hourly rows for the edges
+///   ($6..$7 and $8..$9), read by their BRIN index on bucket.
+///
+/// Histograms come as text (`{0,0,3,17,…}`): most counts are zeros, two bytes each that way
+/// against twelve in the binary array format, and PostgreSQL sends them faster too (measured:
+/// 0.5 s against 0.75 s for 88,000 daily rows).
 const ROLLUPS_SQL: &str = "\
-    SELECT site, checks, up, degraded, down, maintenance, failures::text, \
-           dns_sum, dns_count, connect_sum, connect_count, tls_sum, tls_count, \
-           ttfb_sum, ttfb_count, transfer_sum, transfer_count, total_sum, total_count, \
-           max_total_ms, total_hist::text, ttfb_hist::text \
-      FROM rollup_daily \
-     WHERE site = ANY($1) AND bucket >= $2 AND bucket < $3 \
+    WITH e AS ( \
+        SELECT k.site, r.first, r.last, r.through, \
+               coalesce(r.through >= $2 \
+                        AND (r.valid_after IS NULL OR r.valid_after <= $2 - interval '1 hour') \
+                        AND $3 - $2 < interval '16383 hours', false) AS running \
+          FROM unnest($1::text[]) AS k(site) \
+          LEFT JOIN rollup_running_sites AS r USING (site) \
+    ), k AS ( \
+        SELECT site, first, last, through, $2 - interval '1 hour' AS lo, \
+               least($3 - interval '1 hour', through) AS hi, \
+               greatest($2, first) AS max_from, \
+               least($3 - interval '1 hour', through, last) AS max_to \
+          FROM e WHERE running \
+    ), lv AS ( \
+        SELECT k.*, (SELECT max(j) FROM generate_series(0, 13) AS j \
+                      WHERE (1::bigint << j) \
+                            <= extract(epoch FROM max_to - max_from)::bigint / 3600 + 1) AS level \
+          FROM k \
+    ) \
+    SELECT lv.site, 'lo', lv.level, RUNNING FROM lv JOIN rollup_running AS r \
+        ON r.site = lv.site AND r.bucket = least(lv.lo, lv.last) WHERE lv.lo >= lv.first \
     UNION ALL \
-    SELECT site, checks, up, degraded, down, maintenance, failures::text, \
-           dns_sum, dns_count, connect_sum, connect_count, tls_sum, tls_count, \
-           ttfb_sum, ttfb_count, transfer_sum, transfer_count, total_sum, total_count, \
-           max_total_ms, total_hist::text, ttfb_hist::text \
-      FROM rollup_hourly \
-     WHERE site = ANY($1) AND (bucket >= $4 AND bucket < $5 OR bucket >= $6 AND bucket < $7)";
+    SELECT lv.site, 'hi', lv.level, RUNNING FROM lv JOIN rollup_running AS r \
+        ON r.site = lv.site AND r.bucket = least(lv.hi, lv.last) WHERE lv.hi >= lv.first \
+    UNION ALL \
+    SELECT lv.site, 'max', lv.level, RUNNING FROM lv JOIN rollup_running AS r \
+        ON r.site = lv.site \
+       AND r.bucket = lv.max_from + ((1::bigint << lv.level) - 1) * interval '1 hour' \
+     WHERE lv.level IS NOT NULL \
+    UNION ALL \
+    SELECT lv.site, 'add', NULL, ROLLUP FROM lv JOIN rollup_hourly AS r \
+        ON r.site = lv.site AND r.bucket > lv.through AND r.bucket >= $2 AND r.bucket < $3 \
+    UNION ALL \
+    SELECT r.site, 'add', NULL, ROLLUP FROM rollup_daily AS r \
+     WHERE r.site IN (SELECT site FROM e WHERE NOT running) AND r.bucket >= $4 AND r.bucket < $5 \
+    UNION ALL \
+    SELECT r.site, 'add', NULL, ROLLUP FROM rollup_hourly AS r \
+     WHERE r.site IN (SELECT site FROM e WHERE NOT running) \
+       AND (r.bucket >= $6 AND r.bucket < $7 OR r.bucket >= $8 AND r.bucket < $9)";
 
-/// State changes of the selected sites: for each, the last one before the period ($2) — one
-/// probe of the (site, at DESC) index — then those inside it. Unordered: sorting 160,000 rows
-/// by site in the server's collation took PostgreSQL 280 of its 430 ms; [`read_transitions`]
-/// sorts each site's few in time order instead.
+/// The columns of a [`ROLLUPS_SQL`] row after `site, kind, level`, for a running row
+/// (`max_total_ms` is the array of maximum windows) and for a rollup row (its maximum as an
+/// array of one).
+const RUNNING_SELECT: &str = "r.checks, r.up, r.degraded, r.down, r.maintenance, \
+    r.failures::text, r.dns_sum, r.dns_count, r.connect_sum, r.connect_count, r.tls_sum, \
+    r.tls_count, r.ttfb_sum, r.ttfb_count, r.transfer_sum, r.transfer_count, r.total_sum, \
+    r.total_count, r.max_total_ms, r.total_hist::text, r.ttfb_hist::text";
+const ROLLUP_SELECT: &str = "r.checks, r.up, r.degraded, r.down, r.maintenance, \
+    r.failures::text, r.dns_sum, r.dns_count, r.connect_sum, r.connect_count, r.tls_sum, \
+    r.tls_count, r.ttfb_sum, r.ttfb_count, r.transfer_sum, r.transfer_count, r.total_sum, \
+    r.total_count, ARRAY[coalesce(r.max_total_ms, 0)], r.total_hist::text, r.ttfb_hist::text";
+
+/// Per site, the running downtime and change count of the last change before the period's
+/// start ($2), before the end of its downtime ($3: `to`, or now if earlier) and before its end
+/// ($4): three probes of the (site, at DESC) index (migrations/0004_running.sql).
 const CHANGES_SQL: &str = "\
-    SELECT s.site, c.at, c.from_outcome, c.to_outcome \
+    SELECT s.site, f.at, f.to_outcome, f.down_us, f.changes, \
+           e.at, e.to_outcome, e.down_us, t.changes \
       FROM unnest($1::text[]) AS s(site) \
-     CROSS JOIN LATERAL ( \
-           SELECT at, from_outcome, to_outcome FROM state_changes \
-            WHERE site = s.site AND at < $2 ORDER BY at DESC LIMIT 1) AS c \
-    UNION ALL \
-    SELECT site, at, from_outcome, to_outcome FROM state_changes \
-     WHERE site = ANY($1) AND at >= $2 AND at < $3";
+      LEFT JOIN LATERAL ( \
+           SELECT at, to_outcome, down_us, changes FROM state_changes \
+            WHERE site = s.site AND at < $2 ORDER BY at DESC, id DESC LIMIT 1) AS f ON true \
+      LEFT JOIN LATERAL ( \
+           SELECT at, to_outcome, down_us FROM state_changes \
+            WHERE site = s.site AND at < $3 ORDER BY at DESC, id DESC LIMIT 1) AS e ON true \
+      LEFT JOIN LATERAL ( \
+           SELECT changes FROM state_changes \
+            WHERE site = s.site AND at < $4 ORDER BY at DESC, id DESC LIMIT 1) AS t ON true";
 
 /// Reports `sites` over `period`, in their order, as of `now` (a site down now counts as down
 /// until `now`, not until a `to` in the future).
@@ -486,19 +540,16 @@ pub async fn report(
 ) -> Result<Vec<SiteReport>, ReportError> {
     let started = Instant::now();
     let names: Vec<&str> = sites.iter().map(|site| site.name.as_str()).collect();
-    let (mut summaries, transitions) = tokio::try_join!(
+    let (mut summaries, mut downtimes) = tokio::try_join!(
         read_summaries(client, &names, period),
-        read_transitions(client, &names, period),
+        read_downtimes(client, &names, period, now),
     )?;
     let reports: Vec<SiteReport> = sites
         .iter()
         .map(|site| {
             let summary = summaries.remove(&site.name).unwrap_or_default();
-            let walked = transitions
-                .get(&site.name)
-                .map(|t| downtime::walk(t, period.from_us, period.to_us, now.timestamp_micros()))
-                .unwrap_or_default();
-            SiteReport::new(site, *period, summary, walked)
+            let downtime = downtimes.remove(&site.name).unwrap_or_default();
+            SiteReport::new(site, *period, summary, downtime)
         })
         .collect();
     tracing::debug!(
@@ -508,14 +559,9 @@ pub async fn report(
     Ok(reports)
 }
 
-/// Streams the period's rollup rows and merges them per site, holding one row at a time.
-///
-/// A 90-day report of 1,000 sites reads ~100,000 rows with two histograms each, so a row costs
-/// no allocation: its scalars make a [`Summary`] with empty histograms, merged with
-/// [`Summary::merge`], and its histograms are parsed into one reused buffer and added to the
-/// site's with [`Histogram::merge`]. They come as text (`{0,0,3,17,…}`): most counts are
-/// zeros, two bytes each that way against twelve in the binary array format, and PostgreSQL
-/// sends them faster too (measured: 0.5 s against 0.75 s for 88,000 daily rows).
+/// Streams the period's rows ([`ROLLUPS_SQL`]) and makes each site's [`Summary`]: the `add`
+/// rows merged, the `lo` running row subtracted from the `hi` one, the maximum the largest of
+/// the `add` rows' and of the window pair's. Histograms are parsed into one reused buffer.
 async fn read_summaries(
     client: &Client,
     names: &[&str],
@@ -524,6 +570,8 @@ async fn read_summaries(
     let split = period.split();
     let [head, tail] = &split.hours;
     let bounds = [
+        period.from_us,
+        period.to_us,
         split.days.start,
         split.days.end,
         head.start,
@@ -534,28 +582,34 @@ async fn read_summaries(
     .map(time);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&names];
     params.extend(bounds.iter().map(|b| b as &(dyn ToSql + Sync)));
-    let context = "reading rollup_daily and rollup_hourly";
+    let context = "reading rollup_running, rollup_daily and rollup_hourly";
+    let sql = ROLLUPS_SQL
+        .replace("RUNNING", RUNNING_SELECT)
+        .replace("ROLLUP", ROLLUP_SELECT);
     let rows = client
-        .query_raw(ROLLUPS_SQL, params)
+        .query_raw(&sql, params)
         .await
         .map_err(ReportError::query(context))?;
     let mut rows = pin!(rows);
-    let mut summaries: HashMap<String, Summary> = names
+    let mut sums: HashMap<String, Sums> = names
         .iter()
-        .map(|name| (name.to_string(), Summary::default()))
+        .map(|name| (name.to_string(), Sums::default()))
         .collect();
     let mut counts = Vec::new();
     let mut read = 0u64;
     while let Some(row) = rows.try_next().await.map_err(ReportError::query(context))? {
         let site: &str = row.try_get(0).map_err(ReportError::query(context))?;
         // The query selects only these sites.
-        let Some(total) = summaries.get_mut(site) else {
+        let Some(sums) = sums.get_mut(site) else {
             continue;
         };
-        total.merge(&scalars(&row).map_err(ReportError::query(context))?);
+        let kind: &str = row.try_get(1).map_err(ReportError::query(context))?;
+        let level: Option<i32> = row.try_get(2).map_err(ReportError::query(context))?;
+        let mut summary = scalars(&row).map_err(ReportError::query(context))?;
+        let max: Vec<Option<f64>> = row.try_get(MAX).map_err(ReportError::query(context))?;
         let histograms = [
-            (TOTAL_HIST, &mut total.total_hist),
-            (TTFB_HIST, &mut total.ttfb_hist),
+            (TOTAL_HIST, &mut summary.total_hist),
+            (TTFB_HIST, &mut summary.ttfb_hist),
         ];
         for (column, histogram) in histograms {
             let text: &str = row.try_get(column).map_err(ReportError::query(context))?;
@@ -565,33 +619,70 @@ async fn read_summaries(
             })?;
             histogram.merge(&counts);
         }
+        let at = |i: usize| max.get(i).copied().flatten().unwrap_or_default();
+        let window = level.and_then(|l| usize::try_from(l).ok()).map(at);
+        match kind {
+            "lo" => sums.earlier = summary,
+            "hi" => {
+                sums.max = sums.max.max(window.unwrap_or_default());
+                sums.total.merge(&summary);
+            }
+            "max" => sums.max = sums.max.max(window.unwrap_or_default()),
+            _ => {
+                sums.max = sums.max.max(at(0));
+                sums.added.merge(&summary);
+            }
+        }
         read += 1;
     }
     tracing::debug!(rows = read, "rollups merged");
-    Ok(summaries)
+    Ok(sums
+        .into_iter()
+        .map(|(site, mut sums)| {
+            sums.total.subtract(&sums.earlier);
+            sums.total.merge(&sums.added);
+            sums.total.max_total_ms = sums.max;
+            (site, sums.total)
+        })
+        .collect())
 }
 
-/// Columns of [`ROLLUPS_SQL`] holding the histograms.
-const TOTAL_HIST: usize = 20;
-const TTFB_HIST: usize = 21;
+/// What [`read_summaries`] gathers for one site.
+#[derive(Default)]
+struct Sums {
+    /// The running total at the period's last summed hour.
+    total: Summary,
+    /// The running total just before the period.
+    earlier: Summary,
+    /// Rollup rows merged as they are.
+    added: Summary,
+    max: f64,
+}
 
-/// The counters, sums and failures of one row of [`ROLLUPS_SQL`], histograms left empty. An
-/// unreadable `failures` object (not a map of integers) counts as no failures rather than
-/// failing the whole report.
+/// Columns of a [`ROLLUPS_SQL`] row: the first of [`scalars`], the maximum array, the
+/// histograms.
+const FIRST: usize = 3;
+const MAX: usize = FIRST + 18;
+const TOTAL_HIST: usize = FIRST + 19;
+const TTFB_HIST: usize = FIRST + 20;
+
+/// The counters, sums and failures of one row of [`ROLLUPS_SQL`], histograms left empty and no
+/// maximum. An unreadable `failures` object (not a map of integers) counts as no failures
+/// rather than failing the whole report.
 fn scalars(row: &Row) -> Result<Summary, tokio_postgres::Error> {
     let phase = |i: usize| -> Result<PhaseSum, tokio_postgres::Error> {
         Ok(PhaseSum {
-            sum_ms: row.try_get(7 + 2 * i)?,
-            count: row.try_get(8 + 2 * i)?,
+            sum_ms: row.try_get(FIRST + 6 + 2 * i)?,
+            count: row.try_get(FIRST + 7 + 2 * i)?,
         })
     };
-    let failures: &str = row.try_get(6)?;
+    let failures: &str = row.try_get(FIRST + 5)?;
     Ok(Summary {
-        checks: row.try_get(1)?,
-        up: row.try_get(2)?,
-        degraded: row.try_get(3)?,
-        down: row.try_get(4)?,
-        maintenance: row.try_get(5)?,
+        checks: row.try_get(FIRST)?,
+        up: row.try_get(FIRST + 1)?,
+        degraded: row.try_get(FIRST + 2)?,
+        down: row.try_get(FIRST + 3)?,
+        maintenance: row.try_get(FIRST + 4)?,
         failures: serde_json::from_str(failures).unwrap_or_default(),
         phases: Phases {
             dns: phase(0)?,
@@ -601,7 +692,7 @@ fn scalars(row: &Row) -> Result<Summary, tokio_postgres::Error> {
             transfer: phase(4)?,
             total: phase(5)?,
         },
-        max_total_ms: row.try_get::<_, Option<f64>>(19)?.unwrap_or_default(),
+        max_total_ms: 0.0,
         total_hist: Histogram::new(),
         ttfb_hist: Histogram::new(),
     })
@@ -633,43 +724,59 @@ fn parse_counts(text: &str, out: &mut Vec<i64>) -> Result<(), String> {
     Ok(())
 }
 
-/// The state changes [`downtime::walk`] needs, per site, in time order.
-async fn read_transitions(
+/// Each site's downtime and changes over the period, from the running values of three state
+/// changes ([`CHANGES_SQL`]): the same figures as [`crate::insight::downtime::walk`] over every
+/// change.
+async fn read_downtimes(
     client: &Client,
     names: &[&str],
     period: &Period,
-) -> Result<HashMap<String, Vec<Transition>>, ReportError> {
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, Downtime>, ReportError> {
     let context = "reading state_changes";
+    let end_us = period.to_us.min(now.timestamp_micros()).max(period.from_us);
     let rows = client
-        .query(CHANGES_SQL, &[&names, &period.from(), &period.to()])
+        .query(
+            CHANGES_SQL,
+            &[&names, &period.from(), &time(end_us), &period.to()],
+        )
         .await
         .map_err(ReportError::query(context))?;
-    let mut transitions: HashMap<String, Vec<Transition>> = HashMap::new();
+    let mut downtimes = HashMap::new();
     for row in &rows {
-        let at: DateTime<Utc> = row.get(1);
-        let from: Option<&str> = row.get(2);
-        let to: &str = row.get(3);
-        // The table's CHECK constraints admit only the three outcomes.
-        let Some(to) = outcome(to) else { continue };
-        transitions.entry(row.get(0)).or_default().push(Transition {
-            at_us: at.timestamp_micros(),
-            from: from.and_then(outcome),
-            to,
-        });
+        // Time down up to t, from the last change before t.
+        let down_until = |at: Option<DateTime<Utc>>,
+                          to: Option<&str>,
+                          down_us: Option<i64>,
+                          t_us: i64| match (at, down_us) {
+            (Some(at), Some(down_us)) => {
+                let since = if to == Some("down") {
+                    t_us - at.timestamp_micros()
+                } else {
+                    0
+                };
+                down_us.saturating_add(since.max(0))
+            }
+            _ => 0,
+        };
+        let get = |i| row.try_get(i).map_err(ReportError::query(context));
+        let text = |i| row.try_get(i).map_err(ReportError::query(context));
+        let count = |i| row.try_get(i).map_err(ReportError::query(context));
+        let before = down_until(get(1)?, text(2)?, count(3)?, period.from_us);
+        let until = down_until(get(5)?, text(6)?, count(7)?, end_us);
+        let changes_before: Option<i64> = count(4)?;
+        let changes_until: Option<i64> = count(8)?;
+        let site: String = row.try_get(0).map_err(ReportError::query(context))?;
+        let changes = changes_until.unwrap_or(0) - changes_before.unwrap_or(0);
+        downtimes.insert(
+            site,
+            Downtime {
+                down_us: (until - before).max(0),
+                changes: u64::try_from(changes).unwrap_or(0),
+            },
+        );
     }
-    for list in transitions.values_mut() {
-        list.sort_by_key(|t| t.at_us);
-    }
-    Ok(transitions)
-}
-
-fn outcome(text: &str) -> Option<Outcome> {
-    match text {
-        "up" => Some(Outcome::Up),
-        "degraded" => Some(Outcome::Degraded),
-        "down" => Some(Outcome::Down),
-        _ => None,
-    }
+    Ok(downtimes)
 }
 
 // ---------------------------------------------------------------------------------------------

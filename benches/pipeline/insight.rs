@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use serde_json::{json, Value};
 use sitewatch::insight::histogram::Histogram;
 use sitewatch::settings::DatabaseSettings;
@@ -482,11 +482,25 @@ async fn build(db: &DatabaseSettings, options: &Options, now: DateTime<Utc>) -> 
         say!("insight: built {step} in {seconds:.1} s");
         steps.insert(step.to_owned(), json!(common::round2(seconds)));
     }
+    // The running totals, as the consumer keeps them: every hour that has ended.
+    let t0 = Instant::now();
+    let mut writer = sitewatch::store::connect(db).await?;
+    let until = now
+        .duration_trunc(chrono::Duration::hours(1))
+        .unwrap_or(now)
+        - chrono::Duration::hours(1);
+    let extended = sitewatch::store::running::extend(&mut writer, until).await?;
+    let seconds = t0.elapsed().as_secs_f64();
+    say!(
+        "insight: built rollup_running ({} rows) in {seconds:.1} s",
+        extended.rows
+    );
+    steps.insert("rollup_running".into(), json!(common::round2(seconds)));
     let t0 = Instant::now();
     client
         .batch_execute(
-            "VACUUM (ANALYZE) rollup_hourly, rollup_daily, state_changes, site_state, \
-             check_results",
+            "VACUUM (ANALYZE) rollup_hourly, rollup_daily, rollup_running, \
+             rollup_running_sites, state_changes, site_state, check_results",
         )
         .await
         .context("VACUUM ANALYZE")?;

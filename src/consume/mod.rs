@@ -163,7 +163,13 @@ pub async fn run(
     options: ConsumeOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumeError> {
-    run_with(kafka, db, options, &StoreRows, shutdown).await
+    // The running totals of the rollups this consumer writes, on a connection of their own.
+    let upkeep = shutdown.child_token();
+    let running = tokio::spawn(store::running::maintain(db.clone(), upkeep.clone()));
+    let result = run_with(kafka, db, options, &StoreRows, shutdown).await;
+    upkeep.cancel();
+    let _ = running.await;
+    result
 }
 
 /// [`run`] with another [`BatchWriter`] (the alerter's).

@@ -123,6 +123,20 @@ impl Histogram {
         }
     }
 
+    /// Takes another histogram's counts away bucket by bucket (a running total minus an earlier
+    /// one); a bucket never goes below 0, and trailing zeros are trimmed again.
+    pub fn subtract(&mut self, other: &[i64]) {
+        for (i, &count) in other.iter().enumerate() {
+            let i = i.min(BUCKETS - 1);
+            if let Some(mine) = self.counts.get_mut(i) {
+                *mine = mine.saturating_sub(count.max(0)).max(0);
+            }
+        }
+        while self.counts.last() == Some(&0) {
+            self.counts.pop();
+        }
+    }
+
     /// How many values were recorded.
     pub fn total(&self) -> i64 {
         self.counts.iter().fold(0, |sum, &c| sum.saturating_add(c))

@@ -104,6 +104,15 @@ impl PhaseSum {
         self.sum_ms += other.sum_ms;
         self.count = self.count.saturating_add(other.count);
     }
+
+    fn subtract(&mut self, other: &PhaseSum) {
+        self.count = self.count.saturating_sub(other.count).max(0);
+        self.sum_ms = if self.count == 0 {
+            0.0
+        } else {
+            self.sum_ms - other.sum_ms
+        };
+    }
 }
 
 /// A [`PhaseSum`] per phase of the request, and one for the whole check.
@@ -134,6 +143,15 @@ impl Phases {
         self.ttfb.merge(&other.ttfb);
         self.transfer.merge(&other.transfer);
         self.total.merge(&other.total);
+    }
+
+    fn subtract(&mut self, other: &Phases) {
+        self.dns.subtract(&other.dns);
+        self.connect.subtract(&other.connect);
+        self.tls.subtract(&other.tls);
+        self.ttfb.subtract(&other.ttfb);
+        self.transfer.subtract(&other.transfer);
+        self.total.subtract(&other.total);
     }
 }
 
@@ -211,6 +229,27 @@ impl Summary {
         self.max_total_ms = self.max_total_ms.max(other.max_total_ms);
         self.total_hist.merge(other.total_hist.as_slice());
         self.ttfb_hist.merge(other.ttfb_hist.as_slice());
+    }
+
+    /// Takes an earlier running total away from a later one (`rollup_running`): counters,
+    /// sums, failures and histograms, none below 0. The maximum is left as it is: it is not a
+    /// difference, and the caller sets it.
+    pub fn subtract(&mut self, earlier: &Summary) {
+        let less = |mine: i64, theirs: i64| mine.saturating_sub(theirs).max(0);
+        self.checks = less(self.checks, earlier.checks);
+        self.up = less(self.up, earlier.up);
+        self.degraded = less(self.degraded, earlier.degraded);
+        self.down = less(self.down, earlier.down);
+        self.maintenance = less(self.maintenance, earlier.maintenance);
+        for (kind, count) in &earlier.failures {
+            if let Some(mine) = self.failures.get_mut(kind) {
+                *mine = less(*mine, *count);
+            }
+        }
+        self.failures.retain(|_, count| *count > 0);
+        self.phases.subtract(&earlier.phases);
+        self.total_hist.subtract(earlier.total_hist.as_slice());
+        self.ttfb_hist.subtract(earlier.ttfb_hist.as_slice());
     }
 
     /// Share of checks that were up or degraded, in percent; `None` without checks.
@@ -828,5 +867,40 @@ mod tests {
         let s = summary_of(&samples);
         assert_eq!(s.uptime_pct(), Some(100.0));
         assert!(!s.error_budget(100.0, 60.0).breached());
+    }
+
+    #[test]
+    fn a_later_running_total_minus_an_earlier_one_is_what_came_between() {
+        let mut early = vec![sample("a", 0, Outcome::Up), down("a", 1, "timeout")];
+        early[0].total_ms = 900.0;
+        let mut between = vec![
+            down("a", 2, "timeout"),
+            down("a", 3, "http"),
+            sample("a", 4, Outcome::Degraded),
+            Sample {
+                maintenance: true,
+                ..sample("a", 5, Outcome::Up)
+            },
+        ];
+        between[2].total_ms = 3.5;
+        let all: Vec<Sample> = early.iter().chain(&between).cloned().collect();
+        let mut got = summary_of(&all);
+        got.subtract(&summary_of(&early));
+        let mut want = summary_of(&between);
+        // The maximum is not a difference: the caller sets it.
+        want.max_total_ms = got.max_total_ms;
+        assert_eq!(counters(&got), counters(&want));
+        assert_eq!(got.failures, want.failures);
+        assert_eq!(got.total_hist, want.total_hist);
+        assert_eq!(got.ttfb_hist, want.ttfb_hist);
+        assert_eq!(got.phases.total.count, want.phases.total.count);
+        assert!((got.phases.total.sum_ms - want.phases.total.sum_ms).abs() < 1e-9);
+        // Nothing between: all zero, no failure kinds left, empty histograms.
+        let mut none = summary_of(&early);
+        none.subtract(&summary_of(&early));
+        assert_eq!(counters(&none), (0, 0, 0, 0, 0));
+        assert!(none.failures.is_empty());
+        assert_eq!(none.total_hist.as_slice(), &[] as &[i64]);
+        assert_eq!(none.phases.dns.sum_ms, 0.0);
     }
 }

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alerts",
         sql: include_str!("../../migrations/0003_alerts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "running",
+        sql: include_str!("../../migrations/0004_running.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serialises migration runs across processes ("sitewatc" in

@@ -21,6 +21,7 @@ mod migrate;
 mod prune;
 mod rebuild;
 mod row;
+pub mod running;
 mod write;
 
 use std::error::Error as _;

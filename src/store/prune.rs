@@ -7,10 +7,10 @@
 //! their own, longer retention: hourly buckets for [`DEFAULT_HOURLY_ROLLUP_RETENTION`], daily
 //! buckets for as long as the operator wants (by default forever).
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use tokio_postgres::{Client, GenericClient};
 
-use super::StoreError;
+use super::{running, StoreError};
 
 /// How long hourly rollups are kept unless told otherwise: long enough for a 90-day chart at
 /// hour resolution; reports over longer periods read the daily rollups.
@@ -75,27 +75,17 @@ pub async fn prune(client: &Client, retention: Retention) -> Result<PruneReport,
             .unwrap_or(DateTime::<Utc>::MIN_UTC)
     };
     let mut report = drop_partitions(client, cutoff(retention.results)).await?;
-    for (age, table, deleted) in [
-        (
-            retention.hourly_rollups,
-            "rollup_hourly",
-            &mut report.hourly_rollups_deleted,
-        ),
-        (
-            retention.daily_rollups,
-            "rollup_daily",
-            &mut report.daily_rollups_deleted,
-        ),
-    ] {
-        if let Some(age) = age {
-            *deleted = client
-                .execute(
-                    &format!("DELETE FROM {table} WHERE bucket < $1"),
-                    &[&cutoff(age)],
-                )
-                .await
-                .map_err(StoreError::query("deleting old rollups"))?;
-        }
+    if let Some(age) = retention.hourly_rollups {
+        report.hourly_rollups_deleted = prune_hourly(client, cutoff(age)).await?;
+    }
+    if let Some(age) = retention.daily_rollups {
+        report.daily_rollups_deleted = client
+            .execute(
+                "DELETE FROM rollup_daily WHERE bucket < $1",
+                &[&cutoff(age)],
+            )
+            .await
+            .map_err(StoreError::query("deleting old rollups"))?;
     }
     tracing::info!(
         days = report.days_dropped.len(),
@@ -105,6 +95,80 @@ pub async fn prune(client: &Client, retention: Retention) -> Result<PruneReport,
         "pruned"
     );
     Ok(report)
+}
+
+/// Deletes the hourly rollups before `cutoff` and the running totals of their hours
+/// (src/store/running.rs), in one transaction; returns the hourly rows deleted.
+///
+/// The running totals stay what they were: retention forgets hours, it does not change what
+/// they summed to (`sitewatch.keep_running` tells the trigger on rollup_hourly so). Each site's
+/// rows before the hour before the cutoff's go, and periods must now start at or after the
+/// cutoff's hour to be read from them (`valid_after`); a site whose running totals are first
+/// built later learns the same from `rollup_running_pruned`.
+async fn prune_hourly(client: &Client, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+    let keep_from = cutoff
+        .duration_trunc(Duration::hours(1))
+        .unwrap_or(cutoff)
+        .checked_sub_signed(Duration::hours(1))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(StoreError::query("starting the rollup prune"))?;
+    let pruned = async {
+        client
+            .execute(
+                "SELECT set_config('sitewatch.keep_running', 'on', true)",
+                &[],
+            )
+            .await?;
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&running::LOCK_KEY])
+            .await?;
+        let deleted = client
+            .execute("DELETE FROM rollup_hourly WHERE bucket < $1", &[&cutoff])
+            .await?;
+        client
+            .execute(
+                "DELETE FROM rollup_running WHERE bucket < $1",
+                &[&keep_from],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM rollup_running_sites WHERE last < $1",
+                &[&keep_from],
+            )
+            .await?;
+        client
+            .execute(
+                "UPDATE rollup_running_sites \
+                    SET first = greatest(first, $1), \
+                        valid_after = greatest(coalesce(valid_after, $1), $1) \
+                  WHERE first < $1 OR valid_after IS NULL OR valid_after < $1",
+                &[&keep_from],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO rollup_running_pruned (hourly_before) VALUES ($1) \
+                 ON CONFLICT (one) DO UPDATE \
+                   SET hourly_before = greatest(rollup_running_pruned.hourly_before, $1)",
+                &[&cutoff],
+            )
+            .await?;
+        client.batch_execute("COMMIT").await?;
+        Ok::<u64, tokio_postgres::Error>(deleted)
+    }
+    .await;
+    match pruned {
+        Ok(deleted) => Ok(deleted),
+        Err(error) => {
+            // The connection may be gone; then there is nothing left to roll back either.
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(StoreError::query("deleting old hourly rollups")(error))
+        }
+    }
 }
 
 /// Drops the day partitions that end at or before `cutoff`, each in its own transaction.

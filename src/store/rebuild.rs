@@ -68,6 +68,9 @@ pub async fn rebuild_rollups(
     tx.commit()
         .await
         .map_err(StoreError::query("committing the rebuild"))?;
+    // The trigger on rollup_hourly dropped the running totals from each rebuilt hour on; sum
+    // them again now rather than at the consumer's next turn.
+    super::running::extend(client, super::running::settled_hour(Utc::now())).await?;
     Ok(report)
 }
 
