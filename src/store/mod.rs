@@ -28,8 +28,10 @@ use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, Socket};
 
 use crate::settings::DatabaseSettings;
 
@@ -265,8 +267,22 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> 
         config.application_name("sitewatch");
     }
     let target = describe_target(&config);
-    let tls = tls_connector(settings.ca.as_deref(), host_check)?;
-    let (client, connection) = config.connect(tls).await.map_err(|source| {
+    let connected = if config.get_ssl_mode() == SslMode::Disable {
+        start(&config, tokio_postgres::NoTls, &target).await
+    } else {
+        // With a private CA, it is tried alone first: OpenSSL 3 takes tens of milliseconds per
+        // process to load the system roots, and a server certified by that CA never needs them.
+        // They are added (trust = the CA plus the system roots) only if the chain fails.
+        let ca = settings.ca.as_deref();
+        let first = tls_connector(ca, host_check, ca.is_none())?;
+        match start(&config, first, &target).await {
+            Err(error) if ca.is_some() && is_tls_failure(&error) => {
+                start(&config, tls_connector(ca, host_check, true)?, &target).await
+            }
+            other => other,
+        }
+    };
+    connected.map_err(|source| {
         if is_tls_failure(&source) {
             StoreError::Certificate {
                 target: target.clone(),
@@ -282,7 +298,17 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Client, StoreError> 
                 source,
             }
         }
-    })?;
+    })
+}
+
+/// Connects with `tls` and spawns the connection task.
+async fn start<T>(config: &Config, tls: T, target: &str) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    let target = target.to_owned();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%target, error = %ErrorChain(&error), "PostgreSQL connection ended");
@@ -374,12 +400,47 @@ pub fn libpq_sslmode(url: &str) -> (String, HostCheck) {
     }
 }
 
+/// TLS connectors built so far, by what they trust. Building one costs OpenSSL 3 about 45 ms of
+/// CPU on the dev machine (native-tls loads the system CA bundle twice, whatever it is told),
+/// so a process builds each once: the consumer's reconnects, `serve`'s pool and the report's
+/// second connection reuse it. Concurrent first callers wait for the one build. The CA file's
+/// modification time is part of the key: a replaced CA is read again at the next connect.
+type ConnectorKey = (
+    Option<(PathBuf, Option<std::time::SystemTime>)>,
+    HostCheck,
+    bool,
+);
+static CONNECTORS: std::sync::Mutex<Vec<(ConnectorKey, postgres_native_tls::MakeTlsConnector)>> =
+    std::sync::Mutex::new(Vec::new());
+
 fn tls_connector(
     ca: Option<&Path>,
     host_check: HostCheck,
+    system_roots: bool,
+) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
+    let ca_version = ca.map(|path| {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        (path.to_owned(), modified)
+    });
+    let key: ConnectorKey = (ca_version, host_check, system_roots);
+    // A panic elsewhere while holding the lock leaves a usable list.
+    let mut built = CONNECTORS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, connector)) = built.iter().find(|(k, _)| *k == key) {
+        return Ok(connector.clone());
+    }
+    let connector = build_tls_connector(ca, host_check, system_roots)?;
+    built.push((key, connector.clone()));
+    Ok(connector)
+}
+
+fn build_tls_connector(
+    ca: Option<&Path>,
+    host_check: HostCheck,
+    system_roots: bool,
 ) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
     let mut builder = native_tls::TlsConnector::builder();
     builder.danger_accept_invalid_hostnames(host_check == HostCheck::ChainOnly);
+    builder.disable_built_in_roots(!system_roots);
     if let Some(path) = ca {
         for certificate in read_ca(path)? {
             builder.add_root_certificate(certificate);
