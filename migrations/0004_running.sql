@@ -11,7 +11,7 @@
 -- the site's first hourly row: counters, phase sums, failures and both histograms (bucket-wise).
 -- A period [a, b] of whole hours is then row(b) − row(a − 1 h) (a row before the site's first
 -- is all zeros). A maximum is not a difference, so max_total_ms[k + 1] is the largest
--- max_total_ms of the site's hourly rows in the 2^k hours ending at h (k = 0 … 13), NULL when
+-- max_total_ms of the site's hourly rows in the 2^k hours ending at h (k = 0 … 13), 0 when
 -- none had a check: the maximum over [a, b] is the larger of two such windows, one ending at b
 -- and one ending at a + 2^k − 1, with 2^k <= b − a + 1 < 2^(k+1) (a sparse table).
 --
@@ -129,6 +129,11 @@ ALTER TABLE state_changes
     ADD COLUMN down_us bigint NOT NULL DEFAULT 0,
     ADD COLUMN changes bigint NOT NULL DEFAULT 0;
 
+-- "The last change of a site before t" is now ORDER BY at DESC, id DESC LIMIT 1 (the order the
+-- running values are counted in): with id in the index, one probe and no sort.
+DROP INDEX state_changes_site_at;
+CREATE INDEX state_changes_site_at ON state_changes (site, at DESC, id DESC);
+
 -- Recomputes down_us and changes of a site's changes from `since` on, from the last change
 -- before it.
 CREATE FUNCTION sitewatch_changes_recount(changed_site text, since timestamptz)
@@ -164,7 +169,8 @@ AS $$
 $$;
 
 -- A change appended after the site's latest (the consumer's case) gets its running values from
--- that one: one index probe.
+-- that one: one index probe. (`at <=` / `at >=` beside the row comparisons let the probes use
+-- the (site, at DESC) index; a row comparison alone is a filter over all the site's changes.)
 CREATE FUNCTION sitewatch_changes_count_new()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -174,7 +180,7 @@ DECLARE
 BEGIN
     SELECT at, to_outcome, down_us, changes INTO prev
       FROM state_changes
-     WHERE site = NEW.site AND (at, id) < (NEW.at, NEW.id)
+     WHERE site = NEW.site AND at <= NEW.at AND (at, id) < (NEW.at, NEW.id)
      ORDER BY at DESC, id DESC LIMIT 1;
     IF FOUND THEN
         NEW.down_us := prev.down_us + CASE WHEN prev.to_outcome = 'down'
@@ -193,20 +199,35 @@ CREATE TRIGGER state_changes_count_new
     FOR EACH ROW EXECUTE FUNCTION sitewatch_changes_count_new();
 
 -- A change inserted before later ones, moved, or deleted: the later ones of its site (of both
--- sites, when it moved between them) are recounted.
+-- sites, when it moved between them) are recounted. An insert checks the next change first: if
+-- that one already counts from this one (rows inserted in time order, even many in one
+-- statement, whose AFTER triggers all run at its end), nothing later can be off.
 CREATE FUNCTION sitewatch_changes_recount_later()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    cur record;
+    nxt record;
 BEGIN
-    IF TG_OP = 'UPDATE' OR TG_OP = 'INSERT' AND EXISTS (
-            SELECT FROM state_changes
-             WHERE site = NEW.site AND (at, id) > (NEW.at, NEW.id)) THEN
+    IF TG_OP = 'INSERT' THEN
+        SELECT at, to_outcome, down_us, changes INTO cur FROM state_changes WHERE id = NEW.id;
+        SELECT at, from_outcome, down_us, changes INTO nxt
+          FROM state_changes
+         WHERE site = NEW.site AND at >= NEW.at AND (at, id) > (NEW.at, NEW.id)
+         ORDER BY at, id LIMIT 1;
+        IF FOUND AND (nxt.down_us, nxt.changes) IS DISTINCT FROM (
+                cur.down_us + CASE WHEN cur.to_outcome = 'down'
+                    THEN (extract(epoch FROM nxt.at - cur.at) * 1000000)::bigint ELSE 0 END,
+                cur.changes + CASE WHEN nxt.from_outcome IS NULL THEN 0 ELSE 1 END) THEN
+            PERFORM sitewatch_changes_recount(NEW.site, NEW.at);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
         PERFORM sitewatch_changes_recount(NEW.site, NEW.at);
     END IF;
-    IF TG_OP <> 'INSERT' THEN
-        PERFORM sitewatch_changes_recount(OLD.site, OLD.at);
-    END IF;
+    PERFORM sitewatch_changes_recount(OLD.site, OLD.at);
     RETURN NULL;
 END
 $$;

@@ -991,6 +991,45 @@ async fn a_duplicate_id_is_stored_once() {
     stack::drop_database(&url).await;
 }
 
+/// The storing consumer keeps the running totals of the rollups it writes (src/store/running.rs):
+/// a few seconds after it starts, every site is summed through the last settled hour, and each
+/// site's last running row equals its hourly rows added up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_keeps_running_totals_of_its_rollups() {
+    let _stack = StackLock::shared();
+    let topic = stack::fresh_topic(2).await;
+    let group = stack::unique_name("sitewatch-test-group");
+    let url = stack::fresh_database().await;
+    // 3,000 results 10 s apart from three days ago: about 8 hours of 50 sites, all settled.
+    let (messages, ids) = bulk(3_000);
+    publish(&producer(), &topic, &messages).await;
+    let mut consumer = ConsumerProcess::start("running", &topic, &group, &url, &[]);
+    let mut db = Db::new(&url);
+    let settled = sitewatch::store::running::settled_hour(Utc::now());
+    wait_until!("every site summed", consumer.log_tail(), {
+        consumer.assert_running();
+        db.scalar(&format!(
+            "SELECT count(*) FROM rollup_running_sites WHERE through >= '{}'",
+            settled.to_rfc3339()
+        ))
+        .await
+            == Some(50)
+    });
+    assert!(consumer.terminate().success(), "{}", consumer.log_tail());
+    assert_exactly_once(&mut db, &ids).await;
+    let wrong = db
+        .scalar(
+            "SELECT count(*) FROM rollup_running_sites AS s \
+               JOIN rollup_running AS r ON r.site = s.site AND r.bucket = s.last \
+              WHERE (r.checks, r.down, r.maintenance, r.total_count) IS DISTINCT FROM \
+                    (SELECT sum(checks), sum(down), sum(maintenance), sum(total_count) \
+                       FROM rollup_hourly AS h WHERE h.site = s.site)",
+        )
+        .await;
+    assert_eq!(wrong, Some(0), "running totals equal the hourly rows");
+    stack::drop_database(&url).await;
+}
+
 /// A consumer frozen in the middle of its batch transaction (SIGSTOP: a paused VM, a stuck
 /// process) holds the consumer_offsets row locks. PostgreSQL's session limits abort its
 /// transaction, so the member that takes its partitions over stores everything, exactly once.

@@ -230,6 +230,16 @@ async fn check_periods(
         let reports = report::report(client, sites, &period, now)
             .await
             .expect("report");
+        // Split between two connections (what `sitewatch report` does): the same figures.
+        let second = stack::client(&url_of(client).await).await;
+        let split = report::report_on(&[client, &second], sites, &period, now)
+            .await
+            .expect("report on two connections");
+        for (one, two) in reports.iter().zip(&split) {
+            assert_eq!(one.site, two.site);
+            assert_same(&two.summary, &one.summary, &format!("{what} split {}", one.site));
+            assert_eq!(one.downtime, two.downtime, "{what} split {}", one.site);
+        }
         let want = expected(client, from, to).await;
         for r in &reports {
             let empty = Summary::default();
@@ -238,6 +248,16 @@ async fn check_periods(
         }
     }
     let _ = rng;
+}
+
+/// The URL of the database `client` is connected to.
+async fn url_of(client: &Client) -> String {
+    let name: String = client
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    stack::with_database(&stack::get("SITEWATCH_DATABASE_URL"), &name, false)
 }
 
 /// Random whole-hour periods, from an hour to the whole range and beyond it.
@@ -369,6 +389,34 @@ async fn reports_from_running_totals_equal_the_hourly_rows_through_late_rows_and
             .get(0);
         assert_eq!(stale, 0, "seed {seed}: every site extended to the new hour");
     }
+    // A site whose last running row went missing (by hand) is cleared, then summed afresh.
+    client
+        .execute(
+            "DELETE FROM rollup_running WHERE site = 'alpha' \
+               AND bucket = (SELECT last FROM rollup_running_sites WHERE site = 'alpha')",
+            &[],
+        )
+        .await
+        .unwrap();
+    // Something new for every site, so the next turn adds to alpha's last row.
+    let mut rng = Rng(3);
+    for site in SITES {
+        write_hour(&client, site, HOURS - 1, &made_up(&mut rng)).await;
+    }
+    extend_through(&mut client, HOURS - 1).await;
+    let alpha: i64 = client
+        .query_one(
+            "SELECT count(*) FROM rollup_running_sites WHERE site = 'alpha'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(alpha, 0, "alpha's broken running totals cleared");
+    extend_through(&mut client, HOURS - 1).await;
+    daily_from_hourly(&client).await;
+    let ps = periods(&mut rng, 10, 0, HOURS);
+    check_periods(&client, &sites, &mut rng, &ps, "alpha summed afresh").await;
     stack::drop_database(&url).await;
 }
 
@@ -544,9 +592,24 @@ async fn running_downtime_equals_a_walk_over_every_change() {
         let j = rng.below(i as u64 + 1) as usize;
         writes.swap(i, j);
     }
-    for (site, at, from, to) in &writes {
+    // Half one by one, half in a single statement (whose AFTER triggers all run at its end).
+    let (one_by_one, together) = writes.split_at(writes.len() / 2);
+    for (site, at, from, to) in one_by_one {
         write_change(&client, site, minute(*at), *from, to).await;
     }
+    let sites_of: Vec<&str> = together.iter().map(|w| w.0).collect();
+    let ats: Vec<DateTime<Utc>> = together.iter().map(|w| minute(w.1)).collect();
+    let froms: Vec<Option<&str>> = together.iter().map(|w| w.2).collect();
+    let tos: Vec<&str> = together.iter().map(|w| w.3).collect();
+    client
+        .execute(
+            "INSERT INTO state_changes (site, at, result_id, from_outcome, to_outcome) \
+             SELECT s, a, gen_random_uuid(), f, t \
+               FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) AS u(s, a, f, t)",
+            &[&sites_of, &ats, &froms, &tos],
+        )
+        .await
+        .expect("changes in one statement");
     // Some changes deleted, some moved.
     client
         .batch_execute(

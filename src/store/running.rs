@@ -31,8 +31,9 @@ pub const LOCK_KEY: i64 = 0x7369_7465_7761_7472;
 pub const LEVELS: usize = 14;
 
 /// Sites extended per transaction: the lock is held that long, and a consumer batch that
-/// touches an hourly rollup waits for it.
-const SITES_PER_TRANSACTION: usize = 200;
+/// touches an hourly rollup waits for it. Building 90 days of 50 sites from nothing (108,000
+/// rows) takes about 5 s; a usual turn, one hour of 50 sites, a few milliseconds.
+const SITES_PER_TRANSACTION: usize = 50;
 
 /// Running rows written per INSERT statement.
 const ROWS_PER_STATEMENT: usize = 2_000;
@@ -137,7 +138,7 @@ async fn extend_sites(
             None => before_all(),
         })
         .collect();
-    let hourly = new_hours(tx, &todo, &after, until).await?;
+    let mut hourly = new_hours(tx, &todo, &after, until).await?;
     let pruned_before: Option<DateTime<Utc>> = tx
         .query_opt("SELECT hourly_before FROM rollup_running_pruned", &[])
         .await
@@ -162,6 +163,37 @@ async fn extend_sites(
         }
     }
     let mut old = old_rows(tx, &wanted).await?;
+    // A site starting afresh has no running rows, whatever an interrupted past left behind. One
+    // whose last row is missing cannot be added to: it is cleared, to start afresh next turn.
+    let broken: Vec<String> = hourly
+        .keys()
+        .filter(|site| {
+            entries.contains_key(*site) && old.get(*site).is_none_or(|o| o.base.is_none())
+        })
+        .cloned()
+        .collect();
+    for site in &broken {
+        tracing::warn!(
+            site,
+            "running totals lack their last row; the site is summed again"
+        );
+        hourly.remove(site);
+    }
+    let clear: Vec<&str> = hourly
+        .keys()
+        .filter(|site| !entries.contains_key(*site))
+        .chain(&broken)
+        .map(String::as_str)
+        .collect();
+    tx.execute("DELETE FROM rollup_running WHERE site = ANY($1)", &[&clear])
+        .await
+        .map_err(StoreError::query("clearing running totals"))?;
+    tx.execute(
+        "DELETE FROM rollup_running_sites WHERE site = ANY($1)",
+        &[&broken],
+    )
+    .await
+    .map_err(StoreError::query("clearing running totals"))?;
 
     let mut done = Extended::default();
     let mut out: Vec<(&str, i64, Running)> = Vec::with_capacity(ROWS_PER_STATEMENT);
