@@ -237,7 +237,11 @@ async fn check_periods(
             .expect("report on two connections");
         for (one, two) in reports.iter().zip(&split) {
             assert_eq!(one.site, two.site);
-            assert_same(&two.summary, &one.summary, &format!("{what} split {}", one.site));
+            assert_same(
+                &two.summary,
+                &one.summary,
+                &format!("{what} split {}", one.site),
+            );
             assert_eq!(one.downtime, two.downtime, "{what} split {}", one.site);
         }
         let want = expected(client, from, to).await;
