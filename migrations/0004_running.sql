@@ -95,8 +95,9 @@ $$;
 
 -- One call per statement, not per row: the consumer's batch upserts ~1,000 hourly rows at a
 -- time, and a row-level PL/pgSQL trigger cost it ~10 µs each. The transition tables hold what
--- the statement wrote (INSERT: new rows; UPDATE: old and new; DELETE: old); each site changed at
--- or before its `through` is forgotten from its earliest such hour.
+-- the statement wrote (INSERT and UPDATE: the new rows; DELETE: the old ones); each site changed
+-- at or before its `through` is forgotten from its earliest such hour. An update that moves a
+-- row to another site or hour also forgets its old hour (a row-level trigger: rare).
 CREATE FUNCTION sitewatch_running_invalidate()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -109,16 +110,10 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(x'7369746577617472'::bigint);
-    IF TG_OP = 'UPDATE' THEN
-        FOR changed_site, changed_bucket IN
-            SELECT c.site, min(c.bucket)
-              FROM (SELECT site, bucket FROM changed_rows
-                    UNION ALL SELECT site, bucket FROM old_rows) AS c
-              JOIN rollup_running_sites AS r ON r.site = c.site AND r.through >= c.bucket
-             GROUP BY c.site
-        LOOP
-            PERFORM sitewatch_running_forget(changed_site, changed_bucket);
-        END LOOP;
+    IF TG_LEVEL = 'ROW' THEN
+        -- An update that moved a row (site or bucket changed): its old hour changed too.
+        PERFORM sitewatch_running_forget(OLD.site, OLD.bucket);
+        PERFORM sitewatch_running_forget(NEW.site, NEW.bucket);
     ELSE
         FOR changed_site, changed_bucket IN
             SELECT c.site, min(c.bucket)
@@ -137,8 +132,12 @@ CREATE TRIGGER rollup_hourly_running_insert
     AFTER INSERT ON rollup_hourly REFERENCING NEW TABLE AS changed_rows
     FOR EACH STATEMENT EXECUTE FUNCTION sitewatch_running_invalidate();
 CREATE TRIGGER rollup_hourly_running_update
-    AFTER UPDATE ON rollup_hourly REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
+    AFTER UPDATE ON rollup_hourly REFERENCING NEW TABLE AS changed_rows
     FOR EACH STATEMENT EXECUTE FUNCTION sitewatch_running_invalidate();
+-- Only an UPDATE that sets site or bucket (never the consumer's upsert) fires this one.
+CREATE TRIGGER rollup_hourly_running_move
+    AFTER UPDATE OF site, bucket ON rollup_hourly
+    FOR EACH ROW EXECUTE FUNCTION sitewatch_running_invalidate();
 CREATE TRIGGER rollup_hourly_running_delete
     AFTER DELETE ON rollup_hourly REFERENCING OLD TABLE AS changed_rows
     FOR EACH STATEMENT EXECUTE FUNCTION sitewatch_running_invalidate();
@@ -206,6 +205,10 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
+    -- The consumer counts its own appended changes as it inserts them (src/store/insight.rs).
+    IF current_setting('sitewatch.changes_counted', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     WITH first AS (
         SELECT site, min(at) AS since FROM new_changes GROUP BY site
     ), p AS (

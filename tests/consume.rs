@@ -992,7 +992,7 @@ async fn a_duplicate_id_is_stored_once() {
 }
 
 /// The storing consumer keeps the running totals of the rollups it writes (src/store/running.rs):
-/// a few seconds after it starts, every site is summed through the last settled hour, and each
+/// a minute after it starts, every site is summed through the last settled hour, and each
 /// site's last running row equals its hourly rows added up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_keeps_running_totals_of_its_rollups() {
@@ -1005,6 +1005,11 @@ async fn the_consumer_keeps_running_totals_of_its_rollups() {
     publish(&producer(), &topic, &messages).await;
     let mut consumer = ConsumerProcess::start("running", &topic, &group, &url, &[]);
     let mut db = Db::new(&url);
+    wait_until!("all results stored", consumer.log_tail(), {
+        consumer.assert_running();
+        db.consumed(&group).await >= 3_000
+    });
+    // Its first extension comes a minute after it started, with everything stored.
     let settled = sitewatch::store::running::settled_hour(Utc::now());
     wait_until!("every site summed", consumer.log_tail(), {
         consumer.assert_running();
@@ -1021,12 +1026,36 @@ async fn the_consumer_keeps_running_totals_of_its_rollups() {
         .scalar(
             "SELECT count(*) FROM rollup_running_sites AS s \
                JOIN rollup_running AS r ON r.site = s.site AND r.bucket = s.last \
-              WHERE (r.checks, r.down, r.maintenance, r.total_count) IS DISTINCT FROM \
-                    (SELECT sum(checks), sum(down), sum(maintenance), sum(total_count) \
-                       FROM rollup_hourly AS h WHERE h.site = s.site)",
+               JOIN (SELECT site, sum(checks) AS checks, sum(down) AS down, \
+                            sum(maintenance) AS maintenance, sum(total_count) AS total_count \
+                       FROM rollup_hourly GROUP BY site) AS h ON h.site = s.site \
+              WHERE (r.checks, r.down, r.maintenance, r.total_count) \
+                    IS DISTINCT FROM (h.checks, h.down, h.maintenance, h.total_count)",
         )
         .await;
     assert_eq!(wrong, Some(0), "running totals equal the hourly rows");
+    // The running downtime and change counts the consumer wrote with its changes.
+    let changes = db.scalar("SELECT count(*) FROM state_changes").await;
+    assert!(changes > Some(50), "state changes stored: {changes:?}");
+    let miscounted = db
+        .scalar(
+            "SELECT count(*) FROM ( \
+                 SELECT down_us, changes, \
+                        sum(CASE WHEN prev_to = 'down' \
+                                 THEN (extract(epoch FROM at - prev_at) * 1000000)::bigint \
+                                 ELSE 0 END) OVER w AS want_down, \
+                        count(*) FILTER (WHERE from_outcome IS NOT NULL) OVER w AS want_changes \
+                   FROM (SELECT *, lag(to_outcome) OVER o AS prev_to, lag(at) OVER o AS prev_at \
+                           FROM state_changes WINDOW o AS (PARTITION BY site ORDER BY at, id)) AS s \
+                 WINDOW w AS (PARTITION BY site ORDER BY at, id)) AS x \
+              WHERE (down_us, changes) IS DISTINCT FROM (want_down, want_changes)",
+        )
+        .await;
+    assert_eq!(
+        miscounted,
+        Some(0),
+        "running downtime on every state change"
+    );
     stack::drop_database(&url).await;
 }
 

@@ -349,7 +349,20 @@ async fn reports_from_running_totals_equal_the_hourly_rows_through_late_rows_and
         for _ in 0..40 {
             let site = SITES[rng.below(SITES.len() as u64) as usize];
             let h = rng.below(HOURS as u64) as i64;
-            match rng.below(3) {
+            match rng.below(4) {
+                3 => {
+                    // Moved by hand to the next hour, where the site has no row.
+                    client
+                        .execute(
+                            "UPDATE rollup_hourly SET bucket = bucket + interval '1 hour' \
+                              WHERE site = $1 AND bucket = $2 AND NOT EXISTS ( \
+                                    SELECT FROM rollup_hourly \
+                                     WHERE site = $1 AND bucket = $2 + interval '1 hour')",
+                            &[&site, &hour(h)],
+                        )
+                        .await
+                        .unwrap();
+                }
                 0 => {
                     client
                         .execute(

@@ -431,14 +431,47 @@ async fn write_changes(
         .iter()
         .map(|(_, c)| c.failure_message.as_deref())
         .collect();
+    // Counted here, so the trigger that counts inserted changes may skip this transaction's.
     tx.execute(
-        "INSERT INTO state_changes (site, at, result_id, from_outcome, to_outcome, failure_kind, \
-           failure_message) \
-         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[], \
-           $6::text[], $7::text[]) \
-         ON CONFLICT (result_id) DO NOTHING",
+        "SELECT set_config('sitewatch.changes_counted', 'on', true)",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        CHANGES_INSERT,
         &[&site, &at, &id, &from, &to, &kind, &message],
     )
     .await?;
     Ok(())
 }
+
+/// Appends a batch's state changes with their running downtime and change count
+/// (migrations/0004_running.sql), counted from each site's last stored change. They are always
+/// appended: a site's changes come from its results in Kafka order, and a result older than the
+/// site's state makes none, so nothing stored comes after them.
+const CHANGES_INSERT: &str = "\
+    WITH u AS ( \
+        SELECT x.*, lag(x.t) OVER o AS prev_to, lag(x.at) OVER o AS prev_at, \
+               min(x.at) OVER (PARTITION BY x.site) AS since \
+          FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[], \
+                      $6::text[], $7::text[]) WITH ORDINALITY AS x(site, at, id, f, t, k, m, n) \
+        WINDOW o AS (PARTITION BY x.site ORDER BY x.at, x.n) \
+    ), p AS ( \
+        SELECT s.site, c.at, c.to_outcome, c.down_us, c.changes \
+          FROM (SELECT DISTINCT site, since FROM u) AS s \
+          CROSS JOIN LATERAL ( \
+                SELECT at, to_outcome, down_us, changes FROM state_changes \
+                 WHERE site = s.site AND at < s.since ORDER BY at DESC, id DESC LIMIT 1) AS c \
+    ) \
+    INSERT INTO state_changes (site, at, result_id, from_outcome, to_outcome, failure_kind, \
+        failure_message, down_us, changes) \
+    SELECT u.site, u.at, u.id, u.f, u.t, u.k, u.m, \
+           coalesce(p.down_us, 0) + sum( \
+               CASE WHEN coalesce(u.prev_to, p.to_outcome) = 'down' \
+                    THEN (extract(epoch FROM u.at - coalesce(u.prev_at, p.at)) * 1000000)::bigint \
+                    ELSE 0 END) OVER w, \
+           coalesce(p.changes, 0) + count(*) FILTER (WHERE u.f IS NOT NULL) OVER w \
+      FROM u LEFT JOIN p ON p.site = u.site \
+    WINDOW w AS (PARTITION BY u.site ORDER BY u.at, u.n) \
+    ORDER BY u.site, u.at, u.n \
+    ON CONFLICT (result_id) DO NOTHING";

@@ -41,7 +41,9 @@ const ROWS_PER_STATEMENT: usize = 2_000;
 /// How often [`maintain`] extends, and how long an hour must have been over to be summed.
 pub const EXTEND_EVERY: StdDuration = StdDuration::from_secs(300);
 const SETTLE: Duration = Duration::minutes(5);
-const FIRST_EXTENSION_AFTER: StdDuration = StdDuration::from_secs(10);
+/// After a start a consumer often catches up a backlog, whose rows would drop again whatever an
+/// extension summed meanwhile: the first one waits a minute.
+const FIRST_EXTENSION_AFTER: StdDuration = StdDuration::from_secs(60);
 
 const HOUR_US: i64 = 3_600_000_000;
 
@@ -556,7 +558,7 @@ fn before_all() -> DateTime<Utc> {
 /// site's `through` meanwhile, so nothing is wrong, only slower).
 pub async fn maintain(db: DatabaseSettings, shutdown: CancellationToken) {
     let mut client: Option<Client> = None;
-    // The consumer migrates the schema first.
+    // The consumer migrates the schema first, and catches up.
     tokio::select! {
         _ = shutdown.cancelled() => return,
         _ = tokio::time::sleep(FIRST_EXTENSION_AFTER) => {}
