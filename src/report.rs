@@ -34,7 +34,7 @@ use tokio_postgres::{Client, Row};
 use crate::config::{Config, Site, Slo, DEFAULT_SLO_WINDOW};
 use crate::insight::downtime::Downtime;
 use crate::insight::histogram::Histogram;
-use crate::insight::rollup::{bucket_start_us, Budget, Grain, PhaseSum, Phases, Summary};
+use crate::insight::rollup::{bucket_start_us, Budget, Grain, Summary};
 
 /// The period when neither `--since` nor `--from`/`--to` is given and no selected site has an
 /// SLO: a month, the usual SLO window.
@@ -720,32 +720,7 @@ const TTFB_HIST: usize = FIRST + 20;
 /// maximum. An unreadable `failures` object (not a map of integers) counts as no failures
 /// rather than failing the whole report.
 fn scalars(row: &Row) -> Result<Summary, tokio_postgres::Error> {
-    let phase = |i: usize| -> Result<PhaseSum, tokio_postgres::Error> {
-        Ok(PhaseSum {
-            sum_ms: row.try_get(FIRST + 6 + 2 * i)?,
-            count: row.try_get(FIRST + 7 + 2 * i)?,
-        })
-    };
-    let failures: &str = row.try_get(FIRST + 5)?;
-    Ok(Summary {
-        checks: row.try_get(FIRST)?,
-        up: row.try_get(FIRST + 1)?,
-        degraded: row.try_get(FIRST + 2)?,
-        down: row.try_get(FIRST + 3)?,
-        maintenance: row.try_get(FIRST + 4)?,
-        failures: serde_json::from_str(failures).unwrap_or_default(),
-        phases: Phases {
-            dns: phase(0)?,
-            connect: phase(1)?,
-            tls: phase(2)?,
-            ttfb: phase(3)?,
-            transfer: phase(4)?,
-            total: phase(5)?,
-        },
-        max_total_ms: 0.0,
-        total_hist: Histogram::new(),
-        ttfb_hist: Histogram::new(),
-    })
+    crate::store::running::counters_from_row(row, FIRST)
 }
 
 /// Parses a `bigint[]` as PostgreSQL prints it (`{1,0,NULL,7}`, `{}`; `[0:2]={…}` when its

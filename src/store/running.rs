@@ -344,6 +344,20 @@ pub fn running_from_row(
     row: &Row,
     at: usize,
 ) -> Result<(Summary, Vec<f64>), tokio_postgres::Error> {
+    let max: Vec<Option<f64>> = row.try_get(at + 18)?;
+    let mut summary = counters_from_row(row, at)?;
+    summary.total_hist = Histogram::from_counts(row.try_get(at + 19)?);
+    summary.ttfb_hist = Histogram::from_counts(row.try_get(at + 20)?);
+    Ok((
+        summary,
+        max.into_iter().map(Option::unwrap_or_default).collect(),
+    ))
+}
+
+/// The counters, phase sums and failures of [`RUNNING_COLUMNS`] (or any row laid out like them)
+/// starting at column `at`; histograms empty, no maximum. An unreadable `failures` object (not
+/// a map of integers) counts as no failures rather than failing the read.
+pub fn counters_from_row(row: &Row, at: usize) -> Result<Summary, tokio_postgres::Error> {
     let phase = |i: usize| -> Result<PhaseSum, tokio_postgres::Error> {
         Ok(PhaseSum {
             sum_ms: row.try_get(at + 6 + 2 * i)?,
@@ -351,8 +365,7 @@ pub fn running_from_row(
         })
     };
     let failures: &str = row.try_get(at + 5)?;
-    let max: Vec<Option<f64>> = row.try_get(at + 18)?;
-    let summary = Summary {
+    Ok(Summary {
         checks: row.try_get(at)?,
         up: row.try_get(at + 1)?,
         degraded: row.try_get(at + 2)?,
@@ -368,13 +381,9 @@ pub fn running_from_row(
             total: phase(5)?,
         },
         max_total_ms: 0.0,
-        total_hist: Histogram::from_counts(row.try_get(at + 19)?),
-        ttfb_hist: Histogram::from_counts(row.try_get(at + 20)?),
-    };
-    Ok((
-        summary,
-        max.into_iter().map(Option::unwrap_or_default).collect(),
-    ))
+        total_hist: Histogram::new(),
+        ttfb_hist: Histogram::new(),
+    })
 }
 
 /// What [`extend_sites`] reads of a site's existing running rows: the last one, whose totals
