@@ -51,6 +51,9 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // The consumers have their own token: they must outlive the producer by the drain.
     let consumer_stop = CancellationToken::new();
+    // The alerter's no-data check ends when scheduling does (shutdown, or the producer
+    // failing): waiting for in-flight checks and the drain are silence on purpose.
+    let probing_stopped = shutdown.child_token();
     let alert_kafka = KafkaSettings {
         group: kafka.alert_group.clone(),
         ..kafka.clone()
@@ -59,6 +62,7 @@ pub async fn run(
         config_path: produce_options.config_path.clone(),
         consume: consume_options.clone(),
         dry_run: false,
+        probing_stopped: probing_stopped.clone(),
     };
     let serve_options = serve_addr.map(|addr| ServeOptions {
         addr,
@@ -91,6 +95,7 @@ pub async fn run(
     };
     let producer = async {
         let result = produce::produce(kafka, produce_options, reload, shutdown.clone()).await;
+        probing_stopped.cancel();
         tokio::time::sleep(RUN_DRAIN).await;
         consumer_stop.cancel();
         result

@@ -145,7 +145,7 @@ async fn outage_notifies_open_reminder_resolve_and_alertmanager_and_respects_mai
         format!(
             r#"notifier "hook" {{ type = "webhook", url = "{hook}" }}
                notifier "am" {{ type = "alertmanager", url = "{am}" }}
-               site {{ name = "{shop_name}", url = "{shop}", interval = "1s", timeout = "500ms",
+               site {{ name = "{shop_name}", url = "{shop}", interval = "1s", timeout = "900ms",
                        alert = {{ notify = {{ "hook", "am" }}, after = 2, recover_after = 2, remind = "10s" }} }}
                site {{ name = "db", url = "{db}", interval = "1s", timeout = "500ms",
                        alert = {{ notify = {{ "hook" }}, after = 1 }} }}
@@ -220,20 +220,36 @@ async fn outage_notifies_open_reminder_resolve_and_alertmanager_and_respects_mai
     let requests = webhooks(&hook);
     let shop_kinds = kinds(&requests, &shop_name);
     let reminders = shop_kinds.iter().filter(|k| *k == "reminder").count();
+    // On a failure, what each notice said (its cause) and the process's log.
+    let explain = || {
+        let notices: Vec<String> = requests
+            .iter()
+            .filter(|(_, _, body)| body["site"] == shop_name.as_str())
+            .map(|(_, kind, body)| format!("{kind}: {}", body["message"]))
+            .collect();
+        format!(
+            "{shop_kinds:?}\n{}\nlog:\n{}",
+            notices.join("\n"),
+            sw.log_text()
+        )
+    };
     assert_eq!(
         shop_kinds.first().map(String::as_str),
         Some("open"),
-        "{shop_kinds:?}"
+        "{}",
+        explain()
     );
     assert_eq!(
         shop_kinds.last().map(String::as_str),
         Some("resolve"),
-        "{shop_kinds:?}"
+        "{}",
+        explain()
     );
     assert_eq!(
         shop_kinds.len(),
         reminders + 2,
-        "one open, reminders, one resolve: {shop_kinds:?}"
+        "one open, reminders, one resolve: {}",
+        explain()
     );
     // Exactly what PostgreSQL says happened: one incident, resolved, with its reminders.
     let incident = client
@@ -288,6 +304,102 @@ async fn outage_notifies_open_reminder_resolve_and_alertmanager_and_respects_mai
         *seen.entry(key.clone()).or_insert(0) += 1;
     }
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    stack::drop_database(&database).await;
+}
+
+/// Stopping `run` is not its sites going silent: while the producer waits for a slow check
+/// and the consumers drain, no `nodata` incident opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_run_raises_no_nodata_incident() {
+    let _stack = stack::StackLock::shared();
+    let fast = Switch::new(true).await;
+    // Answers after 7 s: a check of it holds the producer's stop up that long.
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = in_flight.clone();
+    let slow = support::serve("127.0.0.1:0", move |_request, mut conn| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            conn.respond(200, &[], b"slow").await;
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let hook = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(
+        &config,
+        format!(
+            r#"notifier "hook" {{ type = "webhook", url = "{hook}" }}
+               site {{ name = "fast", url = "{fast}", interval = "1s", timeout = "900ms",
+                       alert = {{ notify = {{ "hook" }}, after = 1 }} }}
+               site {{ name = "slow", url = "{slow}", interval = "20s", timeout = "15s" }}"#,
+            hook = hook.url("/hook"),
+            fast = fast.server.url("/"),
+            slow = slow.url("/"),
+        ),
+    )
+    .unwrap();
+    let (vars, database) = env("stop-nodata").await;
+    let mut sw = Sitewatch::spawn(
+        &["run", "--no-serve", "--config", config.to_str().unwrap()],
+        &vars,
+        dir.path(),
+    );
+    let log = || sw.log_text();
+    let client = stack::client(&database).await;
+    // The alerter has heard of the fast site, and a check of the slow one has just begun.
+    let start = Instant::now();
+    loop {
+        // (An error is a database `run` has not migrated yet.)
+        let heard: i64 = client
+            .query_one("SELECT count(*) FROM alert_state WHERE site = 'fast'", &[])
+            .await
+            .map_or(0, |row| row.get(0));
+        if heard > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the alerter never heard of the fast site; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("a check of the slow site in flight", &log, || {
+        in_flight.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Producer stop (≈ 6 s for the slow check) + drain (3 s): longer than 3 intervals of the
+    // fast site and than one no-data poll.
+    let stopping = Instant::now();
+    sw.terminate(Duration::from_secs(60));
+    assert!(
+        stopping.elapsed() > Duration::from_secs(7),
+        "the stop waited for the slow check ({:?}); log:\n{}",
+        stopping.elapsed(),
+        sw.log_text()
+    );
+    let incidents: Vec<String> = client
+        .query("SELECT site || ' ' || severity FROM incidents", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        incidents.is_empty(),
+        "{incidents:?}; log:\n{}",
+        sw.log_text()
+    );
+    assert!(
+        hook.requests().is_empty(),
+        "{:?}",
+        kinds(&webhooks(&hook), "fast")
+    );
     stack::drop_database(&database).await;
 }
 

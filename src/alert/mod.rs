@@ -68,6 +68,10 @@ pub struct AlertOptions {
     pub consume: ConsumeOptions,
     /// Print what would be sent instead of sending; write nothing to PostgreSQL.
     pub dry_run: bool,
+    /// Cancelled when the probing that feeds this alerter stops on purpose (`run` stopping its
+    /// own producer): the no-data check ends then, so a monitor being stopped is not reported
+    /// as its sites going silent. A standalone alerter never knows, and keeps checking.
+    pub probing_stopped: CancellationToken,
 }
 
 /// What the alerter knows of each site from the configuration.
@@ -141,6 +145,7 @@ pub async fn run(
             Arc::clone(&rules),
             Arc::clone(&live_since),
             stop.clone(),
+            options.probing_stopped.clone(),
         ));
     }
     tasks.close();
@@ -359,11 +364,13 @@ async fn nodata_loop(
     rules: Arc<Rules>,
     live_since: Arc<AtomicI64>,
     shutdown: CancellationToken,
+    probing_stopped: CancellationToken,
 ) {
     let mut client: Option<Client> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = probing_stopped.cancelled() => return,
             _ = tokio::time::sleep(NODATA_POLL) => {}
         }
         if client.as_ref().is_none_or(Client::is_closed) {

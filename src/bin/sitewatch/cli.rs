@@ -227,6 +227,7 @@ impl AlertArgs {
             config_path: self.config.config.clone(),
             consume: self.consume.options(),
             dry_run: self.dry_run,
+            probing_stopped: Default::default(),
         };
         (options, KafkaSettings { group, ..kafka })
     }
