@@ -40,7 +40,7 @@ pub enum ProduceError {
     Probe(#[from] crate::probe::ProbeError),
     #[error(transparent)]
     Hooks(#[from] crate::hooks::HookError),
-    #[error("the Kafka producer hit a fatal error and stopped delivering (see the log); restart sitewatch")]
+    #[error("the Kafka producer hit a fatal error and no new one could be built (see the log); restart sitewatch")]
     KafkaFatal,
 }
 
@@ -200,7 +200,13 @@ pub async fn produce(
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut version = version;
-    let fatal = publisher.fatal();
+    // A fatal producer error is recovered from in the background, through the shutdown flush.
+    let recovery_stop = CancellationToken::new();
+    let recovery = {
+        let (publisher, stop) = (Arc::clone(&publisher), recovery_stop.clone());
+        tokio::spawn(async move { publisher.recover(stop).await })
+    };
+    let fatal = publisher.broken();
     loop {
         let why = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -301,6 +307,8 @@ pub async fn produce(
     scheduler.shutdown().await;
     abandon.abort();
     let dropped = publisher.flush(options.flush_timeout).await;
+    recovery_stop.cancel();
+    let _ = recovery.await;
     tracing::info!(
         delivered = publisher
             .deliveries()

@@ -11,8 +11,14 @@
 //! - A result that is not delivered — rejected permanently by the broker, still waiting for a
 //!   full queue when shutdown gives up, or still queued when the bounded shutdown flush ends —
 //!   is counted (`sitewatch_kafka_delivery_errors_total`) and logged with its result id.
-//! - A fatal producer error (the idempotent producer can no longer guarantee ordering) cancels
-//!   [`Publisher::fatal`]; `produce` then stops with an error so a supervisor restarts it.
+//! - A fatal producer error (the idempotent producer can no longer guarantee ordering) ends that
+//!   producer, not the results it held: [`Publisher::recover`] purges it, builds a new one and
+//!   sends again every result the old one gave back, before any newer result (a site's results
+//!   stay in order). A result that was in flight may then be on the topic twice; the consumer
+//!   stores each result id once. Publishes wait meanwhile. Only when no new producer can be
+//!   built is [`Publisher::broken`] cancelled, and `produce` stops with an error.
+//! - What a hard kill (kill -9, the OOM killer) loses is what the local queue held at that
+//!   moment: `sitewatch_kafka_queue_depth` shows that exposure.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +31,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientConfig, ClientContext, Message};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -51,6 +57,9 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(20);
 /// After purging at the end of a timed-out flush, how long to wait for librdkafka to report
 /// each purged message (so every one is counted and logged by the delivery callback).
 const PURGE_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often [`Publisher::recover`] asks librdkafka for a fatal error, besides after each
+/// client error.
+const FATAL_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -93,32 +102,78 @@ impl Default for TopicSpec {
     }
 }
 
-/// Delivery accounting shared with librdkafka's callback thread.
+/// Delivery accounting shared with librdkafka's callback thread, across producers.
 #[derive(Default)]
 pub struct Deliveries {
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
+    /// Results sent again on a new producer after a fatal error.
+    pub resent: AtomicU64,
+    /// Results handed to Kafka so far: the next one's `Sent::seq`.
+    sent: AtomicU64,
     /// The first client-level error that names a cause (TLS, authentication, connection
     /// refused) rather than only its consequence ("all broker connections are down"), for
     /// fail-fast messages at startup.
     first_cause: Mutex<Option<String>>,
-    /// Cancelled on a fatal producer error: nothing more can be delivered by this producer.
-    fatal: CancellationToken,
+    /// Results a producer gave back after its fatal error, waiting for the next producer.
+    unsent: Mutex<Vec<Unsent>>,
+    /// Set when shutdown purges the queue: what comes back then is dropped, not kept.
+    purging: std::sync::atomic::AtomicBool,
+    /// Cancelled when no new producer could be built after a fatal error.
+    broken: CancellationToken,
 }
 
-/// Receives librdkafka's callbacks: delivery reports and client errors.
+impl Deliveries {
+    /// The results given back so far, in the order they were first handed to Kafka (they come
+    /// back in two purges: librdkafka's of the queue at the fatal error, then ours of what was
+    /// in flight).
+    fn take_unsent(&self) -> Vec<Unsent> {
+        let mut unsent =
+            std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|e| e.into_inner()));
+        unsent.sort_unstable_by_key(|u| u.seq);
+        unsent
+    }
+}
+
+/// What a message carries to its delivery report.
+pub struct Sent {
+    id: Uuid,
+    /// Its place in the order results were handed to Kafka.
+    seq: u64,
+}
+
+/// A result a producer gave back undelivered, as it was to be sent.
+struct Unsent {
+    id: Uuid,
+    seq: u64,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// Receives one producer's callbacks: delivery reports and client errors.
 pub struct Context {
     deliveries: Arc<Deliveries>,
+    /// Cancelled once this producer's fatal error is seen: it can deliver nothing more.
+    fatal: CancellationToken,
+    /// Woken by every client error, for [`Publisher::recover`] to ask whether it was fatal
+    /// (the error event carries the underlying code, not that it is fatal).
+    errors: tokio::sync::Notify,
+}
+
+impl Context {
+    fn new(deliveries: &Arc<Deliveries>) -> Context {
+        Context {
+            deliveries: Arc::clone(deliveries),
+            fatal: CancellationToken::new(),
+            errors: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            tracing::error!(%error, reason, "fatal Kafka producer error");
-            self.deliveries.fatal.cancel();
-        } else {
-            tracing::warn!(%error, reason, "kafka client error");
-        }
+        tracing::warn!(%error, reason, "kafka client error");
+        self.errors.notify_one();
         let consequence = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
         if let (false, Ok(mut first)) = (consequence, self.deliveries.first_cause.lock()) {
             first.get_or_insert_with(|| reason.to_owned());
@@ -127,13 +182,24 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = Box<Uuid>;
+    type DeliveryOpaque = Box<Sent>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Uuid>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
+        let id = sent.id;
         match result {
             Ok(_) => {
                 self.deliveries.delivered.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(names::KAFKA_DELIVERED).increment(1);
+            }
+            Err((error, message)) if self.gave_back(error) => {
+                if let Ok(mut unsent) = self.deliveries.unsent.lock() {
+                    unsent.push(Unsent {
+                        id,
+                        seq: sent.seq,
+                        key: message.key().unwrap_or_default().to_vec(),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                    });
+                }
             }
             Err((error, message)) => {
                 self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
@@ -150,10 +216,27 @@ impl ProducerContext for Context {
     }
 }
 
+impl Context {
+    /// Whether a failed delivery is a result this producer gave back (purged by its fatal
+    /// error, or by the purge before it is replaced) rather than one Kafka refused.
+    fn gave_back(&self, error: &KafkaError) -> bool {
+        let code = error.rdkafka_error_code();
+        let purged = matches!(
+            code,
+            Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+        );
+        (self.fatal.is_cancelled() || code == Some(RDKafkaErrorCode::Fatal) || purged)
+            && !self.deliveries.purging.load(Ordering::Relaxed)
+    }
+}
+
 /// Publishes results to one topic. Built once, shared by all checks.
 pub struct Publisher {
-    /// Shared with blocking helper threads (metadata fetch, flush), which librdkafka blocks.
-    producer: Arc<ThreadedProducer<Context>>,
+    /// The producer; replaced after a fatal error. Each is shared with blocking helper threads
+    /// (metadata fetch, flush), which librdkafka blocks.
+    producer: parking_lot::RwLock<Arc<ThreadedProducer<Context>>>,
+    /// What a replacement producer is built from.
+    config: ClientConfig,
     topic: String,
     deliveries: Arc<Deliveries>,
     /// Cancelled when shutdown stops waiting for room in a full queue: waiting publishes then
@@ -185,12 +268,11 @@ impl Publisher {
             .unwrap_or(&settings.brokers)
             .to_owned();
         let producer: ThreadedProducer<Context> = config
-            .create_with_context(Context {
-                deliveries: Arc::clone(&deliveries),
-            })
+            .create_with_context(Context::new(&deliveries))
             .map_err(PublishError::Create)?;
         let publisher = Publisher {
-            producer: Arc::new(producer),
+            producer: parking_lot::RwLock::new(Arc::new(producer)),
+            config,
             topic: settings.topic.clone(),
             deliveries,
             abandon: CancellationToken::new(),
@@ -204,7 +286,7 @@ impl Publisher {
     /// A topic with a single replica loses every result it holds with its one broker: say so
     /// once at startup (the local stack's single broker is such a case, and harmless).
     async fn warn_if_unreplicated(&self) {
-        let producer = Arc::clone(&self.producer);
+        let producer = self.current();
         let topic = self.topic.clone();
         let replicas = tokio::task::spawn_blocking(move || {
             let metadata = producer
@@ -226,7 +308,7 @@ impl Publisher {
     }
 
     async fn check_reachable(&self, brokers: &str) -> Result<(), PublishError> {
-        let producer = Arc::clone(&self.producer);
+        let producer = self.current();
         let metadata = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -271,14 +353,16 @@ impl Publisher {
                 value: Some(version.as_str()),
             })
         };
-        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(result.id))
+        let seq = self.deliveries.sent.fetch_add(1, Ordering::Relaxed);
+        let sent = || Box::new(Sent { id: result.id, seq });
+        let mut record = BaseRecord::with_opaque_to(&self.topic, sent())
             .key(result.site.as_str())
             .payload(&payload)
             .headers(headers());
         let mut waited = false;
         let mut smallest_tried = false;
         loop {
-            match self.producer.send(record) {
+            match self.current().send(record) {
                 Ok(()) => break,
                 // The client was configured with a smaller message limit: send the smallest form
                 // of the result rather than drop it.
@@ -288,13 +372,13 @@ impl Publisher {
                     smallest_tried = true;
                     tracing::warn!(result_id = %result.id, site = %result.site, bytes = payload.len(), "result larger than Kafka accepts: sending it cut down");
                     payload = encode(MIN_RESULT_BYTES)?;
-                    record = BaseRecord::with_opaque_to(&self.topic, Box::new(result.id))
+                    record = BaseRecord::with_opaque_to(&self.topic, sent())
                         .key(result.site.as_str())
                         .payload(&payload)
                         .headers(headers());
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if self.abandon.is_cancelled() =>
+                Err((KafkaError::MessageProduction(code), _))
+                    if self.abandon.is_cancelled() && waits_for_room(code) =>
                 {
                     self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(names::KAFKA_DROPPED).increment(1);
@@ -302,8 +386,12 @@ impl Publisher {
                     tracing::error!(result_id = %result.id, site = %result.site, "Kafka queue still full at shutdown: result dropped");
                     return Err(PublishError::Abandoned { id: result.id });
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    if !waited {
+                // A producer after its fatal error refuses everything until `recover` has
+                // replaced it: wait, like for room in a full queue.
+                Err((KafkaError::MessageProduction(code), returned))
+                    if waits_for_room(code) && !self.deliveries.broken.is_cancelled() =>
+                {
+                    if !waited && code == RDKafkaErrorCode::QueueFull {
                         tracing::warn!(site = %result.site, "Kafka queue full: waiting (backpressure)");
                         waited = true;
                     }
@@ -321,17 +409,128 @@ impl Publisher {
                 }
             }
         }
-        metrics::gauge!(names::KAFKA_QUEUE_DEPTH).set(f64::from(self.producer.in_flight_count()));
+        metrics::gauge!(names::KAFKA_QUEUE_DEPTH).set(f64::from(self.current().in_flight_count()));
         Ok(())
+    }
+
+    /// The producer in use now.
+    fn current(&self) -> Arc<ThreadedProducer<Context>> {
+        Arc::clone(&self.producer.read())
+    }
+
+    /// Replaces the producer after each fatal error until `stop`; see the module notes. When no
+    /// new producer can be built, cancels [`Publisher::broken`] and returns.
+    pub async fn recover(&self, stop: CancellationToken) {
+        loop {
+            let producer = self.current();
+            let context = producer.context();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = context.errors.notified() => {}
+                _ = tokio::time::sleep(FATAL_POLL) => {}
+            }
+            let Some((code, reason)) = producer.client().fatal_error() else {
+                continue;
+            };
+            context.fatal.cancel();
+            tracing::error!(error = %code, reason, "fatal Kafka producer error: building a new producer and sending its queue again");
+            if let Err(error) = self.rebuild().await {
+                tracing::error!(error = %crate::error::ErrorChain(&error), "cannot build a new Kafka producer after its fatal error");
+                self.deliveries.broken.cancel();
+                return;
+            }
+        }
+    }
+
+    /// Purges the current producer, builds a new one, sends again what the old one gave back,
+    /// then puts the new one in its place (so waiting publishes follow the re-sent results).
+    async fn rebuild(&self) -> Result<(), PublishError> {
+        let old = self.current();
+        let purged = Arc::clone(&old);
+        let _ = tokio::task::spawn_blocking(move || {
+            purged.purge(PurgeConfig::default().queue().inflight());
+            purged.flush(PURGE_REPORT_TIMEOUT)
+        })
+        .await;
+        let new: ThreadedProducer<Context> = self
+            .config
+            .create_with_context(Context::new(&self.deliveries))
+            .map_err(PublishError::Create)?;
+        let unsent = self.deliveries.take_unsent();
+        let version = SCHEMA_VERSION.to_string();
+        let mut resent = 0_u64;
+        for result in unsent {
+            let mut record = BaseRecord::with_opaque_to(
+                &self.topic,
+                Box::new(Sent {
+                    id: result.id,
+                    seq: result.seq,
+                }),
+            )
+            .key(&result.key)
+            .payload(&result.payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: SCHEMA_HEADER,
+                value: Some(version.as_str()),
+            }));
+            loop {
+                match new.send(record) {
+                    Ok(()) => {
+                        resent += 1;
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        record = returned;
+                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                    }
+                    Err((error, _)) => {
+                        self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(names::KAFKA_DROPPED).increment(1);
+                        metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
+                        tracing::error!(result_id = %result.id, %error, "result could not be sent again after a fatal producer error and is dropped");
+                        break;
+                    }
+                }
+            }
+        }
+        *self.producer.write() = Arc::new(new);
+        // The old producer's last thread joins off the runtime.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.deliveries.resent.fetch_add(resent, Ordering::Relaxed);
+        metrics::counter!(names::KAFKA_RESENT).increment(resent);
+        metrics::counter!(names::KAFKA_PRODUCER_REBUILDS).increment(1);
+        tracing::warn!(
+            resent,
+            "new Kafka producer in place after a fatal error; the old one's queue sent again"
+        );
+        Ok(())
+    }
+
+    /// Raises a fatal error in the current producer, as librdkafka's idempotence checks would
+    /// (`rd_kafka_test_fatal_error`). For tests of [`Publisher::recover`].
+    #[doc(hidden)]
+    pub fn inject_fatal_error(&self, reason: &str) {
+        let reason = std::ffi::CString::new(reason).unwrap_or_default();
+        let producer = self.current();
+        // SAFETY: the client pointer lives as long as `producer`, held across the call;
+        // librdkafka copies the reason.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
     }
 
     pub fn deliveries(&self) -> &Deliveries {
         &self.deliveries
     }
 
-    /// Cancelled when the producer hit a fatal error and can deliver nothing more.
-    pub fn fatal(&self) -> CancellationToken {
-        self.deliveries.fatal.clone()
+    /// Cancelled when a fatal producer error could not be recovered from: nothing more can be
+    /// delivered.
+    pub fn broken(&self) -> CancellationToken {
+        self.deliveries.broken.clone()
     }
 
     /// Makes publishes that wait for room in a full queue give up (shutdown).
@@ -343,23 +542,41 @@ impl Publisher {
     /// afterwards is purged; the delivery callback then counts and logs each purged result.
     /// Returns the number left undelivered.
     pub async fn flush(&self, timeout: Duration) -> u64 {
-        let producer = Arc::clone(&self.producer);
+        let producer = self.current();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
-        let left = u64::try_from(self.producer.in_flight_count()).unwrap_or_default();
+        let left = u64::try_from(self.current().in_flight_count()).unwrap_or_default();
         if left > 0 {
             tracing::error!(
                 left,
                 "shutdown flush timed out: purging the results still queued"
             );
-            let producer = Arc::clone(&self.producer);
+            self.deliveries.purging.store(true, Ordering::Relaxed);
+            let producer = self.current();
             let _ = tokio::task::spawn_blocking(move || {
                 producer.purge(PurgeConfig::default().queue().inflight());
                 producer.flush(PURGE_REPORT_TIMEOUT)
             })
             .await;
         }
-        left
+        // Given back by a fatal error that no new producer took over before the stop.
+        let unsent = self.deliveries.take_unsent();
+        for result in &unsent {
+            tracing::error!(result_id = %result.id, "result given back by a fatal producer error is dropped at shutdown");
+        }
+        let given_back = unsent.len() as u64;
+        self.deliveries
+            .dropped
+            .fetch_add(given_back, Ordering::Relaxed);
+        metrics::counter!(names::KAFKA_DROPPED).increment(given_back);
+        metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(given_back);
+        left + given_back
     }
+}
+
+/// Whether a refused send waits and tries again: the queue is full, or the producer hit a fatal
+/// error and is about to be replaced.
+fn waits_for_room(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::QueueFull | RDKafkaErrorCode::Fatal)
 }
 
 /// Creates the topic unless it exists.

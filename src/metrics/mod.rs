@@ -27,8 +27,13 @@ pub const CONFIG_RELOADS: &str = "sitewatch_config_reloads_total";
 pub const KAFKA_DELIVERED: &str = "sitewatch_kafka_delivered_total";
 /// Results Kafka refused or that timed out (counter).
 pub const KAFKA_DELIVERY_ERRORS: &str = "sitewatch_kafka_delivery_errors_total";
-/// Results given up on (shutdown with a full queue, fatal producer error) (counter).
+/// Results given up on (shutdown with a full queue, a fatal producer error no new producer could
+/// take over) (counter).
 pub const KAFKA_DROPPED: &str = "sitewatch_kafka_dropped_total";
+/// Kafka producers built again after a fatal error (counter).
+pub const KAFKA_PRODUCER_REBUILDS: &str = "sitewatch_kafka_producer_rebuilds_total";
+/// Results a fatal producer error took back, sent again on the new producer (counter).
+pub const KAFKA_RESENT: &str = "sitewatch_kafka_resent_total";
 /// Results waiting in the producer's local queue (gauge).
 pub const KAFKA_QUEUE_DEPTH: &str = "sitewatch_kafka_queue_depth";
 /// Messages between the stored offset and the partition's end, by `topic`, `partition` (gauge).
@@ -96,6 +101,14 @@ const COUNTERS: &[(&str, &str)] = &[
         "Results Kafka refused or that timed out.",
     ),
     (KAFKA_DROPPED, "Results given up on without reaching Kafka."),
+    (
+        KAFKA_PRODUCER_REBUILDS,
+        "Kafka producers built again after a fatal error.",
+    ),
+    (
+        KAFKA_RESENT,
+        "Results a fatal producer error took back, sent again.",
+    ),
     (CONSUMER_ROWS_WRITTEN, "Rows stored in PostgreSQL."),
     (
         CONSUMER_DEAD_LETTERS,
