@@ -8,6 +8,10 @@
 //!   at most once a minute per site with the number missed since the previous line),
 //!   never queued. A check stays in flight until its result has been handed to the sink, so a
 //!   sink that pushes back (Kafka down, queue full) shows up here as missed ticks.
+//! - Wall-clock steps (an NTP step, suspend and resume, `date -s`): each tick compares the wall
+//!   clock with the monotonic one it sleeps on. Past [`CLOCK_STEP`] apart, the site's loop
+//!   re-anchors: its next tick is aligned to the new wall time, and the ticks a forward step
+//!   jumped over are counted as missed, so `scheduled_at` never carries the offset.
 //! - [`Scheduler::apply`] takes a whole new site list (reload): unchanged sites keep their task
 //!   and schedule, changed ones restart on their (stable) phase, removed ones stop.
 
@@ -145,6 +149,14 @@ pub fn phase(site_name: &str, interval: Duration) -> Duration {
     Duration::from_millis(stable_hash(site_name.as_bytes()) % interval_ms)
 }
 
+/// How far the wall clock may drift from the monotonic pairing before it counts as stepped. NTP
+/// slews smaller offsets gradually and steps larger ones (ntpd: 128 ms, chrony: its
+/// `makestep`); a second keeps slewing alone and catches any step a person would notice.
+pub const CLOCK_STEP: Duration = Duration::from_secs(1);
+
+/// Where wall time comes from: `Utc::now` in production; tests step it.
+pub type WallSource = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
 /// Pairs the monotonic clock the scheduler sleeps on with the wall clock results report.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -182,6 +194,10 @@ impl Clock {
 pub struct Stats {
     pub ticks: AtomicU64,
     pub missed: AtomicU64,
+    /// Wall-clock steps seen (by any site loop; one log line per step).
+    pub clock_steps: AtomicU64,
+    /// When a step was last logged.
+    step_logged: Mutex<Option<Instant>>,
 }
 
 struct SiteTask {
@@ -198,6 +214,7 @@ pub struct Scheduler<J: Job> {
     job: Arc<J>,
     limits: Limits,
     clock: Clock,
+    wall: WallSource,
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     sites: HashMap<String, SiteTask>,
@@ -209,10 +226,11 @@ pub struct Scheduler<J: Job> {
 
 impl<J: Job> Scheduler<J> {
     pub fn new(job: Arc<J>, limits: Limits, shutdown: CancellationToken) -> Self {
-        Self::with_clock(job, limits, shutdown, Clock::now())
+        Self::with_clock(job, limits, shutdown, Clock::now()).with_wall(Arc::new(Utc::now))
     }
 
-    /// As [`Scheduler::new`] with an explicit clock anchor (tests pin the wall clock).
+    /// As [`Scheduler::new`] with an explicit clock anchor (tests pin the wall clock); the wall
+    /// clock then follows the anchor and never steps unless [`Scheduler::with_wall`] says so.
     pub fn with_clock(
         job: Arc<J>,
         limits: Limits,
@@ -223,6 +241,7 @@ impl<J: Job> Scheduler<J> {
             job,
             limits,
             clock,
+            wall: Arc::new(move || clock.wall_at(Instant::now())),
             global: Arc::new(Semaphore::new(limits.max_concurrency)),
             per_host: Mutex::new(HashMap::new()),
             sites: HashMap::new(),
@@ -230,6 +249,12 @@ impl<J: Job> Scheduler<J> {
             shutdown,
             stats: Arc::new(Stats::default()),
         }
+    }
+
+    /// Reads wall time from `wall` instead.
+    pub fn with_wall(mut self, wall: WallSource) -> Self {
+        self.wall = wall;
+        self
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -322,7 +347,8 @@ impl<J: Job> Scheduler<J> {
             job: Arc::clone(&self.job),
             global: Arc::clone(&self.global),
             host,
-            clock: Clock::now_from(&self.clock),
+            clock: Clock::now_from(&self.clock).checked((self.wall)()).0,
+            wall: Arc::clone(&self.wall),
             tracker: self.tracker.clone(),
             stop: stop.clone(),
             stats: Arc::clone(&self.stats),
@@ -356,6 +382,22 @@ impl Clock {
         Clock {
             wall: anchor.wall_at(instant),
             instant,
+        }
+    }
+
+    /// This pairing, or, when `wall` (read at its instant) is more than [`CLOCK_STEP`] away from
+    /// it, a new one at `wall`; with the step (wall minus what the pairing expected).
+    fn checked(self, wall: DateTime<Utc>) -> (Clock, Option<chrono::Duration>) {
+        let step = wall - self.wall;
+        match step.abs().to_std().is_ok_and(|s| s > CLOCK_STEP) {
+            true => (
+                Clock {
+                    wall,
+                    instant: self.instant,
+                },
+                Some(step),
+            ),
+            false => (self, None),
         }
     }
 }
@@ -441,6 +483,7 @@ struct SiteLoop<J: Job> {
     global: Arc<Semaphore>,
     host: Arc<Semaphore>,
     clock: Clock,
+    wall: WallSource,
     tracker: TaskTracker,
     stop: CancellationToken,
     stats: Arc<Stats>,
@@ -465,9 +508,9 @@ struct MissedLog {
 }
 
 impl MissedLog {
-    /// Counts one missed tick at `now`; when a line is due, returns how many it reports.
-    fn note(&mut self, now: Instant) -> Option<u64> {
-        self.unlogged += 1;
+    /// Counts `n` missed ticks at `now`; when a line is due, returns how many it reports.
+    fn note(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.unlogged += n;
         if self.logged_at.is_some_and(|at| now < at + MISSED_LOG_EVERY) {
             return None;
         }
@@ -494,6 +537,10 @@ impl<J: Job> SiteLoop<J> {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep_until(due) => {}
+            }
+            if let Some(next) = self.reanchored(due) {
+                due = next;
+                continue;
             }
             self.stats.ticks.fetch_add(1, Ordering::Relaxed);
             let scheduled_at = self.clock.wall_at(due);
@@ -529,11 +576,48 @@ impl<J: Job> SiteLoop<J> {
     }
 
     fn missed(&mut self, scheduled_at: DateTime<Utc>, why: &'static str) {
-        self.stats.missed.fetch_add(1, Ordering::Relaxed);
-        self.missed_ticks.increment(1);
-        if let Some(missed) = self.missed_log.note(Instant::now()) {
+        self.missed_many(scheduled_at, 1, why);
+    }
+
+    fn missed_many(&mut self, scheduled_at: DateTime<Utc>, n: u64, why: &'static str) {
+        self.stats.missed.fetch_add(n, Ordering::Relaxed);
+        self.missed_ticks.increment(n);
+        if let Some(missed) = self.missed_log.note(Instant::now(), n) {
             tracing::warn!(site = %self.site.name, %scheduled_at, why, missed, "missed tick");
         }
+    }
+
+    /// When the wall clock stepped since this loop's pairing was made: re-anchors on it and
+    /// returns the next due instant, aligned to the new wall time. The tick due now is not run
+    /// (its wall time is the old pairing's); a forward step's jumped-over ticks, this one
+    /// included, count as missed. A backward step misses nothing: its wall times come again.
+    fn reanchored(&mut self, due: Instant) -> Option<Instant> {
+        let now = Clock::now_from(&self.clock);
+        let (clock, step) = now.checked((self.wall)());
+        let step = step?;
+        let was = self.clock.wall_at(due);
+        self.clock = clock;
+        let next = clock.first_due(&self.site.name, self.site.interval);
+        let interval_us = (self.site.interval.as_micros() as i64).max(1);
+        let jumped = (clock.wall_at(next) - was)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        let skipped = (jumped.max(0) / interval_us) as u64;
+        self.stats.ticks.fetch_add(skipped, Ordering::Relaxed);
+        if skipped > 0 {
+            self.missed_many(was, skipped, "wall clock stepped forward");
+        }
+        self.stats.clock_steps.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self.stats.step_logged.lock();
+        if logged.is_none_or(|at| now.instant >= at + MISSED_LOG_EVERY) {
+            *logged = Some(now.instant);
+            tracing::warn!(
+                step_ms = step.num_milliseconds(),
+                wall = %clock.wall,
+                "the wall clock stepped: scheduling re-anchored on it"
+            );
+        }
+        Some(next)
     }
 }
 
@@ -704,6 +788,70 @@ mod tests {
         }
     }
 
+    /// The wall clock steps forward 30.5 s, then back 20.25 s: every result carries the wall
+    /// time its tick fired at, on the site's phase; the forward step's jumped-over ticks are
+    /// missed; a loop started after a step (reload) is anchored on the stepped clock at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stepped_wall_clock_re_anchors_the_schedule() {
+        let interval = Duration::from_secs(1);
+        let job = recorder(Duration::from_millis(100));
+        let clock = pinned_clock();
+        let offset_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let wall: WallSource = {
+            let offset_ms = Arc::clone(&offset_ms);
+            Arc::new(move || {
+                clock.wall_at(Instant::now())
+                    + chrono::Duration::milliseconds(offset_ms.load(Ordering::SeqCst))
+            })
+        };
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            clock,
+        )
+        .with_wall(Arc::clone(&wall));
+        scheduler.apply(vec![site("a", interval)]);
+        // (instant, offset from then on)
+        let mut offsets = vec![(clock.instant, 0_i64)];
+        tokio::time::sleep(Duration::from_millis(10_300)).await;
+        offset_ms.store(30_500, Ordering::SeqCst);
+        offsets.push((Instant::now(), 30_500));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        offset_ms.store(30_500 - 20_250, Ordering::SeqCst);
+        offsets.push((Instant::now(), 10_250));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        scheduler.apply(vec![site("a", interval), site("b", interval)]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let stats = scheduler.stats();
+        scheduler.shutdown().await;
+
+        let ticks = job.ticks.lock().unwrap().clone();
+        let offset_at = |at: Instant| offsets.iter().rev().find(|(t, _)| *t <= at).unwrap().1;
+        for (name, at, scheduled_at) in &ticks {
+            let wall = clock.wall_at(*at) + chrono::Duration::milliseconds(offset_at(*at));
+            assert_eq!(*scheduled_at, wall, "{name}: fired at wall {wall}");
+            let phase_ms = phase(name, interval).as_millis() as i64;
+            assert_eq!(
+                (scheduled_at.timestamp_millis() - phase_ms).rem_euclid(1000),
+                0,
+                "{name}: {scheduled_at} is off the site's phase"
+            );
+        }
+        let runs = ticks.len() as u64;
+        let (all, missed) = (
+            stats.ticks.load(Ordering::Relaxed),
+            stats.missed.load(Ordering::Relaxed),
+        );
+        assert_eq!(runs + missed, all);
+        // Forward 30.5 s: the 30 or 31 wall-clock ticks in between, never run, are missed.
+        assert!((30..=31).contains(&missed), "missed {missed}");
+        // Site a saw both steps; b started after them, on the stepped clock.
+        assert_eq!(stats.clock_steps.load(Ordering::Relaxed), 2);
+        let b = ticks.iter().filter(|t| t.0 == "b").count();
+        assert!((4..=5).contains(&b), "b ran {b} times");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_check_makes_ticks_missed_not_piled_up() {
         let interval = Duration::from_secs(1);
@@ -736,16 +884,18 @@ mod tests {
     fn missed_ticks_are_logged_once_a_minute_with_their_count() {
         let start = Instant::now();
         let mut log = MissedLog::default();
-        assert_eq!(log.note(start), Some(1), "the first one at once");
+        assert_eq!(log.note(start, 1), Some(1), "the first one at once");
         let second = Duration::from_secs(1);
         for k in 1..60 {
-            assert_eq!(log.note(start + second * k), None, "tick {k}");
+            assert_eq!(log.note(start + second * k, 1), None, "tick {k}");
         }
-        assert_eq!(log.note(start + MISSED_LOG_EVERY), Some(60));
-        assert_eq!(log.note(start + MISSED_LOG_EVERY + second), None);
+        assert_eq!(log.note(start + MISSED_LOG_EVERY, 1), Some(60));
+        assert_eq!(log.note(start + MISSED_LOG_EVERY + second, 1), None);
         // Quiet for a long time: the next one is logged at once, counting only itself
         // and the one left over.
-        assert_eq!(log.note(start + MISSED_LOG_EVERY * 10), Some(2));
+        assert_eq!(log.note(start + MISSED_LOG_EVERY * 10, 1), Some(2));
+        // Many at once (a clock step) count as many.
+        assert_eq!(log.note(start + MISSED_LOG_EVERY * 20, 30), Some(30));
     }
 
     #[tokio::test(start_paused = true)]
