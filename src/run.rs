@@ -3,8 +3,9 @@
 //!
 //! Order matters at both ends. A consumer that fails is started again while probing goes on;
 //! the producer failing stops everything. At shutdown the producer stops first (flushing its
-//! queue to Kafka); the consumers keep going for [`RUN_DRAIN`] so the results just flushed are
-//! stored too — what is left is stored, exactly once, at the next start.
+//! queue to Kafka); the consumers keep going until what it published is stored and judged (their
+//! offsets in PostgreSQL reach the topic's end), for at most [`RUN_DRAIN_MAX`] — what is left is
+//! logged, and stored, exactly once, at the next start.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,8 +21,14 @@ use crate::produce::{self, ProduceError, ProduceOptions};
 use crate::serve::{self, ServeOptions};
 use crate::settings::{DatabaseSettings, KafkaSettings};
 
-/// How long the consumer keeps storing after the producer stopped.
+/// How long the consumers keep going after the producer stopped when the topic's end or their
+/// offsets cannot be read (Kafka or PostgreSQL away).
 pub const RUN_DRAIN: Duration = Duration::from_secs(3);
+/// Longest the consumers keep going after the producer stopped, catching up with what it
+/// published.
+pub const RUN_DRAIN_MAX: Duration = Duration::from_secs(60);
+/// How often the drain compares the consumers' offsets with the topic's end.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -96,12 +103,97 @@ pub async fn run(
     let producer = async {
         let result = produce::produce(kafka, produce_options, reload, shutdown.clone()).await;
         probing_stopped.cancel();
-        tokio::time::sleep(RUN_DRAIN).await;
+        drain(kafka, db).await;
         consumer_stop.cancel();
         result
     };
     let (produced, _) = tokio::join!(producer, consumers);
     Ok(produced?)
+}
+
+/// Waits until both consumer groups' offsets in PostgreSQL reach the end the topic has now (what
+/// the stopped producer published is stored and judged), at most [`RUN_DRAIN_MAX`]; logs what is
+/// left. Without the topic's end or the offsets, waits [`RUN_DRAIN`].
+async fn drain(kafka: &KafkaSettings, db: &DatabaseSettings) {
+    let started = tokio::time::Instant::now();
+    let ends = {
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || topic_ends(&kafka)).await
+    };
+    let ends = match ends {
+        Ok(Ok(ends)) => ends,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the topic's end: the consumers drain for {RUN_DRAIN:?}");
+            return tokio::time::sleep(RUN_DRAIN).await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the topic's end: the consumers drain for {RUN_DRAIN:?}");
+            return tokio::time::sleep(RUN_DRAIN).await;
+        }
+    };
+    let client = match crate::store::connect(db).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(error = %ErrorChain(&error), "cannot read the consumers' offsets: they drain for {RUN_DRAIN:?}");
+            return tokio::time::sleep(RUN_DRAIN.saturating_sub(started.elapsed())).await;
+        }
+    };
+    let (partitions, offsets): (Vec<i32>, Vec<i64>) = ends.into_iter().unzip();
+    let groups = [kafka.group.clone(), kafka.alert_group.clone()];
+    let mut behind = Vec::new();
+    loop {
+        let rows = client
+            .query(
+                "SELECT g, sum(greatest(e.end_offset - coalesce(o.next_offset, 0), 0))::int8 \
+                 FROM unnest($1::text[]) AS g \
+                 CROSS JOIN unnest($3::int4[], $4::int8[]) AS e(partition, end_offset) \
+                 LEFT JOIN consumer_offsets o \
+                   ON o.consumer_group = g AND o.topic = $2 AND o.partition = e.partition \
+                 GROUP BY g",
+                &[&groups.as_slice(), &kafka.topic, &partitions, &offsets],
+            )
+            .await;
+        match rows {
+            Ok(rows) => {
+                behind = rows
+                    .iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                if behind.is_empty() {
+                    tracing::info!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "drained: everything published is stored and judged"
+                    );
+                    return;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the consumers' offsets"),
+        }
+        if started.elapsed() >= RUN_DRAIN_MAX {
+            tracing::warn!(?behind, "stopping with results not yet stored or judged (messages behind, by group): they are, exactly once, at the next start");
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// The end offset of each partition of the topic (blocking).
+fn topic_ends(kafka: &KafkaSettings) -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = kafka
+        .client_config(&[("group.id", "sitewatch-drain")])
+        .create()?;
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(&kafka.topic), timeout)?;
+    let mut ends = Vec::new();
+    for topic in metadata.topics() {
+        for partition in topic.partitions() {
+            let (_, high) = consumer.fetch_watermarks(&kafka.topic, partition.id(), timeout)?;
+            ends.push((partition.id(), high));
+        }
+    }
+    Ok(ends)
 }
 
 /// Runs `role` until `stop`, starting it again after each failure (logged, with a backoff).

@@ -5,46 +5,14 @@ mod producer;
 mod stack;
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sitewatch::publish::{Publisher, TopicSpec};
-use sitewatch::result::{CheckResult, Outcome, Timings, SCHEMA_VERSION};
-use sitewatch::settings::{KafkaSecurity, KafkaSettings};
+use sitewatch::result::CheckResult;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-fn result(site: &str) -> CheckResult {
-    let now = chrono::Utc::now();
-    CheckResult {
-        schema: SCHEMA_VERSION,
-        id: Uuid::now_v7(),
-        site: site.into(),
-        url: format!("http://127.0.0.1:9/{site}"),
-        final_url: None,
-        scheduled_at: now,
-        started_at: now,
-        outcome: Outcome::Up,
-        status: Some(200),
-        timings: Timings {
-            total_ms: 1.0,
-            ..Timings::default()
-        },
-        failure: None,
-        assertions: Vec::new(),
-        metrics: BTreeMap::new(),
-        body_bytes: 2,
-        body_truncated: false,
-        cert_not_after: None,
-        tls_insecure: false,
-        config_version: "v".into(),
-        attempts: 1,
-        probe_host: "test".into(),
-        maintenance: None,
-    }
-}
 
 /// Results published before, at and after two fatal errors all reach the topic; each site's
 /// results first appear in the order they were published; nothing is counted as dropped.
@@ -56,19 +24,7 @@ async fn a_fatal_producer_error_loses_nothing_the_queue_held() {
         .with_test_writer()
         .try_init();
     let topic = stack::unique_name("fatal");
-    let settings = KafkaSettings {
-        brokers: stack::kafka_brokers(),
-        topic: topic.clone(),
-        group: stack::unique_name("fatal-group"),
-        alert_group: stack::unique_name("fatal-alert"),
-        security: KafkaSecurity::Plaintext,
-        extra: Vec::new(),
-    };
-    let publisher = Arc::new(
-        Publisher::connect(&settings, TopicSpec::default())
-            .await
-            .expect("connect to the stack's Kafka (start it with dev/stack up)"),
-    );
+    let publisher = Arc::new(producer::publisher(&topic).await);
     let stop = CancellationToken::new();
     let recovery = tokio::spawn({
         let (publisher, stop) = (Arc::clone(&publisher), stop.clone());
@@ -79,7 +35,7 @@ async fn a_fatal_producer_error_loses_nothing_the_queue_held() {
     // Three rounds; after the first two, a fatal error while the round is still queued.
     for round in 0..3 {
         for n in 0..3_000 {
-            let r = result(&sites[n % sites.len()]);
+            let r = producer::result(&sites[n % sites.len()]);
             publisher.publish(&r).await.expect("publish");
             published.push(r);
         }

@@ -226,3 +226,96 @@ async fn a_failing_consumer_is_restarted_while_probing_goes_on() {
     drop(db);
     stack::drop_database(&database).await;
 }
+
+/// Stopped with a backlog on the topic, `run` keeps its consumers going until every published
+/// result is stored (and judged by the alerter), rather than for a fixed few seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_stops_only_once_its_backlog_is_stored() {
+    let _stack = stack::StackLock::shared();
+    let topic = stack::unique_name("run-backlog");
+    // The backlog: results published before `run` starts, stored 20 to a transaction below:
+    // several seconds of storing.
+    const BACKLOG: usize = 20_000;
+    let publisher = producer::publisher(&topic).await;
+    for n in 0..BACKLOG {
+        publisher
+            .publish(&producer::result(&format!("backlog{}", n % 100)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(publisher.flush(Duration::from_secs(60)).await, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(
+        &config,
+        format!(
+            r#"site {{ name = "live", url = "http://127.0.0.1:{}/", interval = "1s", timeout = "500ms" }}"#,
+            support::closed_port()
+        ),
+    )
+    .unwrap();
+    let database = stack::fresh_database().await;
+    let mut vars = producer::kafka_env(false, &topic);
+    vars.push(("SITEWATCH_DATABASE_URL".into(), database.clone()));
+    vars.push(("SITEWATCH_PG_CA".into(), stack::get("SITEWATCH_PG_CA")));
+    vars.push((
+        "SITEWATCH_KAFKA_GROUP".into(),
+        stack::unique_name("backlog"),
+    ));
+    vars.push((
+        "SITEWATCH_ALERT_GROUP".into(),
+        stack::unique_name("backlog-alert"),
+    ));
+    let mut sitewatch = Sitewatch::spawn(
+        &[
+            "run",
+            "--no-serve",
+            "--batch-rows",
+            "20",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &vars,
+        dir.path(),
+    );
+    // Stop as soon as the storing consumer has begun.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sitewatch.log_text().contains("consuming") {
+        assert!(Instant::now() < deadline, "{}", sitewatch.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sitewatch.terminate(Duration::from_secs(120));
+    let log = sitewatch.log_text();
+    let db = stack::client(&database).await;
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM check_results", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let published = producer::read_results(
+        producer::kafka_client(false),
+        &topic,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    )
+    .await
+    .len();
+    assert_eq!(rows as usize, published, "stored vs published; log:\n{log}");
+    // And judged: the alerter's offsets reached the topic's end too.
+    let judged: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets \
+             WHERE consumer_group LIKE 'backlog-alert%' AND topic = $1",
+            &[&topic],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        judged as usize, published,
+        "judged vs published; log:\n{log}"
+    );
+    assert!(log.contains("drained"), "{log}");
+    drop(db);
+    stack::drop_database(&database).await;
+}

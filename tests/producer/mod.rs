@@ -198,3 +198,50 @@ impl Drop for Sitewatch {
         let _ = self.child.wait();
     }
 }
+
+/// A result of `site` as a check would publish it, scheduled now.
+pub fn result(site: &str) -> sitewatch::result::CheckResult {
+    use sitewatch::result::{CheckResult, Outcome, Timings, SCHEMA_VERSION};
+    let now = chrono::Utc::now();
+    CheckResult {
+        schema: SCHEMA_VERSION,
+        id: uuid::Uuid::now_v7(),
+        site: site.into(),
+        url: format!("http://127.0.0.1:9/{site}"),
+        final_url: None,
+        scheduled_at: now,
+        started_at: now,
+        outcome: Outcome::Up,
+        status: Some(200),
+        timings: Timings {
+            total_ms: 1.0,
+            ..Timings::default()
+        },
+        failure: None,
+        assertions: Vec::new(),
+        metrics: std::collections::BTreeMap::new(),
+        body_bytes: 2,
+        body_truncated: false,
+        cert_not_after: None,
+        tls_insecure: false,
+        config_version: "v".into(),
+        attempts: 1,
+        probe_host: "test".into(),
+        maintenance: None,
+    }
+}
+
+/// The library's publisher on `topic` of the stack's plaintext listener.
+pub async fn publisher(topic: &str) -> sitewatch::publish::Publisher {
+    let settings = sitewatch::settings::KafkaSettings {
+        brokers: stack::kafka_brokers(),
+        topic: topic.to_owned(),
+        group: stack::unique_name("publisher-group"),
+        alert_group: stack::unique_name("publisher-alert"),
+        security: sitewatch::settings::KafkaSecurity::Plaintext,
+        extra: Vec::new(),
+    };
+    sitewatch::publish::Publisher::connect(&settings, sitewatch::publish::TopicSpec::default())
+        .await
+        .expect("connect to the stack's Kafka (start it with dev/stack up)")
+}
