@@ -306,15 +306,15 @@ pub async fn produce(
     tracing::info!("shutting down: waiting for in-flight checks");
     scheduler.shutdown().await;
     abandon.abort();
-    let dropped = publisher.flush(options.flush_timeout).await;
+    publisher.flush(options.flush_timeout).await;
     recovery_stop.cancel();
     let _ = recovery.await;
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let deliveries = publisher.deliveries();
     tracing::info!(
-        delivered = publisher
-            .deliveries()
-            .delivered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        dropped,
+        delivered = count(&deliveries.delivered),
+        dropped = count(&deliveries.dropped),
+        unconfirmed = count(&deliveries.unconfirmed),
         "producer stopped"
     );
     if fatal.is_cancelled() {

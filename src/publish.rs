@@ -10,7 +10,9 @@
 //!   the ticks that pass as missed. Nothing is dropped to make room.
 //! - A result that is not delivered — rejected permanently by the broker, still waiting for a
 //!   full queue when shutdown gives up, or still queued when the bounded shutdown flush ends —
-//!   is counted (`sitewatch_kafka_delivery_errors_total`) and logged with its result id.
+//!   is counted (`sitewatch_kafka_delivery_errors_total`) and logged with its result id. One that
+//!   was sent but not yet answered when the shutdown flush gave up is counted apart, as
+//!   unconfirmed (`sitewatch_kafka_unconfirmed_total`): it may well be on the topic.
 //! - A fatal producer error (the idempotent producer can no longer guarantee ordering) ends that
 //!   producer, not the results it held: [`Publisher::recover`] purges it, builds a new one and
 //!   sends again every result the old one gave back, before any newer result (a site's results
@@ -107,6 +109,9 @@ impl Default for TopicSpec {
 pub struct Deliveries {
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
+    /// Results in flight when the shutdown flush gave up: sent, never confirmed (they may be on
+    /// the topic).
+    pub unconfirmed: AtomicU64,
     /// Results sent again on a new producer after a fatal error.
     pub resent: AtomicU64,
     /// Results handed to Kafka so far: the next one's `Sent::seq`.
@@ -200,6 +205,19 @@ impl ProducerContext for Context {
                         payload: message.payload().unwrap_or_default().to_vec(),
                     });
                 }
+            }
+            // Sent, but the shutdown flush gave up before the broker answered: it may well be on
+            // the topic. Not counted as dropped.
+            Err((error, message))
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PurgeInflight) =>
+            {
+                self.deliveries.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(names::KAFKA_UNCONFIRMED).increment(1);
+                tracing::warn!(
+                    result_id = %id,
+                    site = %message.key().map(String::from_utf8_lossy).unwrap_or_default(),
+                    "result sent but unconfirmed at shutdown: it may or may not be on the topic"
+                );
             }
             Err((error, message)) => {
                 self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);

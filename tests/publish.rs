@@ -88,3 +88,69 @@ async fn a_fatal_producer_error_loses_nothing_the_queue_held() {
         );
     }
 }
+
+fn stack_command(action: &str) {
+    let status = std::process::Command::new(stack::get("SITEWATCH_DEV_STACK"))
+        .arg(action)
+        .status()
+        .unwrap_or_else(|e| panic!("dev/stack {action}: {e}"));
+    assert!(status.success(), "dev/stack {action} failed");
+}
+
+/// A shutdown flush that gives up while the broker is frozen: results sent but never answered
+/// are counted as unconfirmed, apart from the ones never sent (dropped). Every result that
+/// reaches the topic once the broker thaws is among the unconfirmed, never among the dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_in_flight_when_the_flush_gives_up_are_unconfirmed_not_dropped() {
+    let _stack = stack::StackLock::exclusive();
+    let topic = stack::unique_name("unconfirmed");
+    let publisher = producer::publisher(&topic).await;
+    // Warm up: the connection and the producer id exist before the broker freezes.
+    publisher.publish(&producer::result("warm")).await.unwrap();
+    assert_eq!(publisher.flush(Duration::from_secs(30)).await, 0);
+    stack_command("kafka-pause");
+    let thaw = scopeguard_thaw();
+    const N: u64 = 2_000;
+    for n in 0..N {
+        publisher
+            .publish(&producer::result(&format!("u{}", n % 10)))
+            .await
+            .unwrap();
+    }
+    let left = publisher.flush(Duration::from_secs(3)).await;
+    drop(thaw);
+    let deliveries = publisher.deliveries();
+    let (dropped, unconfirmed) = (
+        deliveries.dropped.load(Ordering::Relaxed),
+        deliveries.unconfirmed.load(Ordering::Relaxed),
+    );
+    assert_eq!(left, N, "none confirmed while frozen");
+    assert_eq!(dropped + unconfirmed, N);
+    assert!(unconfirmed > 0, "some were in flight: {dropped} dropped");
+    let on_topic = producer::read_results(
+        producer::kafka_client(false),
+        &topic,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    )
+    .await
+    .iter()
+    .filter(|p| p.key != "warm")
+    .count() as u64;
+    println!("{dropped} dropped, {unconfirmed} unconfirmed, {on_topic} of them on the topic");
+    assert!(
+        on_topic <= unconfirmed,
+        "{on_topic} on the topic, only {unconfirmed} unconfirmed ({dropped} dropped)"
+    );
+}
+
+/// Resumes the broker when dropped, also when the test fails first.
+fn scopeguard_thaw() -> impl Drop {
+    struct Thaw;
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            stack_command("kafka-resume");
+        }
+    }
+    Thaw
+}

@@ -30,6 +30,9 @@ pub const KAFKA_DELIVERY_ERRORS: &str = "sitewatch_kafka_delivery_errors_total";
 /// Results given up on (shutdown with a full queue, a fatal producer error no new producer could
 /// take over) (counter).
 pub const KAFKA_DROPPED: &str = "sitewatch_kafka_dropped_total";
+/// Results in flight when the shutdown flush gave up: sent, unconfirmed, perhaps on the topic
+/// (counter).
+pub const KAFKA_UNCONFIRMED: &str = "sitewatch_kafka_unconfirmed_total";
 /// Kafka producers built again after a fatal error (counter).
 pub const KAFKA_PRODUCER_REBUILDS: &str = "sitewatch_kafka_producer_rebuilds_total";
 /// Results a fatal producer error took back, sent again on the new producer (counter).
@@ -101,6 +104,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "Results Kafka refused or that timed out.",
     ),
     (KAFKA_DROPPED, "Results given up on without reaching Kafka."),
+    (
+        KAFKA_UNCONFIRMED,
+        "Results in flight when the shutdown flush gave up: perhaps on the topic.",
+    ),
     (
         KAFKA_PRODUCER_REBUILDS,
         "Kafka producers built again after a fatal error.",
