@@ -1,7 +1,10 @@
 //! Properties over generated inputs (proptest): the wire decoder takes any bytes without
-//! panicking, every result the producer can emit comes back from the wire as it went out, and
-//! the configuration loader answers any value in any key with a `file:line` error or a
-//! configuration, never a panic. No infrastructure needed.
+//! panicking, every result the producer can emit comes back from the wire as it went out and is
+//! stored by PostgreSQL as a row (never a dead letter; this one needs the local stack), and the
+//! configuration loader answers any value in any key with a `file:line` error or a
+//! configuration, never a panic.
+
+mod stack;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -223,6 +226,125 @@ proptest! {
             prop_assert_eq!(back, result);
         }
     }
+}
+
+/// `result` as the producer can emit it: texts from sites.lua (site, URL, maintenance window,
+/// probe host, version) never hold a NUL, the validator refuses them; texts a server or a hook
+/// chose have theirs replaced at the source; site names are at most 128 bytes; a body size fits
+/// in a bigint.
+fn emittable(mut r: CheckResult) -> CheckResult {
+    use sitewatch::result::replace_nul;
+    while r.site.len() > 128 {
+        r.site.pop();
+    }
+    for text in [
+        &mut r.site,
+        &mut r.url,
+        &mut r.config_version,
+        &mut r.probe_host,
+    ]
+    .into_iter()
+    .chain(r.final_url.as_mut())
+    .chain(r.maintenance.as_mut())
+    .chain(r.failure.as_mut().map(|f| &mut f.message))
+    .chain(r.assertions.iter_mut().flat_map(|a| {
+        [&mut a.name, &mut a.expected, &mut a.actual]
+            .into_iter()
+            .chain(a.reason.as_mut())
+    })) {
+        replace_nul(text);
+    }
+    r.metrics = std::mem::take(&mut r.metrics)
+        .into_iter()
+        .map(|(mut name, value)| {
+            replace_nul(&mut name);
+            (name, value)
+        })
+        .collect();
+    r.body_bytes %= 1 << 53;
+    r
+}
+
+/// Every result the producer can emit, sent at any size limit, decodes into a row PostgreSQL
+/// stores: batches of them commit with no dead letter, each id stored once.
+#[test]
+fn every_result_the_producer_can_emit_is_stored_as_a_row() {
+    use proptest::test_runner::TestRunner;
+    use sitewatch::store::{self, CheckRow, OffsetAdvance, PendingRow, WriteBatch, WriteOutcome};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _stack = stack::StackLock::shared();
+    let (url, client) = runtime.block_on(async {
+        let url = stack::fresh_database().await;
+        let mut client = store::connect(&stack::database(&url)).await.unwrap();
+        store::migrate(&mut client).await.unwrap();
+        (url, client)
+    });
+    let batches = vec(
+        (
+            result().prop_map(emittable),
+            prop_oneof![Just(1_000_000usize), 300usize..4096],
+        ),
+        1..40,
+    );
+    // Each case on a partition of its own, so its offsets start at 0.
+    let partition = std::cell::Cell::new(0_i32);
+    let client = std::cell::RefCell::new(client);
+    let header = SCHEMA_VERSION.to_string();
+    TestRunner::new(config(24))
+        .run(&batches, |batch| {
+            let mut rows = Vec::new();
+            partition.set(partition.get() + 1);
+            for (offset, (result, max)) in batch.into_iter().enumerate() {
+                let payload = encode_within(&result, max).unwrap();
+                let back = CheckResult::decode(Some(&payload), Some(header.as_bytes()))
+                    .map_err(TestCaseError::fail)?;
+                let row = CheckRow::from_result(back, partition.get(), offset as i64)
+                    .map_err(|e| TestCaseError::fail(format!("not storable: {e}")))?;
+                rows.push(PendingRow {
+                    row,
+                    key: Some(result.site.into_bytes()),
+                    payload,
+                });
+            }
+            let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.row.id).collect();
+            let write = WriteBatch {
+                rows,
+                dead_letters: Vec::new(),
+                offsets: vec![OffsetAdvance {
+                    partition: partition.get(),
+                    expected: None,
+                    next: ids.len() as i64,
+                }],
+            };
+            let (outcome, stored) = runtime.block_on(async {
+                let mut client = client.borrow_mut();
+                let outcome = store::write_batch(&mut client, "g", "t", &write).await;
+                let stored: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM check_results WHERE id = ANY($1)",
+                        &[&ids],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                (outcome, stored)
+            });
+            match outcome {
+                Ok(WriteOutcome::Committed(stats)) => {
+                    prop_assert_eq!(stats.dead_letters, 0, "a dead letter");
+                    prop_assert_eq!(stats.rows_written, ids.len() as u64);
+                }
+                other => return Err(TestCaseError::fail(format!("{other:?}"))),
+            }
+            prop_assert_eq!(stored, ids.len() as i64);
+            Ok(())
+        })
+        .unwrap();
+    drop(client);
+    runtime.block_on(stack::drop_database(&url));
 }
 
 // ---------------------------------------------------------------------------------------------
