@@ -291,7 +291,7 @@ fn every_result_the_producer_can_emit_is_stored_as_a_row() {
     );
     // Each case on a partition of its own, so its offsets start at 0.
     let partition = std::cell::Cell::new(0_i32);
-    let client = std::cell::RefCell::new(client);
+    let client = tokio::sync::Mutex::new(client);
     let header = SCHEMA_VERSION.to_string();
     TestRunner::new(config(24))
         .run(&batches, |batch| {
@@ -320,7 +320,7 @@ fn every_result_the_producer_can_emit_is_stored_as_a_row() {
                 }],
             };
             let (outcome, stored) = runtime.block_on(async {
-                let mut client = client.borrow_mut();
+                let mut client = client.lock().await;
                 let outcome = store::write_batch(&mut client, "g", "t", &write).await;
                 let stored: i64 = client
                     .query_one(
