@@ -62,6 +62,8 @@ const PURGE_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often [`Publisher::recover`] asks librdkafka for a fatal error, besides after each
 /// client error.
 const FATAL_POLL: Duration = Duration::from_secs(1);
+/// How long a rebuild waits for the failed producer to report every message back.
+const REBUILD_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -163,6 +165,9 @@ pub struct Context {
     /// Woken by every client error, for [`Publisher::recover`] to ask whether it was fatal
     /// (the error event carries the underlying code, not that it is fatal).
     errors: tokio::sync::Notify,
+    /// The librdkafka client this context belongs to, set right after it is created: delivery
+    /// reports ask it whether it is in a fatal state (set before the failed batch's reports).
+    client: std::sync::atomic::AtomicPtr<rdkafka::types::RDKafka>,
 }
 
 impl Context {
@@ -171,8 +176,38 @@ impl Context {
             deliveries: Arc::clone(deliveries),
             fatal: CancellationToken::new(),
             errors: tokio::sync::Notify::new(),
+            client: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
         }
     }
+
+    /// Whether this producer hit a fatal error, asked of librdkafka itself.
+    fn is_fatal(&self) -> bool {
+        if self.fatal.is_cancelled() {
+            return true;
+        }
+        let client = self.client.load(Ordering::Acquire);
+        // SAFETY: set once to the client that owns this context; callbacks run on that client's
+        // own poll thread, while it is alive. Without an error buffer librdkafka only returns
+        // the code.
+        !client.is_null()
+            && unsafe { rdkafka::bindings::rd_kafka_fatal_error(client, std::ptr::null_mut(), 0) }
+                != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+    }
+}
+
+/// Builds a producer whose context knows its client.
+fn create_producer(
+    config: &ClientConfig,
+    deliveries: &Arc<Deliveries>,
+) -> Result<ThreadedProducer<Context>, PublishError> {
+    let producer: ThreadedProducer<Context> = config
+        .create_with_context(Context::new(deliveries))
+        .map_err(PublishError::Create)?;
+    producer
+        .context()
+        .client
+        .store(producer.client().native_ptr(), Ordering::Release);
+    Ok(producer)
 }
 
 impl ClientContext for Context {
@@ -196,7 +231,7 @@ impl ProducerContext for Context {
                 self.deliveries.delivered.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(names::KAFKA_DELIVERED).increment(1);
             }
-            Err((error, message)) if self.gave_back(error) => {
+            Err((_, message)) if self.gave_back() => {
                 if let Ok(mut unsent) = self.deliveries.unsent.lock() {
                     unsent.push(Unsent {
                         id,
@@ -206,17 +241,17 @@ impl ProducerContext for Context {
                     });
                 }
             }
-            // Sent, but the shutdown flush gave up before the broker answered: it may well be on
-            // the topic. Not counted as dropped.
-            Err((error, message))
-                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PurgeInflight) =>
-            {
+            // Sent at least once but never confirmed (in flight when the shutdown flush gave up,
+            // or sent, timed out and queued again): it may well be on the topic. Not counted as
+            // dropped.
+            Err((error, message)) if possibly_persisted(message) => {
                 self.deliveries.unconfirmed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(names::KAFKA_UNCONFIRMED).increment(1);
                 tracing::warn!(
                     result_id = %id,
                     site = %message.key().map(String::from_utf8_lossy).unwrap_or_default(),
-                    "result sent but unconfirmed at shutdown: it may or may not be on the topic"
+                    %error,
+                    "result sent but unconfirmed: it may or may not be on the topic"
                 );
             }
             Err((error, message)) => {
@@ -235,17 +270,19 @@ impl ProducerContext for Context {
 }
 
 impl Context {
-    /// Whether a failed delivery is a result this producer gave back (purged by its fatal
-    /// error, or by the purge before it is replaced) rather than one Kafka refused.
-    fn gave_back(&self, error: &KafkaError) -> bool {
-        let code = error.rdkafka_error_code();
-        let purged = matches!(
-            code,
-            Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-        );
-        (self.fatal.is_cancelled() || code == Some(RDKafkaErrorCode::Fatal) || purged)
-            && !self.deliveries.purging.load(Ordering::Relaxed)
+    /// Whether a failed delivery is a result this producer gave back: it failed after the
+    /// producer's fatal error (the batch that caused it, what the error purged, what the purge
+    /// before its replacement took back), and shutdown is not purging.
+    fn gave_back(&self) -> bool {
+        self.is_fatal() && !self.deliveries.purging.load(Ordering::Relaxed)
     }
+}
+
+/// Whether librdkafka says a failed message may have been written by the broker.
+fn possibly_persisted(message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    // SAFETY: the message is valid for the duration of the delivery callback.
+    let status = unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) };
+    status == rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED
 }
 
 /// Publishes results to one topic. Built once, shared by all checks.
@@ -255,6 +292,9 @@ pub struct Publisher {
     producer: parking_lot::RwLock<Arc<ThreadedProducer<Context>>>,
     /// What a replacement producer is built from.
     config: ClientConfig,
+    /// Held by a rebuild and by the shutdown flush: the flush never runs on a producer being
+    /// replaced, nor a rebuild on one being flushed.
+    replacing: tokio::sync::Mutex<()>,
     topic: String,
     deliveries: Arc<Deliveries>,
     /// Cancelled when shutdown stops waiting for room in a full queue: waiting publishes then
@@ -285,12 +325,11 @@ impl Publisher {
             .get("bootstrap.servers")
             .unwrap_or(&settings.brokers)
             .to_owned();
-        let producer: ThreadedProducer<Context> = config
-            .create_with_context(Context::new(&deliveries))
-            .map_err(PublishError::Create)?;
+        let producer = create_producer(&config, &deliveries)?;
         let publisher = Publisher {
             producer: parking_lot::RwLock::new(Arc::new(producer)),
             config,
+            replacing: tokio::sync::Mutex::new(()),
             topic: settings.topic.clone(),
             deliveries,
             abandon: CancellationToken::new(),
@@ -440,19 +479,23 @@ impl Publisher {
     /// new producer can be built, cancels [`Publisher::broken`] and returns.
     pub async fn recover(&self, stop: CancellationToken) {
         loop {
-            let producer = self.current();
-            let context = producer.context();
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = context.errors.notified() => {}
-                _ = tokio::time::sleep(FATAL_POLL) => {}
+            {
+                let producer = self.current();
+                let context = producer.context();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = context.errors.notified() => {}
+                    _ = tokio::time::sleep(FATAL_POLL) => {}
+                }
+                let Some((code, reason)) = producer.client().fatal_error() else {
+                    continue;
+                };
+                context.fatal.cancel();
+                tracing::error!(error = %code, reason, "fatal Kafka producer error: building a new producer and sending its queue again");
+                // This handle goes here, not after the rebuild: the last one of the old
+                // producer is dropped off the runtime (librdkafka's teardown blocks).
             }
-            let Some((code, reason)) = producer.client().fatal_error() else {
-                continue;
-            };
-            context.fatal.cancel();
-            tracing::error!(error = %code, reason, "fatal Kafka producer error: building a new producer and sending its queue again");
-            if let Err(error) = self.rebuild().await {
+            if let Err(error) = self.rebuild(&stop).await {
                 tracing::error!(error = %crate::error::ErrorChain(&error), "cannot build a new Kafka producer after its fatal error");
                 self.deliveries.broken.cancel();
                 return;
@@ -460,20 +503,34 @@ impl Publisher {
         }
     }
 
-    /// Purges the current producer, builds a new one, sends again what the old one gave back,
-    /// then puts the new one in its place (so waiting publishes follow the re-sent results).
-    async fn rebuild(&self) -> Result<(), PublishError> {
+    /// Purges the current producer until it has reported every message, builds a new one,
+    /// sends again what the old one gave back, then puts the new one in its place (so waiting
+    /// publishes follow the re-sent results). Does nothing once `stop` is cancelled: the
+    /// shutdown flush then counts what was given back.
+    async fn rebuild(&self, stop: &CancellationToken) -> Result<(), PublishError> {
+        let _replacing = self.replacing.lock().await;
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         let old = self.current();
         let purged = Arc::clone(&old);
         let _ = tokio::task::spawn_blocking(move || {
             purged.purge(PurgeConfig::default().queue().inflight());
-            purged.flush(PURGE_REPORT_TIMEOUT)
+            // Every report must be in before the re-send, or a late one would follow newer
+            // results of its site.
+            let deadline = std::time::Instant::now() + REBUILD_REPORT_TIMEOUT;
+            while purged.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+                let _ = purged.flush(PURGE_REPORT_TIMEOUT);
+            }
+            if purged.in_flight_count() > 0 {
+                tracing::error!(
+                    left = purged.in_flight_count(),
+                    "the failed Kafka producer did not report every message back"
+                );
+            }
         })
         .await;
-        let new: ThreadedProducer<Context> = self
-            .config
-            .create_with_context(Context::new(&self.deliveries))
-            .map_err(PublishError::Create)?;
+        let new = create_producer(&self.config, &self.deliveries)?;
         let unsent = self.deliveries.take_unsent();
         let version = SCHEMA_VERSION.to_string();
         let mut resent = 0_u64;
@@ -560,6 +617,7 @@ impl Publisher {
     /// afterwards is purged; the delivery callback then counts and logs each purged result.
     /// Returns the number left undelivered.
     pub async fn flush(&self, timeout: Duration) -> u64 {
+        let _replacing = self.replacing.lock().await;
         let producer = self.current();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         let left = u64::try_from(self.current().in_flight_count()).unwrap_or_default();

@@ -138,19 +138,31 @@ async fn drain(kafka: &KafkaSettings, db: &DatabaseSettings) {
             return tokio::time::sleep(RUN_DRAIN.saturating_sub(started.elapsed())).await;
         }
     };
-    let (partitions, offsets): (Vec<i32>, Vec<i64>) = ends.into_iter().unzip();
+    let partitions: Vec<i32> = ends.iter().map(|e| e.0).collect();
+    let (starts, offsets): (Vec<i64>, Vec<i64>) = ends.iter().map(|e| (e.1, e.2)).unzip();
     let groups = [kafka.group.clone(), kafka.alert_group.clone()];
     let mut behind = Vec::new();
     loop {
         let rows = client
             .query(
-                "SELECT g, sum(greatest(e.end_offset - coalesce(o.next_offset, 0), 0))::int8 \
+                // A partition read to its end, or emptied by retention (nothing to store
+                // from before its log's start), is not behind.
+                "SELECT g, sum(greatest(e.end_offset \
+                                        - greatest(coalesce(o.next_offset, 0), e.start_offset), \
+                                        0))::int8 \
                  FROM unnest($1::text[]) AS g \
-                 CROSS JOIN unnest($3::int4[], $4::int8[]) AS e(partition, end_offset) \
+                 CROSS JOIN unnest($3::int4[], $5::int8[], $4::int8[]) \
+                   AS e(partition, start_offset, end_offset) \
                  LEFT JOIN consumer_offsets o \
                    ON o.consumer_group = g AND o.topic = $2 AND o.partition = e.partition \
                  GROUP BY g",
-                &[&groups.as_slice(), &kafka.topic, &partitions, &offsets],
+                &[
+                    &groups.as_slice(),
+                    &kafka.topic,
+                    &partitions,
+                    &offsets,
+                    &starts,
+                ],
             )
             .await;
         match rows {
@@ -178,8 +190,8 @@ async fn drain(kafka: &KafkaSettings, db: &DatabaseSettings) {
     }
 }
 
-/// The end offset of each partition of the topic (blocking).
-fn topic_ends(kafka: &KafkaSettings) -> Result<Vec<(i32, i64)>, rdkafka::error::KafkaError> {
+/// (partition, log start, log end) of each partition of the topic (blocking).
+fn topic_ends(kafka: &KafkaSettings) -> Result<Vec<(i32, i64, i64)>, rdkafka::error::KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = kafka
         .client_config(&[("group.id", "sitewatch-drain")])
@@ -189,8 +201,8 @@ fn topic_ends(kafka: &KafkaSettings) -> Result<Vec<(i32, i64)>, rdkafka::error::
     let mut ends = Vec::new();
     for topic in metadata.topics() {
         for partition in topic.partitions() {
-            let (_, high) = consumer.fetch_watermarks(&kafka.topic, partition.id(), timeout)?;
-            ends.push((partition.id(), high));
+            let (low, high) = consumer.fetch_watermarks(&kafka.topic, partition.id(), timeout)?;
+            ends.push((partition.id(), low, high));
         }
     }
     Ok(ends)

@@ -154,6 +154,9 @@ pub fn phase(site_name: &str, interval: Duration) -> Duration {
 /// `makestep`); a second keeps slewing alone and catches any step a person would notice.
 pub const CLOCK_STEP: Duration = Duration::from_secs(1);
 
+/// Most a forward step counts as missed: a day of ticks.
+const DAY_US: i64 = 86_400_000_000;
+
 /// Where wall time comes from: `Utc::now` in production; tests step it.
 pub type WallSource = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
@@ -194,7 +197,8 @@ impl Clock {
 pub struct Stats {
     pub ticks: AtomicU64,
     pub missed: AtomicU64,
-    /// Wall-clock steps seen (by any site loop; one log line per step).
+    /// Site loops that re-anchored on a stepped wall clock (each loop counts each step it saw;
+    /// the log has one line a minute).
     pub clock_steps: AtomicU64,
     /// When a step was last logged.
     step_logged: Mutex<Option<Instant>>,
@@ -602,7 +606,9 @@ impl<J: Job> SiteLoop<J> {
         let jumped = (clock.wall_at(next) - was)
             .num_microseconds()
             .unwrap_or(i64::MAX);
-        let skipped = (jumped.max(0) / interval_us) as u64;
+        // A clock set from 1970 to now would jump over billions of ticks: past a day's worth,
+        // the step is an error of the clock, not checks that could have run.
+        let skipped = (jumped.clamp(0, DAY_US) / interval_us) as u64;
         self.stats.ticks.fetch_add(skipped, Ordering::Relaxed);
         if skipped > 0 {
             self.missed_many(was, skipped, "wall clock stepped forward");
@@ -850,6 +856,35 @@ mod tests {
         assert_eq!(stats.clock_steps.load(Ordering::Relaxed), 2);
         let b = ticks.iter().filter(|t| t.0 == "b").count();
         assert!((4..=5).contains(&b), "b ran {b} times");
+    }
+
+    /// A clock set years ahead counts a day of missed ticks, not billions.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_forward_step_counts_at_most_a_day_of_missed_ticks() {
+        let job = recorder(Duration::from_millis(10));
+        let clock = pinned_clock();
+        let offset_s = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let wall: WallSource = {
+            let offset_s = Arc::clone(&offset_s);
+            Arc::new(move || {
+                clock.wall_at(Instant::now())
+                    + chrono::Duration::seconds(offset_s.load(Ordering::SeqCst))
+            })
+        };
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            clock,
+        )
+        .with_wall(wall);
+        scheduler.apply(vec![site("a", Duration::from_secs(1))]);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        offset_s.store(20 * 365 * 86_400, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let stats = scheduler.stats();
+        scheduler.shutdown().await;
+        assert_eq!(stats.missed.load(Ordering::Relaxed), 86_400);
     }
 
     #[tokio::test(start_paused = true)]
