@@ -532,6 +532,56 @@ mod tests {
         assert_eq!(batcher.len(), 0);
     }
 
+    /// The repositioning clock: nothing to position, no time; a retry time is kept until it
+    /// comes; a new assignment wants positioning at once.
+    #[test]
+    fn positioning_waits_for_its_retry_time_and_a_new_assignment_resets_it() {
+        let mut batcher = Batcher::new();
+        let now = Instant::now();
+        assert_eq!(batcher.positioning_at(), None, "nothing to position");
+        assert!(!batcher.positioning_due(now));
+        batcher.apply(vec![Assignment::Assigned(vec![0, 1])]);
+        assert!(batcher.positioning_at().is_some());
+        assert!(batcher.positioning_due(now));
+        let retry = now + Duration::from_secs(1);
+        batcher.retry_positioning_at(retry);
+        assert_eq!(batcher.positioning_at(), Some(retry));
+        assert!(!batcher.positioning_due(now), "before the retry time");
+        assert!(batcher.positioning_due(retry), "at the retry time");
+        batcher.apply(vec![Assignment::Assigned(vec![2])]);
+        assert!(
+            batcher.positioning_due(now),
+            "a new assignment positions at once"
+        );
+        batcher.positioned_at(0, None);
+        batcher.positioned_at(1, None);
+        batcher.positioned_at(2, None);
+        assert_eq!(batcher.positioning_at(), None, "all positioned");
+    }
+
+    /// Revoking every batched partition empties the batch and its deadline; revoking one of two
+    /// keeps the other's messages and the deadline of the first of them. (The survivor of the
+    /// mutation of `before > self.len()` only changes whether a log line is written.)
+    #[test]
+    fn revoking_clears_the_deadline_only_with_the_last_message() {
+        let wait = Duration::from_millis(200);
+        let mut batcher = Batcher::new();
+        batcher.apply(vec![Assignment::Assigned(vec![0, 1])]);
+        batcher.positioned_at(0, None);
+        batcher.positioned_at(1, None);
+        batcher.add(0, 0, None, Some(&payload(1)), None);
+        batcher.add(1, 0, None, Some(&payload(1)), None);
+        let opened = batcher.opened_at.unwrap();
+        batcher.apply(vec![Assignment::Revoked(vec![1])]);
+        assert_eq!(batcher.len(), 1);
+        assert_eq!(batcher.deadline(wait), Some(opened + wait));
+        assert!(batcher.is_due(10, wait, opened + wait));
+        batcher.apply(vec![Assignment::Revoked(vec![0])]);
+        assert_eq!(batcher.len(), 0);
+        assert_eq!(batcher.deadline(wait), None);
+        assert!(!batcher.is_due(10, wait, opened + wait * 10));
+    }
+
     #[test]
     fn a_batch_is_due_when_full_or_old_never_when_empty() {
         let wait = Duration::from_millis(200);
