@@ -394,6 +394,32 @@ mod tests {
         );
     }
 
+    /// A jump forward in offsets (retention removed messages before they were read) counts the
+    /// messages jumped over as lost, and only those. (The survivor `>` → `>=` only adds 0.)
+    #[test]
+    fn a_jump_forward_counts_the_messages_jumped_over_as_lost() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let lost = || {
+            handle
+                .render()
+                .lines()
+                .find(|l| l.starts_with(names::CONSUMER_MESSAGES_LOST))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let mut batcher = Batcher::new();
+            batcher.apply(vec![Assignment::Assigned(vec![0])]);
+            batcher.positioned_at(0, Some(10));
+            batcher.add(0, 10, None, Some(&payload(1)), None);
+            batcher.add(0, 15, None, Some(&payload(1)), None);
+            batcher.add(0, 16, None, Some(&payload(1)), None);
+            assert_eq!(batcher.len(), 3);
+        });
+        assert_eq!(lost(), 4, "offsets 11 to 14");
+    }
+
     /// Offsets that go back past the last one read mean the log moved under the consumer:
     /// every partition is positioned again and the batch in hand dropped (it is read again).
     #[test]
