@@ -651,15 +651,8 @@ struct StartPostgresOnDrop;
 
 impl Drop for StartPostgresOnDrop {
     fn drop(&mut self) {
-        let _ = stack_command("pg-start");
+        stack::try_command("pg-start");
     }
-}
-
-fn stack_command(command: &str) -> ExitStatus {
-    Command::new(stack::get("SITEWATCH_DEV_STACK"))
-        .arg(command)
-        .status()
-        .unwrap_or_else(|e| panic!("$SITEWATCH_DEV_STACK {command}: {e}: {}", stack::START_HINT))
 }
 
 /// Stops the shared PostgreSQL: holds the stack lock exclusively, so every test that takes the
@@ -682,11 +675,11 @@ async fn no_loss_no_duplicates_across_a_postgresql_restart() {
     wait_until!("the first rows", consumer.log_tail(), db.rows().await > 0);
 
     let restart = StartPostgresOnDrop;
-    assert!(stack_command("pg-stop").success(), "pg-stop failed");
+    stack::command("pg-stop");
     publish(&producer, &topic, second).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     consumer.assert_running();
-    assert!(stack_command("pg-start").success(), "pg-start failed");
+    stack::command("pg-start");
     drop(restart);
 
     wait_until!(

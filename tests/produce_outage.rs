@@ -11,14 +11,6 @@ use std::time::Duration;
 
 use producer::Sitewatch;
 
-fn stack_command(action: &str) {
-    let status = std::process::Command::new(stack::get("SITEWATCH_DEV_STACK"))
-        .arg(action)
-        .status()
-        .unwrap_or_else(|e| panic!("dev/stack {action}: {e}"));
-    assert!(status.success(), "dev/stack {action} failed");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
     let _stack = stack::StackLock::exclusive();
@@ -53,11 +45,11 @@ async fn results_from_a_broker_outage_arrive_afterwards_exactly_once() {
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    stack_command("kafka-stop");
+    stack::command("kafka-stop");
     let during_before = server.requests().len();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let probed_during_outage = server.requests().len() - during_before;
-    stack_command("kafka-start");
+    stack::command("kafka-start");
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     sitewatch.terminate(Duration::from_secs(120));

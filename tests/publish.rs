@@ -89,14 +89,6 @@ async fn a_fatal_producer_error_loses_nothing_the_queue_held() {
     }
 }
 
-fn stack_command(action: &str) {
-    let status = std::process::Command::new(stack::get("SITEWATCH_DEV_STACK"))
-        .arg(action)
-        .status()
-        .unwrap_or_else(|e| panic!("dev/stack {action}: {e}"));
-    assert!(status.success(), "dev/stack {action} failed");
-}
-
 /// A shutdown flush that gives up while the broker is frozen: results sent but never answered
 /// are counted as unconfirmed, apart from the ones never sent (dropped). Every result that
 /// reaches the topic once the broker thaws is among the unconfirmed, never among the dropped.
@@ -108,7 +100,7 @@ async fn results_in_flight_when_the_flush_gives_up_are_unconfirmed_not_dropped()
     // Warm up: the connection and the producer id exist before the broker freezes.
     publisher.publish(&producer::result("warm")).await.unwrap();
     assert_eq!(publisher.flush(Duration::from_secs(30)).await, 0);
-    stack_command("kafka-pause");
+    stack::command("kafka-pause");
     let thaw = scopeguard_thaw();
     const N: u64 = 2_000;
     for n in 0..N {
@@ -149,7 +141,7 @@ fn scopeguard_thaw() -> impl Drop {
     struct Thaw;
     impl Drop for Thaw {
         fn drop(&mut self) {
-            stack_command("kafka-resume");
+            stack::try_command("kafka-resume");
         }
     }
     Thaw

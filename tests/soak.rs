@@ -70,14 +70,6 @@ const KINDS: [Fault; 6] = [
     Fault::FlapSites,
 ];
 
-fn stack_command(action: &str) {
-    let status = std::process::Command::new(stack::get("SITEWATCH_DEV_STACK"))
-        .arg(action)
-        .status()
-        .unwrap_or_else(|e| panic!("dev/stack {action}: {e}"));
-    assert!(status.success(), "dev/stack {action} failed");
-}
-
 /// The processes of the pipeline, and what the ledger needs to know of their lives.
 struct Pipeline {
     dir: tempfile::TempDir,
@@ -302,16 +294,16 @@ fn soak_loses_and_duplicates_nothing_under_faults() {
                 pipeline.consumers[which].signal("CONT");
             }
             Fault::RestartBroker => {
-                stack_command("kafka-stop");
+                stack::command("kafka-stop");
                 std::thread::sleep(rng.millis(1000, 5000));
-                stack_command("kafka-start");
+                stack::command("kafka-start");
                 // The producers' queues reach the broker again before anything is killed.
                 std::thread::sleep(Duration::from_secs(10));
             }
             Fault::RestartPostgres => {
-                stack_command("pg-stop");
+                stack::command("pg-stop");
                 std::thread::sleep(rng.millis(1000, 5000));
-                stack_command("pg-start");
+                stack::command("pg-start");
             }
             Fault::FlapSites => {
                 for _ in 0..(2 + rng.below(4)) {

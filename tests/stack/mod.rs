@@ -265,3 +265,21 @@ impl StackLock {
         }
     }
 }
+
+/// Runs `dev/stack <action>` (start, stop, pause or resume a server of the stack); panics when it
+/// fails. Tests that call it hold [`StackLock::exclusive`].
+pub fn command(action: &str) {
+    assert!(
+        try_command(action),
+        "dev/stack {action} failed: {START_HINT}"
+    );
+}
+
+/// As [`command`], for a `Drop` that puts the stack back while a test may be failing: never
+/// panics, says whether it worked.
+pub fn try_command(action: &str) -> bool {
+    std::process::Command::new(get("SITEWATCH_DEV_STACK"))
+        .arg(action)
+        .status()
+        .is_ok_and(|status| status.success())
+}
