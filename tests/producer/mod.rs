@@ -102,6 +102,11 @@ pub async fn read_results(
     loop {
         let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         match tokio::time::timeout(wait, consumer.recv()).await {
+            // Not idle yet while the group has not assigned the partitions (a broker that has
+            // just restarted takes seconds to): nothing could have been read.
+            Err(_)
+                if tokio::time::Instant::now() < deadline
+                    && consumer.assignment().is_ok_and(|a| a.count() == 0) => {}
             Err(_) => break,
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
             Ok(Ok(message)) => {
