@@ -131,6 +131,13 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
+    /// Counts `n` results given up on (the caller logs each with its id).
+    fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(names::KAFKA_DROPPED).increment(n);
+        metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(n);
+    }
+
     /// The results given back so far, in the order they were first handed to Kafka (they come
     /// back in two purges: librdkafka's of the queue at the fatal error, then ours of what was
     /// in flight).
@@ -255,9 +262,7 @@ impl ProducerContext for Context {
                 );
             }
             Err((error, message)) => {
-                self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(names::KAFKA_DROPPED).increment(1);
-                metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
+                self.deliveries.count_dropped(1);
                 tracing::error!(
                     result_id = %id,
                     site = %message.key().map(String::from_utf8_lossy).unwrap_or_default(),
@@ -437,9 +442,7 @@ impl Publisher {
                 Err((KafkaError::MessageProduction(code), _))
                     if self.abandon.is_cancelled() && waits_for_room(code) =>
                 {
-                    self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(names::KAFKA_DROPPED).increment(1);
-                    metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
+                    self.deliveries.count_dropped(1);
                     tracing::error!(result_id = %result.id, site = %result.site, "Kafka queue still full at shutdown: result dropped");
                     return Err(PublishError::Abandoned { id: result.id });
                 }
@@ -456,9 +459,7 @@ impl Publisher {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err((source, _)) => {
-                    self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(names::KAFKA_DROPPED).increment(1);
-                    metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
+                    self.deliveries.count_dropped(1);
                     return Err(PublishError::Send {
                         id: result.id,
                         source,
@@ -559,9 +560,7 @@ impl Publisher {
                         tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                     }
                     Err((error, _)) => {
-                        self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(names::KAFKA_DROPPED).increment(1);
-                        metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(1);
+                        self.deliveries.count_dropped(1);
                         tracing::error!(result_id = %result.id, %error, "result could not be sent again after a fatal producer error and is dropped");
                         break;
                     }
@@ -640,11 +639,7 @@ impl Publisher {
             tracing::error!(result_id = %result.id, "result given back by a fatal producer error is dropped at shutdown");
         }
         let given_back = unsent.len() as u64;
-        self.deliveries
-            .dropped
-            .fetch_add(given_back, Ordering::Relaxed);
-        metrics::counter!(names::KAFKA_DROPPED).increment(given_back);
-        metrics::counter!(names::KAFKA_DELIVERY_ERRORS).increment(given_back);
+        self.deliveries.count_dropped(given_back);
         left + given_back
     }
 }

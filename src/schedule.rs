@@ -794,14 +794,11 @@ mod tests {
         }
     }
 
-    /// The wall clock steps forward 30.5 s, then back 20.25 s: every result carries the wall
-    /// time its tick fired at, on the site's phase; the forward step's jumped-over ticks are
-    /// missed; a loop started after a step (reload) is anchored on the stepped clock at once.
-    #[tokio::test(start_paused = true)]
-    async fn a_stepped_wall_clock_re_anchors_the_schedule() {
-        let interval = Duration::from_secs(1);
-        let job = recorder(Duration::from_millis(100));
-        let clock = pinned_clock();
+    /// A scheduler on `clock` whose wall clock is off by the returned offset (ms), 0 at first.
+    fn stepped_scheduler(
+        job: &Arc<Recorder>,
+        clock: Clock,
+    ) -> (Arc<std::sync::atomic::AtomicI64>, Scheduler<Recorder>) {
         let offset_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
         let wall: WallSource = {
             let offset_ms = Arc::clone(&offset_ms);
@@ -810,13 +807,25 @@ mod tests {
                     + chrono::Duration::milliseconds(offset_ms.load(Ordering::SeqCst))
             })
         };
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
+        let scheduler = Scheduler::with_clock(
+            Arc::clone(job),
             Limits::default(),
             CancellationToken::new(),
             clock,
         )
-        .with_wall(Arc::clone(&wall));
+        .with_wall(wall);
+        (offset_ms, scheduler)
+    }
+
+    /// The wall clock steps forward 30.5 s, then back 20.25 s: every result carries the wall
+    /// time its tick fired at, on the site's phase; the forward step's jumped-over ticks are
+    /// missed; a loop started after a step (reload) is anchored on the stepped clock at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stepped_wall_clock_re_anchors_the_schedule() {
+        let interval = Duration::from_secs(1);
+        let job = recorder(Duration::from_millis(100));
+        let clock = pinned_clock();
+        let (offset_ms, mut scheduler) = stepped_scheduler(&job, clock);
         scheduler.apply(vec![site("a", interval)]);
         // (instant, offset from then on)
         let mut offsets = vec![(clock.instant, 0_i64)];
@@ -862,25 +871,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_huge_forward_step_counts_at_most_a_day_of_missed_ticks() {
         let job = recorder(Duration::from_millis(10));
-        let clock = pinned_clock();
-        let offset_s = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let wall: WallSource = {
-            let offset_s = Arc::clone(&offset_s);
-            Arc::new(move || {
-                clock.wall_at(Instant::now())
-                    + chrono::Duration::seconds(offset_s.load(Ordering::SeqCst))
-            })
-        };
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            clock,
-        )
-        .with_wall(wall);
+        let (offset_ms, mut scheduler) = stepped_scheduler(&job, pinned_clock());
         scheduler.apply(vec![site("a", Duration::from_secs(1))]);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        offset_s.store(20 * 365 * 86_400, Ordering::SeqCst);
+        offset_ms.store(20 * 365 * 86_400_000, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let stats = scheduler.stats();
         scheduler.shutdown().await;
