@@ -120,12 +120,11 @@ async fn drain(kafka: &KafkaSettings, db: &DatabaseSettings) {
         let kafka = kafka.clone();
         tokio::task::spawn_blocking(move || topic_ends(&kafka)).await
     };
-    let ends = match ends {
-        Ok(Ok(ends)) => ends,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot read the topic's end: the consumers drain for {RUN_DRAIN:?}");
-            return tokio::time::sleep(RUN_DRAIN).await;
-        }
+    let ends = match ends
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(ends) => ends,
         Err(error) => {
             tracing::warn!(%error, "cannot read the topic's end: the consumers drain for {RUN_DRAIN:?}");
             return tokio::time::sleep(RUN_DRAIN).await;

@@ -111,6 +111,15 @@ async fn env(name: &str) -> (Vec<(String, String)>, String) {
     (vars, database)
 }
 
+/// `sitewatch run --no-serve` on `config`, in the config's directory.
+fn spawn_run(config: &std::path::Path, vars: &[(String, String)]) -> Sitewatch {
+    Sitewatch::spawn(
+        &["run", "--no-serve", "--config", config.to_str().unwrap()],
+        vars,
+        config.parent().unwrap(),
+    )
+}
+
 /// Alerts Alertmanager holds for `site` (active and resolved ones it still lists).
 async fn alertmanager_alerts(site: &str) -> Vec<Value> {
     let url = format!("{}/api/v2/alerts", stack::get("SITEWATCH_DEV_ALERTMANAGER"));
@@ -158,11 +167,7 @@ async fn outage_notifies_open_reminder_resolve_and_alertmanager_and_respects_mai
     )
     .unwrap();
     let (vars, database) = env("alert").await;
-    let mut sw = Sitewatch::spawn(
-        &["run", "--no-serve", "--config", config.to_str().unwrap()],
-        &vars,
-        dir.path(),
-    );
+    let mut sw = spawn_run(&config, &vars);
     let log = || sw.log_text();
     let client = stack::client(&database).await;
 
@@ -343,11 +348,7 @@ async fn stopping_run_raises_no_nodata_incident() {
     )
     .unwrap();
     let (vars, database) = env("stop-nodata").await;
-    let mut sw = Sitewatch::spawn(
-        &["run", "--no-serve", "--config", config.to_str().unwrap()],
-        &vars,
-        dir.path(),
-    );
+    let mut sw = spawn_run(&config, &vars);
     let log = || sw.log_text();
     let client = stack::client(&database).await;
     // The alerter has heard of the fast site, and a check of the slow one has just begun.
@@ -423,11 +424,7 @@ async fn flapping_sends_one_notice_instead_of_a_storm() {
     )
     .unwrap();
     let (vars, database) = env("flap").await;
-    let mut sw = Sitewatch::spawn(
-        &["run", "--no-serve", "--config", config.to_str().unwrap()],
-        &vars,
-        dir.path(),
-    );
+    let mut sw = spawn_run(&config, &vars);
     let client = stack::client(&database).await;
     // Toggle every 1.5 s: an incident opens and resolves about every 3 s.
     let start = Instant::now();
@@ -502,11 +499,7 @@ async fn a_refusing_notifier_waits_in_the_outbox_without_holding_up_the_others()
     )
     .unwrap();
     let (vars, database) = env("refuse").await;
-    let mut sw = Sitewatch::spawn(
-        &["run", "--no-serve", "--config", config.to_str().unwrap()],
-        &vars,
-        dir.path(),
-    );
+    let mut sw = spawn_run(&config, &vars);
     let log = || sw.log_text();
     let client = stack::client(&database).await;
     wait_for("the open at the working notifiers", &log, || {

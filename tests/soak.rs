@@ -14,7 +14,6 @@ mod stack;
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -410,5 +409,4 @@ fn soak_loses_and_duplicates_nothing_under_faults() {
     );
     drop(client);
     runtime.block_on(stack::drop_database(&database));
-    let _ = Path::new(&pipeline.config);
 }
