@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{self, AlertError, AlertOptions};
-use crate::consume::{self, ConsumeError, ConsumeOptions};
+use crate::consume::{self, lag, ConsumeError, ConsumeOptions};
 use crate::error::ErrorChain;
 use crate::metrics as names;
 use crate::produce::{self, ProduceError, ProduceOptions};
@@ -118,7 +118,11 @@ async fn drain(kafka: &KafkaSettings, db: &DatabaseSettings) {
     let started = tokio::time::Instant::now();
     let ends = {
         let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || topic_ends(&kafka)).await
+        tokio::task::spawn_blocking(move || {
+            let client = lag::watermark_client(&kafka)?;
+            lag::topic_ends(&client, &kafka.topic, Duration::from_secs(5))
+        })
+        .await
     };
     let ends = match ends
         .map_err(|e| e.to_string())
@@ -137,40 +141,12 @@ async fn drain(kafka: &KafkaSettings, db: &DatabaseSettings) {
             return tokio::time::sleep(RUN_DRAIN.saturating_sub(started.elapsed())).await;
         }
     };
-    let partitions: Vec<i32> = ends.iter().map(|e| e.0).collect();
-    let (starts, offsets): (Vec<i64>, Vec<i64>) = ends.iter().map(|e| (e.1, e.2)).unzip();
     let groups = [kafka.group.clone(), kafka.alert_group.clone()];
     let mut behind = Vec::new();
     loop {
-        let rows = client
-            .query(
-                // A partition read to its end, or emptied by retention (nothing to store
-                // from before its log's start), is not behind.
-                "SELECT g, sum(greatest(e.end_offset \
-                                        - greatest(coalesce(o.next_offset, 0), e.start_offset), \
-                                        0))::int8 \
-                 FROM unnest($1::text[]) AS g \
-                 CROSS JOIN unnest($3::int4[], $5::int8[], $4::int8[]) \
-                   AS e(partition, start_offset, end_offset) \
-                 LEFT JOIN consumer_offsets o \
-                   ON o.consumer_group = g AND o.topic = $2 AND o.partition = e.partition \
-                 GROUP BY g",
-                &[
-                    &groups.as_slice(),
-                    &kafka.topic,
-                    &partitions,
-                    &offsets,
-                    &starts,
-                ],
-            )
-            .await;
-        match rows {
+        match lag::behind(&client, &groups, &kafka.topic, &ends).await {
             Ok(rows) => {
-                behind = rows
-                    .iter()
-                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-                    .filter(|(_, n)| *n > 0)
-                    .collect();
+                behind = rows.into_iter().filter(|(_, n)| *n > 0).collect();
                 if behind.is_empty() {
                     tracing::info!(
                         waited_ms = started.elapsed().as_millis() as u64,
@@ -187,24 +163,6 @@ async fn drain(kafka: &KafkaSettings, db: &DatabaseSettings) {
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
-}
-
-/// (partition, log start, log end) of each partition of the topic (blocking).
-fn topic_ends(kafka: &KafkaSettings) -> Result<Vec<(i32, i64, i64)>, rdkafka::error::KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = kafka
-        .client_config(&[("group.id", "sitewatch-drain")])
-        .create()?;
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer.fetch_metadata(Some(&kafka.topic), timeout)?;
-    let mut ends = Vec::new();
-    for topic in metadata.topics() {
-        for partition in topic.partitions() {
-            let (low, high) = consumer.fetch_watermarks(&kafka.topic, partition.id(), timeout)?;
-            ends.push((partition.id(), low, high));
-        }
-    }
-    Ok(ends)
 }
 
 /// Runs `role` until `stop`, starting it again after each failure (logged, with a backoff).

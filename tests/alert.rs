@@ -589,18 +589,7 @@ async fn alerter_killed_three_times_loses_and_duplicates_no_incident() {
     let hook = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sites.lua");
-    let mut text = format!(
-        r#"notifier "hook" {{ type = "webhook", url = "{}" }}"#,
-        hook.url("/hook")
-    );
-    for (i, site) in sites.iter().enumerate() {
-        text.push_str(&format!(
-            "\nsite {{ name = \"s{i}\", url = \"{}\", interval = \"1s\", timeout = \"500ms\", \
-             alert = {{ notify = {{ \"hook\" }}, after = 2, recover_after = 2 }} }}",
-            site.server.url("/")
-        ));
-    }
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, watched(&hook, &sites)).unwrap();
     let (vars, database) = env("kill").await;
     let config = config.to_str().unwrap();
     let mut produce = Sitewatch::spawn(&["produce", "--config", config], &vars, dir.path());
@@ -673,7 +662,12 @@ async fn alerter_killed_three_times_loses_and_duplicates_no_incident() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     for i in 0..sites.len() {
-        assert_eq!(per_site.get(&format!("s{i}")), Some(&2), "{per_site:?}");
+        assert_eq!(
+            per_site.get(&format!("s{i}")),
+            Some(&2),
+            "{:?}",
+            incident_list(&client).await
+        );
     }
     // Every notification in the outbox reached the receiver; a repeat has the same key and body.
     let keys: Vec<String> = client
@@ -696,6 +690,164 @@ async fn alerter_killed_three_times_loses_and_duplicates_no_incident() {
         assert!(bodies.contains_key(key), "{key} never delivered");
     }
     drop(produce);
+    stack::drop_database(&database).await;
+}
+
+/// `sites.lua` text: notifier `hook` at `hook`, and each of `sites` as `s0`, `s1`… at 1 s,
+/// alerting `hook` after two failed checks.
+fn watched(hook: &support::Server, sites: &[Switch]) -> String {
+    let mut text = format!(
+        r#"notifier "hook" {{ type = "webhook", url = "{}" }}"#,
+        hook.url("/hook")
+    );
+    for (i, site) in sites.iter().enumerate() {
+        text.push_str(&format!(
+            "\nsite {{ name = \"s{i}\", url = \"{}\", interval = \"1s\", timeout = \"500ms\", \
+             alert = {{ notify = {{ \"hook\" }}, after = 2, recover_after = 2 }} }}",
+            site.server.url("/")
+        ));
+    }
+    text
+}
+
+/// Waits until the alerter has judged a result of each of `n` sites.
+async fn wait_heard(client: &tokio_postgres::Client, n: i64, log: &dyn Fn() -> String) {
+    let start = Instant::now();
+    loop {
+        // (An error is a database not migrated yet.)
+        let heard: i64 = client
+            .query_one("SELECT count(*) FROM alert_state", &[])
+            .await
+            .map_or(0, |row| row.get(0));
+        if heard >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the alerter heard of {heard} of {n} sites; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every incident as "site severity open|resolved", sorted.
+async fn incident_list(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut list: Vec<String> = client
+        .query(
+            "SELECT site || ' ' || severity || ' ' \
+                    || CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' END \
+             FROM incidents",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    list.sort();
+    list
+}
+
+/// A producer that dies is silence: each of its sites gets one `nodata` incident, announced,
+/// and the first result of the producer started again resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_producer_is_nodata_and_its_next_results_resolve_it() {
+    let _stack = stack::StackLock::shared();
+    let sites: Vec<Switch> = futures_join(2).await;
+    let hook = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(&config, watched(&hook, &sites)).unwrap();
+    let (vars, database) = env("nodata").await;
+    let config = config.to_str().unwrap();
+    let mut produce = Sitewatch::spawn(&["produce", "--config", config], &vars, dir.path());
+    let mut alerter = Sitewatch::spawn(&alert_args(config), &vars, dir.path());
+    let client = stack::client(&database).await;
+    let log = || alerter.log_text();
+    wait_heard(&client, 2, &log).await;
+    produce.signal("KILL");
+    let _ = produce.wait(Duration::from_secs(10));
+    let silenced = Instant::now();
+    let opened = |want: &str| {
+        let requests = webhooks(&hook);
+        (0..2).all(|i| {
+            requests.iter().any(|(_, kind, body)| {
+                body["site"] == format!("s{i}") && kind == want && body["severity"] == "nodata"
+            })
+        })
+    };
+    wait_for("a nodata notice for each site", &log, || opened("open")).await;
+    assert!(
+        silenced.elapsed() >= Duration::from_secs(3),
+        "nodata before 3 intervals of silence"
+    );
+    assert_eq!(
+        incident_list(&client).await,
+        ["s0 nodata open", "s1 nodata open"]
+    );
+    let mut produce = Sitewatch::spawn(&["produce", "--config", config], &vars, dir.path());
+    wait_for("each nodata incident resolved", &log, || opened("resolve")).await;
+    assert_eq!(
+        incident_list(&client).await,
+        ["s0 nodata resolved", "s1 nodata resolved"]
+    );
+    produce.terminate(Duration::from_secs(30));
+    alerter.terminate(Duration::from_secs(30));
+    stack::drop_database(&database).await;
+}
+
+/// A member of the alerter's group frozen while it holds partitions leaves their results
+/// waiting in Kafka until its session ends and they are handed on: that is the alerter's own
+/// absence, not the sites' silence, and opens no `nodata` incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_alerter_member_is_not_its_sites_silence() {
+    let _stack = stack::StackLock::shared();
+    // 12 sites on 6 partitions: the frozen member's 3 hold some (all but 1 in 4,096 spreads).
+    let sites: Vec<Switch> = futures_join(12).await;
+    let hook = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sites.lua");
+    std::fs::write(&config, watched(&hook, &sites)).unwrap();
+    let (vars, database) = env("frozen").await;
+    let config = config.to_str().unwrap();
+    let mut produce = Sitewatch::spawn(&["produce", "--config", config], &vars, dir.path());
+    let mut first = Sitewatch::spawn(&alert_args(config), &vars, dir.path());
+    let client = stack::client(&database).await;
+    wait_heard(&client, 12, &|| first.log_text()).await;
+    let assignments = |member: &Sitewatch| {
+        member
+            .log_text()
+            .matches("partitions positioned at their stored offsets")
+            .count()
+    };
+    let before = assignments(&first);
+    let second = Sitewatch::spawn(&alert_args(config), &vars, dir.path());
+    let both = || format!("{}\n--- second:\n{}", first.log_text(), second.log_text());
+    wait_for("the second member's partitions", &both, || {
+        assignments(&second) > 0 && assignments(&first) > before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    second.signal("STOP");
+    // Its session (6 s) ends, the first member takes its partitions over and catches up;
+    // meanwhile no-data checks run every 5 s.
+    let taken = assignments(&first);
+    wait_for("the first member taking the partitions over", &both, || {
+        assignments(&first) > taken
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        incident_list(&client).await,
+        Vec::<String>::new(),
+        "{}",
+        both()
+    );
+    assert!(webhooks(&hook).is_empty());
+    second.signal("KILL");
+    first.terminate(Duration::from_secs(30));
+    produce.terminate(Duration::from_secs(30));
     stack::drop_database(&database).await;
 }
 

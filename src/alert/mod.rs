@@ -4,7 +4,8 @@
 //! Kafka topic ──group `sitewatch-alerts`──► batch ──► ONE transaction:
 //!     advance consumer_offsets (fenced) · alert_state FOR UPDATE · incident::observe per result
 //!     · incidents · notifications (the outbox)
-//! no-data check (every NODATA_POLL): sites silent for 3 intervals → nodata incidents, same tables
+//! no-data check (every NODATA_POLL): sites silent for 3 intervals, up to when the group had read
+//!     the whole topic → nodata incidents, same tables
 //! deliver: one task per notifier drains the outbox (webhook / Alertmanager), at least once
 //! ```
 //!
@@ -34,12 +35,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
+use rdkafka::consumer::BaseConsumer;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, AlertRule, Config, ConfigErrors};
-use crate::consume::{self, BatchWriter, ConsumeError, ConsumeOptions};
+use crate::consume::{self, lag, BatchWriter, ConsumeError, ConsumeOptions};
 use crate::hooks::HookLimits;
 use crate::metrics as names;
 use crate::settings::{DatabaseSettings, KafkaSettings};
@@ -50,6 +52,8 @@ use incident::{AlertState, Event, Seen};
 pub const DEFAULT_ALERT_GROUP: &str = "sitewatch-alerts";
 /// How often sites are checked for missing results.
 const NODATA_POLL: Duration = Duration::from_secs(5);
+/// How long the no-data check waits for the topic's end from Kafka.
+const NODATA_KAFKA_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
@@ -141,6 +145,7 @@ pub async fn run(
             ));
         }
         tasks.spawn(nodata_loop(
+            kafka.clone(),
             db.clone(),
             Arc::clone(&rules),
             Arc::clone(&live_since),
@@ -360,6 +365,7 @@ fn seen(row: &CheckRow) -> Seen<'_> {
 
 /// Opens `nodata` incidents for sites whose results stopped arriving; publishes the gauges.
 async fn nodata_loop(
+    kafka: KafkaSettings,
     db: DatabaseSettings,
     rules: Arc<Rules>,
     live_since: Arc<AtomicI64>,
@@ -367,6 +373,7 @@ async fn nodata_loop(
     probing_stopped: CancellationToken,
 ) {
     let mut client: Option<Client> = None;
+    let mut caught_up = CaughtUp::new(kafka);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -381,17 +388,111 @@ async fn nodata_loop(
         if live == 0 {
             continue;
         }
-        if let Err(error) = check_nodata(c, &rules, live).await {
+        let Some(read_to) = caught_up.at(c).await else {
+            continue;
+        };
+        if let Err(error) = check_nodata(c, &rules, live, read_to).await {
             tracing::warn!(%error, "no-data check failed");
             client = None;
         }
     }
 }
 
+/// The latest moment up to which the alerter's group has judged everything the topic held.
+/// Silence is measured only up to there: while the group is behind — a member killed and its
+/// partitions not yet handed on, a rebalance, a backlog — results the sites did send are
+/// waiting in Kafka, and their absence here is the alerter's, not the sites'.
+struct CaughtUp {
+    kafka: KafkaSettings,
+    watermarks: Option<Arc<BaseConsumer>>,
+    /// The topic's end as read at the previous poll, and when.
+    previous: Option<(DateTime<Utc>, Vec<lag::LogEnd>)>,
+    /// The last poll could not tell (logged once per spell).
+    unknown: bool,
+}
+
+impl CaughtUp {
+    fn new(kafka: KafkaSettings) -> CaughtUp {
+        CaughtUp {
+            kafka,
+            watermarks: None,
+            previous: None,
+            unknown: false,
+        }
+    }
+
+    /// Now, when the group's stored offsets reach the topic's end read now; else the previous
+    /// poll's time, when they reach the end read then; else `None` (the group is behind, or
+    /// Kafka or PostgreSQL cannot say).
+    async fn at(&mut self, db: &Client) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
+        let result = self.read(db).await;
+        let previous = self.previous.take();
+        match result {
+            Ok((ends, behind_now)) => {
+                self.unknown = false;
+                let mut at = (behind_now == 0).then_some(now);
+                if let (None, Some((then, old))) = (at, &previous) {
+                    if self.behind(db, old).await.is_ok_and(|n| n == 0) {
+                        at = Some(*then);
+                    }
+                }
+                self.previous = Some((now, ends));
+                if at.is_none() {
+                    tracing::debug!(
+                        behind = behind_now,
+                        "the alerter is behind: no-data check waits"
+                    );
+                }
+                at
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut self.unknown, true) {
+                    tracing::warn!(%error, "no-data check paused: cannot tell whether the alerter has read the topic to its end");
+                }
+                None
+            }
+        }
+    }
+
+    async fn read(&mut self, db: &Client) -> Result<(Vec<lag::LogEnd>, i64), String> {
+        let client = match &self.watermarks {
+            Some(client) => Arc::clone(client),
+            None => {
+                let client =
+                    Arc::new(lag::watermark_client(&self.kafka).map_err(|e| e.to_string())?);
+                self.watermarks = Some(Arc::clone(&client));
+                client
+            }
+        };
+        let topic = self.kafka.topic.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            lag::topic_ends(&client, &topic, NODATA_KAFKA_TIMEOUT)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let behind = self.behind(db, &ends).await.map_err(|e| e.to_string())?;
+        Ok((ends, behind))
+    }
+
+    async fn behind(
+        &self,
+        db: &Client,
+        ends: &[lag::LogEnd],
+    ) -> Result<i64, tokio_postgres::Error> {
+        let groups = [self.kafka.group.clone()];
+        let rows = lag::behind(db, &groups, &self.kafka.topic, ends).await?;
+        Ok(rows.iter().map(|(_, n)| n).sum())
+    }
+}
+
+/// Opens `nodata` incidents for sites silent for 3 intervals up to `read_to` (see [`CaughtUp`]).
 async fn check_nodata(
     client: &mut Client,
     rules: &Rules,
     live_since_us: i64,
+    read_to: DateTime<Utc>,
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let sites: Vec<&str> = rules.sites.keys().map(String::as_str).collect();
@@ -405,7 +506,7 @@ async fn check_nodata(
         let interval = rule.interval.as_micros() as i64;
         let now_us = now.timestamp_micros();
         let heard_at = received.timestamp_micros().max(live_since_us);
-        let silent = now_us - heard_at;
+        let silent = read_to.timestamp_micros() - heard_at;
         if let Some(event) = state.check_nodata(site, &rule.url, interval, silent, now_us) {
             outbox::record(&tx, site, &rule.url, &rule.rule, &[event]).await?;
             changed.insert(site.clone(), (state.clone(), Some(*received)));

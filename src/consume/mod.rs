@@ -23,11 +23,13 @@
 //! retried with capped exponential backoff. `docs/storage.md` makes the whole argument.
 //!
 //! Layout: [`batcher`] (pure: what enters the batch, when it is due), [`kafka`] (the consumer,
-//! rebalance events, seeks), [`sink`] (PostgreSQL with one retry/backoff rule); this file holds
-//! the options and the loop that ties them together.
+//! rebalance events, seeks), [`sink`] (PostgreSQL with one retry/backoff rule), [`lag`] (how far
+//! a group's stored offsets are from the topic's end); this file holds the options and the loop
+//! that ties them together.
 
 mod batcher;
 mod kafka;
+pub mod lag;
 mod sink;
 
 use std::time::Duration;
