@@ -20,6 +20,8 @@
 pub(crate) mod error;
 pub(crate) mod eval;
 mod files;
+#[cfg(test)]
+mod load_errors;
 pub(crate) mod maintenance;
 mod parse;
 pub(crate) mod raw;

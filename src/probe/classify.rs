@@ -202,13 +202,17 @@ pub(crate) struct ErrorFacts {
 
 impl ErrorFacts {
     pub(crate) fn from_hyper(err: &hyper::Error) -> ErrorFacts {
+        ErrorFacts::from_chain(err, err.is_parse(), err.is_incomplete_message())
+    }
+
+    fn from_chain(err: &dyn std::error::Error, parse: bool, incomplete: bool) -> ErrorFacts {
         let mut facts = ErrorFacts {
-            parse: err.is_parse(),
-            incomplete: err.is_incomplete_message(),
+            parse,
+            incomplete,
             io_kind: None,
             text: err.to_string(),
         };
-        let mut source = std::error::Error::source(err);
+        let mut source = err.source();
         while let Some(e) = source {
             if facts.io_kind.is_none() {
                 facts.io_kind = e.downcast_ref::<io::Error>().map(io::Error::kind);
@@ -494,6 +498,18 @@ mod tests {
                 0,
                 "cannot connect to 127.0.0.1:1234: network is unreachable",
             ),
+            (
+                addr,
+                io::Error::from_raw_os_error(libc::ECONNABORTED),
+                0,
+                "connection aborted to 127.0.0.1:1234",
+            ),
+            (
+                addr,
+                io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+                0,
+                "cannot connect to 127.0.0.1:1234: address not available",
+            ),
         ];
         for (addr, err, others, want) in cases {
             let f = connect(addr, &err, others);
@@ -588,11 +604,130 @@ mod tests {
                 FailureKind::Http,
                 "request failed: weird",
             ),
+            // Each sign of a cut connection on its own.
+            (
+                Stage::Head,
+                facts(false, true, None, "incomplete message"),
+                FailureKind::Http,
+                "connection closed before the response head",
+            ),
+            (
+                Stage::Body,
+                facts(false, false, Some(K::UnexpectedEof), "body error"),
+                FailureKind::Http,
+                "connection closed mid-body",
+            ),
+            (
+                Stage::Body,
+                facts(false, false, None, "stream ended: Unexpected EOF"),
+                FailureKind::Http,
+                "connection closed mid-body",
+            ),
+            (
+                Stage::Head,
+                facts(false, false, Some(K::ConnectionAborted), "aborted"),
+                FailureKind::Http,
+                "connection reset before the response head",
+            ),
+            (
+                Stage::Body,
+                facts(false, false, None, "body error"),
+                FailureKind::Http,
+                "error reading the body: body error",
+            ),
         ];
         for (stage, facts, kind, want) in cases {
             let f = http(stage, &facts);
             assert_eq!((f.kind, f.message.as_str()), (kind, want), "{facts:?}");
         }
+    }
+
+    /// The hyper error of a request over an in-memory pipe whose server answers `reply` and
+    /// hangs up.
+    async fn hyper_error(reply: &'static [u8]) -> hyper::Error {
+        use http_body_util::Empty;
+        use hyper_util::rt::TokioIo;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(4096);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("http://h.test/")
+            .body(Empty::new())
+            .unwrap();
+        let response = tokio::spawn(async move { sender.send_request(request).await });
+        let _ = server.read(&mut [0; 4096]).await.unwrap();
+        server.write_all(reply).await.unwrap();
+        drop(server);
+        response.await.unwrap().unwrap_err()
+    }
+
+    /// An error with a message and an optional source, to build chains.
+    #[derive(Debug)]
+    struct Link(
+        &'static str,
+        Option<Box<dyn std::error::Error + Send + Sync>>,
+    );
+
+    impl std::fmt::Display for Link {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Link {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn facts_join_the_chain_once_each_and_take_the_first_io_kind() {
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
+        let aborted = io::Error::new(io::ErrorKind::ConnectionAborted, "aborted");
+        let chain = Link(
+            "connection error",
+            Some(Box::new(Link(
+                "reset by peer",
+                Some(Box::new(Link("reset by peer", Some(Box::new(reset))))),
+            ))),
+        );
+        let facts = ErrorFacts::from_chain(&chain, false, false);
+        assert_eq!(facts.text, "connection error: reset by peer");
+        assert_eq!(facts.io_kind, Some(io::ErrorKind::ConnectionReset));
+        // An io::Error's source is its inner error's source: here another io::Error.
+        let inner = Link("first", Some(Box::new(aborted)));
+        let chain = Link(
+            "request",
+            Some(Box::new(io::Error::new(io::ErrorKind::TimedOut, inner))),
+        );
+        let facts = ErrorFacts::from_chain(&chain, true, true);
+        assert_eq!(facts.text, "request: first: aborted");
+        assert_eq!(facts.io_kind, Some(io::ErrorKind::TimedOut));
+        assert!(facts.parse && facts.incomplete);
+    }
+
+    #[tokio::test]
+    async fn facts_come_from_the_whole_hyper_error_chain() {
+        let err = hyper_error(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+        let facts = ErrorFacts::from_hyper(&err);
+        assert!(facts.incomplete && !facts.parse, "{facts:?}");
+        assert!(facts.text.starts_with(&err.to_string()), "{facts:?}");
+        assert_eq!(
+            http(Stage::Head, &facts).message,
+            "connection closed before the response head"
+        );
+        let err = hyper_error(b"HTTP/9.9 200 OK\r\n\r\n").await;
+        let facts = ErrorFacts::from_hyper(&err);
+        assert!(facts.parse && !facts.incomplete, "{facts:?}");
+        assert!(
+            http(Stage::Head, &facts)
+                .message
+                .starts_with("malformed response: "),
+            "{facts:?}"
+        );
     }
 
     #[test]
@@ -624,6 +759,45 @@ mod tests {
     }
 
     #[test]
+    fn a_long_redirect_chain_names_its_ends() {
+        let urls: Vec<Url> = (0..9)
+            .map(|i| Url::parse(&format!("http://h{i}.test/")).unwrap())
+            .collect();
+        let names = |range: std::ops::Range<usize>| {
+            range
+                .map(|i| format!("http://h{i}.test/"))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        };
+        // Six URLs are all named; seven or more keep three at each end.
+        assert_eq!(chain_text(&urls[..5], &urls[5]), names(0..6));
+        assert_eq!(
+            chain_text(&urls[..6], &urls[6]),
+            format!("{} -> (1 more) -> {}", names(0..3), names(4..7))
+        );
+        assert_eq!(
+            chain_text(&urls[..8], &urls[8]),
+            format!("{} -> (3 more) -> {}", names(0..3), names(6..9))
+        );
+        // Each quoted URL is cut to MAX_QUOTED_URL bytes.
+        let long = Url::parse(&format!("http://a.test/{}", "x".repeat(1000))).unwrap();
+        let text = chain_text(std::slice::from_ref(&long), &long);
+        assert!(text.len() < 2 * MAX_QUOTED_URL + 16, "{}", text.len());
+    }
+
+    #[test]
+    fn closed_connections_are_recognised_by_any_of_their_texts() {
+        for text in [
+            "unexpected eof while reading",
+            "end of file",
+            "connection closed by peer",
+        ] {
+            assert!(is_closed_text(text), "{text}");
+        }
+        assert!(!is_closed_text("connection reset"));
+    }
+
+    #[test]
     fn os_messages_are_humanised() {
         assert_eq!(
             human_os_message("Connection refused (os error 111)"),
@@ -634,6 +808,11 @@ mod tests {
             "name or service not known"
         );
         assert_eq!(human_os_message(""), "");
+        // Only a trailing "(os error N)" is cut.
+        assert_eq!(
+            human_os_message("Odd (os error 5) after"),
+            "odd (os error 5) after"
+        );
         assert_eq!(openssl_reason(VERIFY), "certificate verify failed");
     }
 }
