@@ -1892,6 +1892,27 @@ fn read_pem(key: &'static str, raw: &Raw, base_dir: &Path) -> Result<Vec<u8>, Ki
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A site's problems stop at one past [`MAX_ERRORS`], the one that tells the report was cut.
+    #[test]
+    fn the_reporter_keeps_one_error_past_the_cap() {
+        let location = Location {
+            file: "sites.lua".into(),
+            line: 1,
+        };
+        let mut errors = Vec::new();
+        let mut rep = Reporter {
+            errors: &mut errors,
+            location: &location,
+            subject: None,
+        };
+        for _ in 0..MAX_ERRORS + 5 {
+            rep.push(Kind::Duplicate {
+                first: location.clone(),
+            });
+        }
+        assert_eq!(errors.len(), MAX_ERRORS + 1);
+    }
     use crate::config::raw::FnRef;
 
     /// The `---@field` names of one `---@class` in the LuaLS definitions.
