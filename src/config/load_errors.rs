@@ -860,6 +860,14 @@ fn alert_rule_problems() {
         2,
         &["unknown key \"windw\" in alert.flap"],
     );
+    // The limits themselves are allowed.
+    for alert in [
+        r#"{ notify = { "ops" }, remind = "10s" }"#,
+        r#"{ notify = { "ops" }, after = 1000, recover_after = 1 }"#,
+    ] {
+        let config = load(&site_with_alert(alert)).unwrap_or_else(|e| panic!("{alert}: {e}"));
+        assert_eq!(config.sites.len(), 1);
+    }
 }
 
 #[test]
