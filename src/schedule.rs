@@ -1032,6 +1032,15 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_per_host_cap_counts_by_host_and_port() {
+        let key = |url: &str| host_key(&url::Url::parse(url).unwrap());
+        assert_eq!(key("https://a.example/x?y"), "a.example:443");
+        assert_eq!(key("http://a.example/"), "a.example:80");
+        assert_eq!(key("http://a.example:8080/"), "a.example:8080");
+        assert_eq!(key("http://[::1]:81/"), "[::1]:81");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn per_host_cap_limits_concurrency() {
         struct Gauge {

@@ -1035,6 +1035,12 @@ fn maintenance_problems() {
     for (settings, needles) in cases {
         assert_error(&window(settings), 2, needles);
     }
+    // The longest window allowed is allowed.
+    let config = load(&window(
+        r#"name = "db", every = "Sun", start = "02:00", duration = "7d""#,
+    ))
+    .unwrap();
+    assert_eq!(config.maintenance.len(), 1);
     let text = format!(
         "{}\nmaintenance {{ name = \"db\", at = \"2026-12-24T18:00:00Z\", duration = \"1h\" }}",
         window(r#"name = "db", every = "day", start = "02:00", duration = "1h""#)
