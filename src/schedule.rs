@@ -127,7 +127,8 @@ impl std::str::FromStr for Shard {
             })
         };
         match parse() {
-            Some(shard) if shard.count > 0 && shard.index < shard.count => Ok(shard),
+            // (index < count also refuses a count of 0.)
+            Some(shard) if shard.index < shard.count => Ok(shard),
             _ => Err(format!(
                 "invalid shard {text:?}: expected i/n with 0 <= i < n, e.g. 0/3"
             )),

@@ -942,6 +942,16 @@ fn notifier_problems() {
         1,
         &[r#"notifier "x": notifier "name" { ... } expects a table, got string"#],
     );
+    // A type that is not a string is a wrong type, not an unknown notifier type.
+    let lines = errors(r#"notifier "x" { type = 5, url = "https://x.example/" }"#);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("type must be"), "{lines:?}");
+    // Headers of an Alertmanager notifier are refused, not also checked.
+    let lines = errors(
+        r#"notifier "x" { type = "alertmanager", url = "http://127.0.0.1:9093", headers = { ["X Y"] = "a\nb" } }"#,
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("webhook notifiers only"), "{lines:?}");
 }
 
 #[test]
