@@ -938,6 +938,7 @@ mod tests {
             CancellationToken::new(),
             pinned_clock(),
         );
+        assert!(scheduler.is_empty());
         assert_eq!(
             scheduler.apply(vec![
                 site("keep", interval),
@@ -956,6 +957,9 @@ mod tests {
             scheduler.apply(vec![moved, changed, site("new", interval)]),
             (1, 1, 1)
         );
+        assert!(!scheduler.is_empty());
+        assert!(scheduler.contains("new") && scheduler.contains("keep"));
+        assert!(!scheduler.contains("drop"));
         tokio::time::sleep(Duration::from_secs(30)).await;
         scheduler.shutdown().await;
 

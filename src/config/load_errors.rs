@@ -1045,6 +1045,13 @@ fn maintenance_problems() {
     for (settings, needles) in cases {
         assert_error(&window(settings), 2, needles);
     }
+    assert_error(
+        &window(
+            r#"name = "db", sites = { "shop", "shop" }, every = "Sun", start = "02:00", duration = "1h""#,
+        ),
+        2,
+        &[r#"sites lists "shop" twice"#],
+    );
     // The longest window allowed is allowed.
     let config = load(&window(
         r#"name = "db", every = "Sun", start = "02:00", duration = "7d""#,
