@@ -1038,6 +1038,70 @@ mod tests {
     }
 
     #[test]
+    fn a_wall_clock_off_by_up_to_a_step_keeps_the_pairing() {
+        let clock = pinned_clock();
+        let step = chrono::Duration::from_std(CLOCK_STEP).unwrap();
+        for wall in [clock.wall + step, clock.wall - step] {
+            let (kept, stepped) = clock.checked(wall);
+            assert_eq!((kept.wall, stepped), (clock.wall, None));
+        }
+        let beyond = step + chrono::Duration::microseconds(1);
+        let (moved, stepped) = clock.checked(clock.wall - beyond);
+        assert_eq!((moved.wall, stepped), (clock.wall - beyond, Some(-beyond)));
+    }
+
+    /// Shutdown stops the ticks and returns only once the check in flight has finished.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_the_check_in_flight() {
+        let job = recorder(Duration::from_secs(4));
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        scheduler.apply(vec![site("a", Duration::from_secs(10))]);
+        // The first tick is within the interval; its check runs 4 s.
+        let started = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(tick) = job.ticks.lock().unwrap().first() {
+                break tick.1;
+            }
+        };
+        scheduler.shutdown().await;
+        assert!(Instant::now() >= started + Duration::from_secs(4));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(job.ticks.lock().unwrap().len(), 1);
+    }
+
+    /// A host's semaphore goes once no scheduled site probes that host.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_left_by_every_site_lets_go_of_its_semaphore() {
+        let job = recorder(Duration::from_millis(10));
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        let mut other = site("b", Duration::from_secs(10));
+        other.url = "http://127.0.0.1:10/".parse().unwrap();
+        scheduler.apply(vec![site("a", Duration::from_secs(10)), other.clone()]);
+        let hosts = |s: &Scheduler<Recorder>| {
+            let mut keys: Vec<String> = s.per_host.lock().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(hosts(&scheduler), ["127.0.0.1:10", "127.0.0.1:9"]);
+        scheduler.apply(vec![other.clone()]);
+        // The stopped loop lets go as it exits; the next apply drops what nobody holds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        scheduler.apply(vec![other]);
+        assert_eq!(hosts(&scheduler), ["127.0.0.1:10"]);
+        scheduler.shutdown().await;
+    }
+
+    #[test]
     fn the_per_host_cap_counts_by_host_and_port() {
         let key = |url: &str| host_key(&url::Url::parse(url).unwrap());
         assert_eq!(key("https://a.example/x?y"), "a.example:443");

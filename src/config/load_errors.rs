@@ -275,6 +275,20 @@ fn timeout_must_be_below_interval() {
         2,
         &["timeout (20s) must be shorter than interval (15s)"],
     );
+    // A site's timeout meets the defaults' interval: reported at the site.
+    assert_error(
+        "defaults { interval = \"15s\" }\nsite { name = \"a\", url = \"https://a.example/\", timeout = \"20s\" }",
+        2,
+        &["timeout (20s) must be shorter than interval (15s)"],
+    );
+    // Both from defaults: one error, at defaults{}, not one per site.
+    let lines = errors(
+        "defaults { interval = \"15s\", timeout = \"20s\" }\n\
+         site { name = \"a\", url = \"https://a.example/\" }\n\
+         site { name = \"b\", url = \"https://b.example/\" }",
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("sites.lua:1: "), "{lines:?}");
     assert_error(
         r#"site { name = "a", url = "https://a.example/", expect = { max_time = "1s", warn_time = "2s" } }"#,
         1,
