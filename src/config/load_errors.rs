@@ -294,6 +294,25 @@ fn timeout_must_be_below_interval() {
         1,
         &["expect.warn_time (2s) must be shorter than expect.max_time (1s)"],
     );
+    // The same for warn_time and max_time: one half from defaults{} is reported at the site…
+    for (defaults, site) in [
+        ("warn_time = \"2s\"", "max_time = \"1s\""),
+        ("max_time = \"1s\"", "warn_time = \"2s\""),
+    ] {
+        assert_error(
+            &format!("defaults {{ expect = {{ {defaults} }} }}\nsite {{ name = \"a\", url = \"https://a.example/\", expect = {{ {site} }} }}"),
+            2,
+            &["expect.warn_time (2s) must be shorter than expect.max_time (1s)"],
+        );
+    }
+    // …and both from defaults{} once, there.
+    let lines = errors(
+        "defaults { expect = { max_time = \"1s\", warn_time = \"2s\" } }\n\
+         site { name = \"a\", url = \"https://a.example/\" }\n\
+         site { name = \"b\", url = \"https://b.example/\" }",
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("sites.lua:1: "), "{lines:?}");
 }
 
 #[test]
@@ -1597,4 +1616,22 @@ fn client_certificate_pairs_are_checked_at_load() {
         assert!(err.starts_with(&format!("{FILE}:1: ")), "{err}");
         assert!(err.contains(needle), "{cert} + {key}: {err}");
     }
+    // A wrong pair in defaults{} is one error, there, not one per site.
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let text = format!(
+        "defaults {{ tls = {{ client_cert = \"{}\", client_key = \"{}\" }} }}\n\
+         site {{ name = \"a\", url = \"https://a.example/\" }}\n\
+         site {{ name = \"b\", url = \"https://b.example/\" }}",
+        path("cert.pem"),
+        path("other.pem")
+    );
+    let err = load_str(Path::new(FILE), &text, dir.path())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("{FILE}:1: ")) && err.contains("does not belong"),
+        "{err}"
+    );
 }

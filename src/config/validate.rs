@@ -1248,15 +1248,11 @@ fn tls(layers: Layers<'_>, base_dir: &Path, rep: &mut Reporter<'_>) -> TlsOption
     }
     // The pair is checked now, not at the first probe: a PKCS#1 key is fine, a certificate
     // given as the key or a key of another certificate is not.
-    if let (Some((cert, cert_origin)), Some((key, key_origin))) = (&client_cert, &client_key) {
+    if let (Some((cert, origin)), Some((key, _))) = (&client_cert, &client_key) {
         if let Err(reason) = crate::probe::client_identity(cert, key) {
-            // Reported where either half was written; a pair both from defaults{}, there.
-            let origin = if *cert_origin == Origin::Defaults {
-                *key_origin
-            } else {
-                *cert_origin
-            };
-            rep.push_if(origin, Kind::TlsIdentity { reason });
+            // `tls` is replaced whole: both halves come from the site, or both from defaults{}
+            // (reported there).
+            rep.push_if(*origin, Kind::TlsIdentity { reason });
         }
     }
     TlsOptions {
