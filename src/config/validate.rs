@@ -2271,6 +2271,18 @@ mod tests {
     }
 
     #[test]
+    fn site_name_lengths() {
+        for (len, ok) in [
+            (MAX_SITE_NAME_LEN, true),
+            (MAX_SITE_NAME_LEN + 1, false),
+            (MAX_SITE_NAME_LEN + 50, false),
+        ] {
+            let result = site_name(&s(&"n".repeat(len)));
+            assert_eq!(result.is_ok(), ok, "{len}: {result:?}");
+        }
+    }
+
+    #[test]
     fn default_timeouts() {
         let cases = [(60, 10_000), (11, 10_000), (10, 5_000), (4, 2_000)];
         for (interval, want_ms) in cases {
