@@ -868,6 +868,75 @@ mod tests {
         assert!((4..=5).contains(&b), "b ran {b} times");
     }
 
+    /// One warning a minute for clock steps: a second step within the minute is counted but not
+    /// logged, one after it is.
+    #[tokio::test(start_paused = true)]
+    async fn clock_steps_are_logged_at_most_once_a_minute() {
+        let job = recorder(Duration::from_millis(10));
+        let (offset_ms, mut scheduler) = stepped_scheduler(&job, pinned_clock());
+        scheduler.apply(vec![site("a", Duration::from_secs(1))]);
+        let stats = scheduler.stats();
+        let logged = || stats.step_logged.lock().expect("a step was logged");
+        let mut offset = 0;
+        let mut step = || {
+            offset += 5_000;
+            offset_ms.store(offset, Ordering::SeqCst);
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        step();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let first = logged();
+        step();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(logged(), first, "a second line within the minute");
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        step();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(logged() >= first + MISSED_LOG_EVERY);
+        assert_eq!(stats.clock_steps.load(Ordering::Relaxed), 3);
+        scheduler.shutdown().await;
+    }
+
+    /// A loop that wakes long after its tick (a suspended process, a starved runtime) counts
+    /// the ticks already past as missed and goes on on its phase, instead of firing them back
+    /// to back.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_loop_skips_the_ticks_already_past() {
+        let interval = Duration::from_secs(10);
+        let job = recorder(Duration::from_millis(10));
+        let clock = pinned_clock();
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            Limits::default(),
+            CancellationToken::new(),
+            clock,
+        );
+        scheduler.apply(vec![site("a", interval)]);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let before = job.ticks.lock().unwrap().len();
+        // Time jumps 45 s without the loop running.
+        tokio::time::advance(Duration::from_secs(45)).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let stats = scheduler.stats();
+        scheduler.shutdown().await;
+        let ticks = job.ticks.lock().unwrap().clone();
+        let missed = stats.missed.load(Ordering::Relaxed);
+        assert_eq!(
+            ticks.len() as u64 + missed,
+            stats.ticks.load(Ordering::Relaxed)
+        );
+        assert!((3..=4).contains(&missed), "missed {missed}");
+        // After the stall: one late run, then back on the phase, 10 s apart.
+        let after: Vec<Instant> = ticks[before + 1..].iter().map(|t| t.1).collect();
+        assert!(after.len() >= 2, "{after:?}");
+        for pair in after.windows(2) {
+            assert_eq!(pair[1] - pair[0], interval, "{after:?}");
+        }
+        for (_, at, scheduled_at) in &ticks[before + 1..] {
+            assert_eq!(*scheduled_at, clock.wall_at(*at));
+        }
+    }
+
     /// A clock set years ahead counts a day of missed ticks, not billions.
     #[tokio::test(start_paused = true)]
     async fn a_huge_forward_step_counts_at_most_a_day_of_missed_ticks() {
