@@ -2082,6 +2082,13 @@ mod tests {
                 (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
             }
         }
+        // Length: up to MAX_URL_LEN bytes.
+        let url = |len: usize| format!("https://a.example/{}", "x".repeat(len - 18));
+        assert!(site_url(&s(&url(MAX_URL_LEN))).is_ok());
+        for len in [MAX_URL_LEN + 1, MAX_URL_LEN + 100] {
+            let err = site_url(&s(&url(len))).unwrap_err().to_string();
+            assert!(err.contains("longer than 4096 bytes"), "{len}: {err}");
+        }
     }
 
     #[test]
