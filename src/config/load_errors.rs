@@ -204,6 +204,10 @@ fn invalid_jsonpath_names_what_to_write() {
         ("$.data.x-y[0].id", r#"write "$.data['x-y'][0].id""#),
         ("$.a b", r#"write "$['a b']""#),
         ("[0].id", r#"write "$[0].id""#),
+        ("$.snake_case.x-y", r#"write "$.snake_case['x-y']""#),
+        // Dots inside quotes or brackets are not segment breaks.
+        ("$.x-y['a.b'].c", r#"write "$['x-y']['a.b'].c""#),
+        ("$.x-y[?@.a == 1]", r#"write "$['x-y'][?@.a == 1]""#),
     ];
     for (query, hint) in cases {
         assert_error(
@@ -215,11 +219,16 @@ fn invalid_jsonpath_names_what_to_write() {
         );
     }
     // No hint is better than a wrong one.
-    assert_error(
-        r#"site { name = "a", url = "https://a.example/", expect = { json = { ["$.status["] = 1 } } }"#,
-        1,
-        &["invalid JSONPath"],
-    );
+    for query in ["$.status[", "$.a-b[x y]", "$.a-b['c", "$.a-b['c]'"] {
+        let lines = errors(&format!(
+            r#"site {{ name = "a", url = "https://a.example/", expect = {{ json = {{ ["{query}"] = 1 }} }} }}"#
+        ));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("invalid JSONPath") && !lines[0].contains("write"),
+            "{lines:?}"
+        );
+    }
 }
 
 #[test]

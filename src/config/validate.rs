@@ -2277,6 +2277,20 @@ mod tests {
         }
     }
 
+    /// What one validation compiled is let go when it ends, not kept by the thread.
+    #[test]
+    fn compiled_regexes_are_shared_then_let_go() {
+        let size = || COMPILED.with(|compiled| compiled.borrow().len());
+        let guard = CompiledRegexes::start();
+        let first = regex("expect.body", &s("a+b")).unwrap();
+        let again = regex("expect.body_not", &s("a+b")).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        regex("expect.body", &s("c")).unwrap();
+        assert_eq!(size(), 2);
+        drop(guard);
+        assert_eq!(size(), 0);
+    }
+
     #[test]
     fn site_name_lengths() {
         for (len, ok) in [
