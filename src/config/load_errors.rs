@@ -386,7 +386,12 @@ fn tls_files_are_read_relative_to_sites_lua() {
         "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    std::fs::write(dir.path().join("certs/not.pem"), "hello").unwrap();
+    // Longer than "-----BEGIN ", so it is searched and not found.
+    std::fs::write(
+        dir.path().join("certs/not.pem"),
+        "hello, this is no certificate",
+    )
+    .unwrap();
     let label = dir.path().join("sites.lua");
     let load = |text: &str| load_str(&label, text, &dir.path().join("scripts"));
 
