@@ -52,6 +52,8 @@ use incident::{AlertState, Event, Seen};
 pub const DEFAULT_ALERT_GROUP: &str = "sitewatch-alerts";
 /// How often sites are checked for missing results.
 const NODATA_POLL: Duration = Duration::from_secs(5);
+/// Polls of the topic's ends the no-data check keeps (a minute's worth).
+const CAUGHT_UP_HISTORY: usize = 12;
 /// How long the no-data check waits for the topic's end from Kafka.
 const NODATA_KAFKA_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -405,8 +407,10 @@ async fn nodata_loop(
 struct CaughtUp {
     kafka: KafkaSettings,
     watermarks: Option<Arc<BaseConsumer>>,
-    /// The topic's end as read at the previous poll, and when.
-    previous: Option<(DateTime<Utc>, Vec<lag::LogEnd>)>,
+    /// The topic's ends as read at the last polls, and when, oldest first (at most
+    /// [`CAUGHT_UP_HISTORY`]): a group that trails by a few polls (long batch waits, slow
+    /// commits) is still known to have read everything up to one of them.
+    history: std::collections::VecDeque<(DateTime<Utc>, Vec<lag::LogEnd>)>,
     /// The last poll could not tell (logged once per spell).
     unknown: bool,
 }
@@ -416,7 +420,7 @@ impl CaughtUp {
         CaughtUp {
             kafka,
             watermarks: None,
-            previous: None,
+            history: Default::default(),
             unknown: false,
         }
     }
@@ -426,18 +430,23 @@ impl CaughtUp {
     /// Kafka or PostgreSQL cannot say).
     async fn at(&mut self, db: &Client) -> Option<DateTime<Utc>> {
         let now = Utc::now();
-        let result = self.read(db).await;
-        let previous = self.previous.take();
-        match result {
+        match self.read(db).await {
             Ok((ends, behind_now)) => {
                 self.unknown = false;
                 let mut at = (behind_now == 0).then_some(now);
-                if let (None, Some((then, old))) = (at, &previous) {
-                    if self.behind(db, old).await.is_ok_and(|n| n == 0) {
-                        at = Some(*then);
+                if at.is_none() {
+                    // The newest earlier poll whose ends the group has reached.
+                    for (then, old) in self.history.iter().rev() {
+                        if self.behind(db, old).await.is_ok_and(|n| n == 0) {
+                            at = Some(*then);
+                            break;
+                        }
                     }
                 }
-                self.previous = Some((now, ends));
+                if self.history.len() == CAUGHT_UP_HISTORY {
+                    self.history.pop_front();
+                }
+                self.history.push_back((now, ends));
                 if at.is_none() {
                     tracing::debug!(
                         behind = behind_now,

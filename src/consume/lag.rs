@@ -34,8 +34,17 @@ pub fn topic_ends(
     timeout: Duration,
 ) -> Result<Vec<LogEnd>, KafkaError> {
     let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    // A topic Kafka cannot describe (unknown, no leader) has no known end: an error, not "no
+    // partitions, nothing behind".
+    let described = metadata.topics().iter().find(|t| t.name() == topic);
+    let Some(described) = described.filter(|t| t.error().is_none() && !t.partitions().is_empty())
+    else {
+        return Err(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    };
     let mut ends = Vec::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+    for partition in described.partitions() {
         let (start, end) = client.fetch_watermarks(topic, partition.id(), timeout)?;
         ends.push(LogEnd {
             partition: partition.id(),
