@@ -425,9 +425,9 @@ impl CaughtUp {
         }
     }
 
-    /// Now, when the group's stored offsets reach the topic's end read now; else the previous
-    /// poll's time, when they reach the end read then; else `None` (the group is behind, or
-    /// Kafka or PostgreSQL cannot say).
+    /// Now, when the group's stored offsets reach the topic's end read now; else the time of
+    /// the newest earlier poll (in [`CaughtUp::history`]) whose ends they reach; else `None`
+    /// (the group is behind all of them, or Kafka or PostgreSQL cannot say).
     async fn at(&mut self, db: &Client) -> Option<DateTime<Utc>> {
         let now = Utc::now();
         match self.read(db).await {
