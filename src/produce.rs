@@ -20,7 +20,7 @@ use crate::error::ErrorChain;
 use crate::metrics::{self as names, SiteGauges, SiteMetrics};
 use crate::probe::{Prober, DEFAULT_USER_AGENT};
 use crate::publish::{Publisher, TopicSpec};
-use crate::result::{CheckResult, Outcome};
+use crate::result::CheckResult;
 use crate::schedule::{Job, Limits, Scheduler, Shard, Tick};
 use crate::settings::KafkaSettings;
 
@@ -90,66 +90,41 @@ impl Checkers {
     }
 }
 
-/// What a site's checks record into, looked up once when its loop starts rather than by name
-/// and labels at every check.
-#[derive(Clone)]
-struct SiteHandles {
-    gauges: Arc<SiteGauges>,
-    /// `sitewatch_probes_total` of the site, by outcome: up, degraded, down.
-    probes: Arc<[metrics::Counter; 3]>,
-}
-
-impl SiteHandles {
-    fn probes(&self, outcome: Outcome) -> &metrics::Counter {
-        match outcome {
-            Outcome::Up => &self.probes[0],
-            Outcome::Degraded => &self.probes[1],
-            Outcome::Down => &self.probes[2],
-        }
-    }
-}
-
 impl Job for PublishJob {
-    type SiteState = SiteHandles;
+    /// What the site's checks record into, looked up once when its loop starts rather than by
+    /// name at every check.
+    type SiteState = Arc<SiteGauges>;
 
-    fn site_state(&self, site: &Site) -> SiteHandles {
-        let probes = [Outcome::Up, Outcome::Degraded, Outcome::Down].map(|outcome| {
-            names::zeroed(metrics::counter!(names::PROBES, "site" => site.name.clone(), "outcome" => outcome.as_str()))
-        });
-        SiteHandles {
-            gauges: self.site_metrics.site(&site.name),
-            probes: Arc::new(probes),
-        }
+    fn site_state(&self, site: &Site) -> Arc<SiteGauges> {
+        self.site_metrics.site(&site.name)
+    }
+
+    fn missed(&self, gauges: &Arc<SiteGauges>, n: u64) {
+        gauges.missed(n);
     }
 
     fn run(
         self: Arc<Self>,
         site: Arc<Site>,
-        handles: SiteHandles,
+        gauges: Arc<SiteGauges>,
         tick: Tick,
     ) -> impl Future<Output = ()> + Send + 'static {
-        // Taken when the tick fires: a reload landing while this check waits for a permit
-        // must not pair this site definition with another configuration's hooks.
+        // A reload that lands between installing the new checker and restarting this site's
+        // loop must not pair this definition with the new configuration's hooks: for_site
+        // gives it the checker it belongs to.
         let checker = self.checkers.read().for_site(&site);
-        // Boxed, and only once the check starts: until then, a check waiting for a permit holds
-        // what it captured, not room for the probe's whole state. Offered more than it can
-        // probe, the producer has a check waiting for every site.
         async move {
-            Box::pin(async move {
-                let result = checker.check(&site, tick.id, tick.scheduled_at).await;
-                record_metrics(&handles, &result);
-                handles.gauges.record(&result);
-                if let Err(error) = self.publisher.publish(&result).await {
-                    tracing::error!(%error, site = %site.name, "result dropped");
-                }
-            })
-            .await
+            let result = checker.check(&site, tick.id, tick.scheduled_at).await;
+            record_metrics(&result);
+            gauges.record(&result);
+            if let Err(error) = self.publisher.publish(&result).await {
+                tracing::error!(%error, site = %site.name, "result dropped");
+            }
         }
     }
 }
 
-fn record_metrics(handles: &SiteHandles, result: &CheckResult) {
-    handles.probes(result.outcome).increment(1);
+fn record_metrics(result: &CheckResult) {
     metrics::histogram!(names::PROBE_DURATION).record(result.timings.total_ms / 1000.0);
     let lag = (result.started_at - result.scheduled_at)
         .num_microseconds()

@@ -31,7 +31,6 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::Site;
-use crate::metrics as names;
 
 /// Checks running at once across all sites: enough for thousands of sites at short intervals
 /// (1,000 probes/s × up to a few seconds each), small enough to bound sockets and memory.
@@ -48,17 +47,19 @@ pub struct Tick {
     pub scheduled_at: DateTime<Utc>,
 }
 
-/// What the scheduler runs at every tick. `run` is called when the tick fires, before the
-/// check waits for a concurrency permit, so the job can take a snapshot of what the check must
-/// use (the configuration current *at the tick*); the returned future then runs once permits
-/// are held, and completes when the result has been handed on. Until then the site counts as
-/// in flight.
+/// What the scheduler runs at a tick. `run` is called once the check holds its concurrency
+/// permits, in the site's loop, and its future completes when the result has been handed on;
+/// until then the site counts as in flight. A loop stopped (its site removed or changed) while
+/// waiting for permits never calls it.
 pub trait Job: Send + Sync + 'static {
     /// What the job keeps for one scheduled site (the producer: its metric handles), made by
     /// [`Job::site_state`] when the site starts or restarts, so checks need no lookup.
     type SiteState: Clone + Send + Sync + 'static;
 
     fn site_state(&self, site: &Site) -> Self::SiteState;
+
+    /// Counts `n` missed ticks of a site (the producer: its `sitewatch_missed_ticks_total`).
+    fn missed(&self, _state: &Self::SiteState, _n: u64) {}
 
     fn run(
         self: Arc<Self>,
@@ -196,6 +197,7 @@ impl Clock {
 /// Counters the scheduler keeps for tests, benchmarks and logs (metrics are exported too).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Ticks checked or missed (one still waiting for a permit at shutdown is neither).
     pub ticks: AtomicU64,
     pub missed: AtomicU64,
     /// Site loops that re-anchored on a stepped wall clock (each loop counts each step it saw;
@@ -223,7 +225,7 @@ pub struct Scheduler<J: Job> {
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     sites: HashMap<String, SiteTask>,
-    /// Site loops and in-flight checks; shutdown waits for all of them.
+    /// Site loops, each running its own checks; shutdown waits for all of them.
     tracker: TaskTracker,
     shutdown: CancellationToken,
     stats: Arc<Stats>,
@@ -354,13 +356,9 @@ impl<J: Job> Scheduler<J> {
             host,
             clock: Clock::now_from(&self.clock).checked((self.wall)()).0,
             wall: Arc::clone(&self.wall),
-            tracker: self.tracker.clone(),
             stop: stop.clone(),
             stats: Arc::clone(&self.stats),
             in_flight: Arc::clone(&in_flight),
-            missed_ticks: names::zeroed(
-                metrics::counter!(names::MISSED_TICKS, "site" => site.name.clone()),
-            ),
             missed_log: MissedLog::default(),
         };
         self.tracker.spawn(looper.run());
@@ -489,12 +487,9 @@ struct SiteLoop<J: Job> {
     host: Arc<Semaphore>,
     clock: Clock,
     wall: WallSource,
-    tracker: TaskTracker,
     stop: CancellationToken,
     stats: Arc<Stats>,
     in_flight: Arc<AtomicBool>,
-    /// `sitewatch_missed_ticks_total` of this site, looked up once.
-    missed_ticks: metrics::Counter,
     missed_log: MissedLog,
 }
 
@@ -524,22 +519,38 @@ impl MissedLog {
     }
 }
 
-/// Clears a site's in-flight flag when its check ends, however it ends.
-struct InFlight(Arc<AtomicBool>);
+/// A site's in-flight flag, held while its check runs and cleared when the check ends, however
+/// it ends.
+struct InFlight<'a>(&'a AtomicBool);
 
-impl Drop for InFlight {
+impl<'a> InFlight<'a> {
+    /// The flag, unless a check already holds it.
+    fn claim(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::AcqRel)).then_some(InFlight(flag))
+    }
+}
+
+/// How many ticks after `due` (every `interval`) are due by `now`.
+fn ticks_after(due: Instant, now: Instant, interval: Duration) -> u32 {
+    let behind = now.saturating_duration_since(due).as_nanos() / interval.as_nanos().max(1);
+    u32::try_from(behind).unwrap_or(u32::MAX)
+}
+
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
 }
 
 impl<J: Job> SiteLoop<J> {
+    /// The site's ticks, each checked here in the loop once permits are held: a site has at most
+    /// one check waiting or running, and the ticks that come meanwhile are counted, never queued.
     async fn run(mut self) {
         let interval = self.site.interval;
         let mut due = self.clock.first_due(&self.site.name, interval);
-        let in_flight = Arc::clone(&self.in_flight);
         loop {
             tokio::select! {
+                biased;
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep_until(due) => {}
             }
@@ -547,37 +558,64 @@ impl<J: Job> SiteLoop<J> {
                 due = next;
                 continue;
             }
-            self.stats.ticks.fetch_add(1, Ordering::Relaxed);
-            let scheduled_at = self.clock.wall_at(due);
-            if in_flight.swap(true, Ordering::AcqRel) {
-                self.missed(scheduled_at, "previous check still in flight");
-            } else {
-                let guard = InFlight(Arc::clone(&in_flight));
-                let tick = Tick {
-                    id: Uuid::now_v7(),
-                    scheduled_at,
-                };
-                let work =
-                    Arc::clone(&self.job).run(Arc::clone(&self.site), self.state.clone(), tick);
-                let (global, host) = (Arc::clone(&self.global), Arc::clone(&self.host));
-                self.tracker.spawn(async move {
-                    let _guard = guard;
-                    // Semaphores are never closed, so acquire only fails if they were; run anyway.
-                    let _global = global.acquire_owned().await.ok();
-                    let _host = host.acquire_owned().await.ok();
-                    work.await;
-                });
-            }
-            due += interval;
-            // After a stall (suspended process, overloaded runtime) skip the ticks already past
-            // instead of firing them back to back.
-            let now = Instant::now();
-            while due + interval <= now {
-                self.stats.ticks.fetch_add(1, Ordering::Relaxed);
-                self.missed(self.clock.wall_at(due), "scheduler fell behind");
+            // After a stall (suspended process, overloaded runtime) check for the newest tick
+            // already due, not for each one before it back to back.
+            due = self.skip_to_newest(due, "scheduler fell behind");
+            if self.in_flight.load(Ordering::Acquire) {
+                // The loop this one replaced (the site changed) is still running a check.
+                self.missed(self.clock.wall_at(due), "previous check still in flight");
                 due += interval;
+                continue;
             }
+            // The host's permit first: sites of a host at its cap then wait on that host and
+            // hold none of the global permits other hosts' sites could use. Both queues are
+            // first come, first served, and a site joins them again only after its check: past
+            // capacity every site is checked in turn, none starves.
+            let (host, global) = (Arc::clone(&self.host), Arc::clone(&self.global));
+            // Boxed, like the check: what waiting holds is not part of every site's loop.
+            let permits = Box::pin(async move {
+                // Semaphores are never closed, so acquire only fails if they were; run anyway.
+                let host = host.acquire_owned().await.ok();
+                (host, global.acquire_owned().await.ok())
+            });
+            let permits = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return,
+                permits = permits => permits,
+            };
+            // Waited past the next tick: check for the newest one, with its time.
+            due = self.skip_to_newest(due, "waited an interval for a permit");
+            // Claimed, not just read: of this loop and the one it replaced, one runs a check.
+            let Some(in_flight) = InFlight::claim(&self.in_flight) else {
+                self.missed(self.clock.wall_at(due), "previous check still in flight");
+                due += interval;
+                continue;
+            };
+            self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+            let tick = Tick {
+                id: Uuid::now_v7(),
+                scheduled_at: self.clock.wall_at(due),
+            };
+            // Boxed: the loop's own future, one per site, stays small whatever the check's
+            // state holds while it runs.
+            let site = Arc::clone(&self.site);
+            Box::pin(Arc::clone(&self.job).run(site, self.state.clone(), tick)).await;
+            drop((in_flight, permits));
+            // The ticks that came while the check ran are missed; the next one is ahead.
+            due = self.skip_to_newest(due, "previous check still in flight") + interval;
         }
+    }
+
+    /// Counts as missed the ticks after `due` that are due by now and returns the newest tick
+    /// due by now: `due` itself when no later one is.
+    fn skip_to_newest(&mut self, due: Instant, why: &'static str) -> Instant {
+        let behind = ticks_after(due, Instant::now(), self.site.interval);
+        if behind == 0 {
+            return due;
+        }
+        let first = self.clock.wall_at(due);
+        self.missed_many(first, u64::from(behind), why);
+        due + self.site.interval * behind
     }
 
     fn missed(&mut self, scheduled_at: DateTime<Utc>, why: &'static str) {
@@ -585,8 +623,9 @@ impl<J: Job> SiteLoop<J> {
     }
 
     fn missed_many(&mut self, scheduled_at: DateTime<Utc>, n: u64, why: &'static str) {
+        self.stats.ticks.fetch_add(n, Ordering::Relaxed);
         self.stats.missed.fetch_add(n, Ordering::Relaxed);
-        self.missed_ticks.increment(n);
+        self.job.missed(&self.state, n);
         if let Some(missed) = self.missed_log.note(Instant::now(), n) {
             tracing::warn!(site = %self.site.name, %scheduled_at, why, missed, "missed tick");
         }
@@ -610,7 +649,6 @@ impl<J: Job> SiteLoop<J> {
         // A clock set from 1970 to now would jump over billions of ticks: past a day's worth,
         // the step is an error of the clock, not checks that could have run.
         let skipped = (jumped.clamp(0, DAY_US) / interval_us) as u64;
-        self.stats.ticks.fetch_add(skipped, Ordering::Relaxed);
         if skipped > 0 {
             self.missed_many(was, skipped, "wall clock stepped forward");
         }
@@ -1217,5 +1255,86 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         scheduler.shutdown().await;
         assert_eq!(job.peak.load(Ordering::SeqCst), 3);
+    }
+
+    /// Offered fifteen times what the permits allow, every site is checked in turn (none
+    /// starves, none is checked twice while another waits), each check is for a tick at most an
+    /// interval old, the permits never idle, and every tick is either run or counted missed.
+    #[tokio::test(start_paused = true)]
+    async fn past_capacity_sites_take_turns_on_fresh_ticks() {
+        let interval = Duration::from_secs(1);
+        let job = recorder(Duration::from_millis(1000));
+        let clock = pinned_clock();
+        let limits = Limits {
+            max_concurrency: 2,
+            max_per_host: 64,
+        };
+        let mut scheduler =
+            Scheduler::with_clock(Arc::clone(&job), limits, CancellationToken::new(), clock);
+        let names: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
+        scheduler.apply(names.iter().map(|n| site(n, interval)).collect());
+        tokio::time::sleep(Duration::from_millis(150_500)).await;
+        let stats = scheduler.stats();
+        scheduler.shutdown().await;
+        let ticks = job.ticks.lock().unwrap().clone();
+        // Two permits, one-second checks, 150 s: 300 checks.
+        assert!((298..=302).contains(&ticks.len()), "{} checks", ticks.len());
+        for name in &names {
+            let runs: Vec<&(String, Instant, DateTime<Utc>)> =
+                ticks.iter().filter(|t| &t.0 == name).collect();
+            assert!(
+                (9..=11).contains(&runs.len()),
+                "{name}: {} checks",
+                runs.len()
+            );
+        }
+        for (name, at, scheduled_at) in &ticks {
+            let lag = clock.wall_at(*at) - *scheduled_at;
+            assert!(
+                lag >= chrono::Duration::zero() && lag < chrono::Duration::seconds(1),
+                "{name} checked {lag} after its tick"
+            );
+        }
+        assert_eq!(
+            ticks.len() as u64 + stats.missed.load(Ordering::Relaxed),
+            stats.ticks.load(Ordering::Relaxed)
+        );
+    }
+
+    /// A site removed while its check waits for a permit is never checked.
+    #[tokio::test(start_paused = true)]
+    async fn a_site_removed_while_waiting_for_a_permit_is_not_checked() {
+        let job = recorder(Duration::from_secs(30));
+        let limits = Limits {
+            max_concurrency: 1,
+            max_per_host: 64,
+        };
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            limits,
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        scheduler.apply(vec![
+            site("a", Duration::from_secs(10)),
+            site("b", Duration::from_secs(10)),
+        ]);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let first = job.ticks.lock().unwrap()[0].0.clone();
+        let waiting = if first == "a" { "b" } else { "a" };
+        assert_eq!(
+            job.ticks.lock().unwrap().len(),
+            1,
+            "one permit: one check at a time"
+        );
+        scheduler.apply(vec![site(&first, Duration::from_secs(10))]);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        scheduler.shutdown().await;
+        let ticks = job.ticks.lock().unwrap().clone();
+        assert!(
+            ticks.iter().all(|t| t.0 != waiting),
+            "{waiting} was checked: {ticks:?}"
+        );
+        assert!(ticks.len() >= 2, "{ticks:?}");
     }
 }
