@@ -237,11 +237,9 @@ async fn site_series_follow_each_check_and_vanish_when_a_reload_removes_the_site
     std::fs::write(&config, sites[..2].join("\n") + "\n" + &sites[3]).unwrap();
     sitewatch.signal("HUP");
     let text = scrape_until(&url, &sitewatch, "broken's series gone", |s| {
-        // The recorder's counters (sitewatch_probes_total) keep a removed site until restart.
-        s.iter().all(|s| {
-            !s.name.starts_with("sitewatch_site_")
-                || s.labels.get("site").map(String::as_str) != Some("broken")
-        })
+        // Every series of the site goes: its gauges and its counters.
+        s.iter()
+            .all(|s| s.labels.get("site").map(String::as_str) != Some("broken"))
     })
     .await;
     let samples = parse(&text);

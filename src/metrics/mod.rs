@@ -13,14 +13,17 @@ pub use sites::{SiteGauges, SiteMetrics};
 
 use crate::store::WritePath;
 
-/// Checks finished, by `site` and `outcome` (counter).
+/// Checks finished, by `site` and `outcome` (counter; rendered by [`SiteMetrics`]).
 pub const PROBES: &str = "sitewatch_probes_total";
+pub const PROBES_HELP: &str = "Checks finished, by site and outcome.";
 /// Duration of one check, all attempts (histogram, seconds).
 pub const PROBE_DURATION: &str = "sitewatch_probe_duration_seconds";
 /// Start of a check minus its scheduled time (histogram, seconds).
 pub const SCHEDULE_LAG: &str = "sitewatch_schedule_lag_seconds";
-/// Ticks skipped because the site's previous check was still running, by `site` (counter).
+/// Ticks skipped, by `site` (counter; rendered by [`SiteMetrics`]).
 pub const MISSED_TICKS: &str = "sitewatch_missed_ticks_total";
+pub const MISSED_TICKS_HELP: &str =
+    "Ticks skipped: the site's previous check was still waiting for a permit or running.";
 /// Reloads of sites.lua, by `result` = ok | failed (counter).
 pub const CONFIG_RELOADS: &str = "sitewatch_config_reloads_total";
 /// Results Kafka acknowledged (counter).
@@ -147,11 +150,6 @@ pub fn describe() {
         metrics::describe_counter!(*name, *help);
         metrics::counter!(*name).absolute(0);
     }
-    metrics::describe_counter!(PROBES, "Checks finished, by site and outcome.");
-    metrics::describe_counter!(
-        MISSED_TICKS,
-        "Ticks skipped: the site's previous check was still running."
-    );
     metrics::describe_counter!(CONFIG_RELOADS, "Reloads of sites.lua, by result.");
     metrics::describe_counter!(CONSUMER_BATCHES, "Batches committed, by write path.");
     metrics::describe_gauge!(INCIDENTS_OPEN, "Incidents open now.");
@@ -197,13 +195,6 @@ pub fn describe() {
     for path in [WritePath::Copy, WritePath::OnConflict, WritePath::RowByRow] {
         metrics::counter!(CONSUMER_BATCHES, "path" => path.as_str()).absolute(0);
     }
-}
-
-/// `counter`, registered at 0 so its series is on `/metrics` before its first event (a site's
-/// probes by outcome, its missed ticks: taken once when the site's loop starts).
-pub fn zeroed(counter: metrics::Counter) -> metrics::Counter {
-    counter.absolute(0);
-    counter
 }
 
 /// Registers the zero values of a notifier's counters, when its delivery task starts.
