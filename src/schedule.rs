@@ -4,10 +4,13 @@
 //!   wall clock (due times are `k·interval + phase` since the Unix epoch), so restarts and shards
 //!   keep each site's phase.
 //! - Ticks are drift-free: `next = previous_due + interval`.
-//! - A check still in flight when its next tick comes makes that tick *missed*: counted (and logged,
-//!   at most once a minute per site with the number missed since the previous line),
-//!   never queued. A check stays in flight until its result has been handed to the sink, so a
-//!   sink that pushes back (Kafka down, queue full) shows up here as missed ticks.
+//! - Each site's loop runs its own checks: at a tick it waits for its host's permit, then a
+//!   global one, and checks for the newest tick due by then. Ticks that come while a check waits
+//!   or runs are *missed*: counted (and logged, at most once a minute per site with the number
+//!   missed since the previous line), never queued. A check stays in flight until its result has
+//!   been handed to the sink, so a sink that pushes back (Kafka down, queue full) shows up here
+//!   as missed ticks. Past capacity every site waits its turn in first-come queues: each is
+//!   checked in turn, at most an interval late, and memory stays one loop per site.
 //! - Wall-clock steps (an NTP step, suspend and resume, `date -s`): each tick compares the wall
 //!   clock with the monotonic one it sleeps on. Past [`CLOCK_STEP`] apart, the site's loop
 //!   re-anchors: its next tick is aligned to the new wall time, and the ticks a forward step

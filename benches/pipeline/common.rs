@@ -213,23 +213,32 @@ fn children_of(pid: u32) -> Vec<u32> {
 // wrk
 // ---------------------------------------------------------------------------------------------
 
-/// One `wrk` run with `Connection: close`: a fresh connection per request, like a probe.
+/// What one `wrk` run measured.
 #[derive(Debug, Clone)]
 pub struct WrkRun {
     pub requests_per_s: f64,
     pub errors: u64,
 }
 
+/// `wrk` with `Connection: close`: a fresh connection per request, like a probe.
 pub fn wrk_close(url: &str, threads: u32, connections: u32, seconds: u32) -> Result<WrkRun> {
+    wrk(url, threads, connections, seconds, true)
+}
+
+/// One `wrk` run; `close` sends `Connection: close` (a fresh connection per request), else the
+/// connections are kept alive, as a Prometheus server scraping an exporter keeps them.
+pub fn wrk(url: &str, threads: u32, connections: u32, seconds: u32, close: bool) -> Result<WrkRun> {
+    let mut args = vec![
+        format!("-t{threads}"),
+        format!("-c{connections}"),
+        format!("-d{seconds}s"),
+    ];
+    if close {
+        args.extend(["-H".into(), "Connection: close".into()]);
+    }
+    args.push(url.to_owned());
     let output = Command::new("wrk")
-        .args([
-            format!("-t{threads}"),
-            format!("-c{connections}"),
-            format!("-d{seconds}s"),
-            "-H".into(),
-            "Connection: close".into(),
-            url.to_owned(),
-        ])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .context("running wrk (apt-get install wrk)")?;

@@ -3,6 +3,8 @@
 //! ```text
 //! pipeline probe    schedule + probe in-process vs. wrk against a local nginx   → target/bench/probe.json
 //! pipeline scale    real `sitewatch produce`, 10,000 sites @ 10 s, Kafka        → target/bench/scale.json
+//! pipeline saturate real `sitewatch produce` at 2k–40k probes/s offered and 4× its best,
+//!                   with and without a hook; wrk ceiling, blackbox_exporter     → target/bench/saturate.json
 //! pipeline ingest   1M results → real `sitewatch consume` vs. binary COPY       → target/bench/ingest.json
 //! pipeline e2e      real `sitewatch run`, 1,000 sites @ 1 s, probe → row        → target/bench/e2e.json
 //! pipeline alert    real `sitewatch run`, 1,000 sites @ 1 s, 200 go down:
@@ -28,11 +30,12 @@ mod ingest;
 mod insight;
 mod probe;
 mod report;
+mod saturate;
 mod scale;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: pipeline (probe|scale|ingest|e2e|alert|insight|report [--complete]|rowcost|sample) [--quick]  — run it through dev/bench";
+const USAGE: &str = "usage: pipeline (probe|scale|saturate|ingest|e2e|alert|insight|report [--complete]|rowcost|sample) [--quick]  — run it through dev/bench";
 
 fn main() -> ExitCode {
     // cargo bench appends --bench; criterion-style filters are not used here.
@@ -69,6 +72,13 @@ fn main() -> ExitCode {
                 scale::Options::quick()
             } else {
                 scale::Options::full()
+            }))
+        }),
+        "saturate" => runtime().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(saturate::run(&if quick {
+                saturate::Options::quick()
+            } else {
+                saturate::Options::full()
             }))
         }),
         "ingest" => runtime().map_err(anyhow::Error::from).and_then(|rt| {

@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::common;
 
-pub const PARTS: [&str; 7] = [
-    "probe", "scale", "ingest", "e2e", "alert", "insight", "hooks",
+pub const PARTS: [&str; 8] = [
+    "probe", "scale", "saturate", "ingest", "e2e", "alert", "insight", "hooks",
 ];
 
 /// How long a complete `dev/bench` takes on the reference machine (build included), for the
@@ -99,6 +99,16 @@ pub fn summary(parts: &Map<String, Value>, complete: bool) -> Value {
         "missed_ticks_1k": fig("scale", "/missed_ticks_window"),
         "rss_mib_10k_sites": fig("scale", "/rss_peak_mib"),
         "produce_cpu_cores_1k": fig("scale", "/cpu_cores"),
+        "produce_max_per_s": fig("saturate", "/produce_max_per_s"),
+        "produce_max_clean_per_s": fig("saturate", "/produce_max_clean_per_s"),
+        "produce_ceiling_per_s": fig("saturate", "/ceiling_per_s"),
+        "produce_ceiling_ratio": fig("saturate", "/produce_ceiling_ratio"),
+        "blackbox_per_s": fig("saturate", "/blackbox_per_s"),
+        "produce_blackbox_ratio": fig("saturate", "/produce_blackbox_ratio"),
+        "produce_overload_factor": fig("saturate", "/produce_overload_factor"),
+        "produce_overload_ratio": fig("saturate", "/produce_overload_ratio"),
+        "produce_overload_rss_mib": fig("saturate", "/produce_overload_rss_mib"),
+        "produce_hooked_ratio": fig("saturate", "/produce_hooked_ratio"),
         "ingest_rows_per_s": fig("ingest", "/ingest_rows_per_s"),
         // The consumer writes rollups, site state and state changes in the rows' transaction;
         // the same figure under the name that says so.
@@ -360,6 +370,64 @@ fn rows(s: &Value, parts: &Map<String, Value>) -> Vec<Row> {
             value: fmt_num(g("produce_cpu_cores_1k"), 2),
             target: "",
             status: info(g("produce_cpu_cores_1k")),
+        },
+        Row {
+            part: "saturate",
+            metric: "produce up results/s, max (real binary, Kafka)".into(),
+            value: fmt_num(g("produce_max_per_s"), 0),
+            target: "",
+            status: info(g("produce_max_per_s")),
+        },
+        Row {
+            part: "saturate",
+            metric: "  highest with no missed tick".into(),
+            value: fmt_num(g("produce_max_clean_per_s"), 0),
+            target: "",
+            status: info(g("produce_max_clean_per_s")),
+        },
+        Row {
+            part: "saturate",
+            metric: format!(
+                "  ÷ wrk ceiling ({} req/s)",
+                fmt_num(g("produce_ceiling_per_s"), 0)
+            ),
+            value: fmt_num(g("produce_ceiling_ratio"), 2),
+            target: "≥ 0.4",
+            status: check(g("produce_ceiling_ratio"), |x| x >= 0.4),
+        },
+        Row {
+            part: "saturate",
+            metric: format!(
+                "  ÷ blackbox_exporter ({} probes/s)",
+                fmt_num(g("blackbox_per_s"), 0)
+            ),
+            value: fmt_num(g("produce_blackbox_ratio"), 2),
+            target: "≥ 6",
+            status: check(g("produce_blackbox_ratio"), |x| x >= 6.0),
+        },
+        Row {
+            part: "saturate",
+            metric: format!(
+                "overload: achieved ÷ max at {}× offered",
+                fmt_num(g("produce_overload_factor"), 1)
+            ),
+            value: fmt_num(g("produce_overload_ratio"), 2),
+            target: "≥ 0.9 at 4×",
+            status: check(g("produce_overload_ratio"), |x| x >= 0.9),
+        },
+        Row {
+            part: "saturate",
+            metric: "  peak RSS MiB at that load".into(),
+            value: fmt_num(g("produce_overload_rss_mib"), 0),
+            target: "≤ 256",
+            status: check(g("produce_overload_rss_mib"), |x| x <= 256.0),
+        },
+        Row {
+            part: "saturate",
+            metric: "max with a Lua hook on every site ÷ max".into(),
+            value: fmt_num(g("produce_hooked_ratio"), 2),
+            target: "≥ 0.8",
+            status: check(g("produce_hooked_ratio"), |x| x >= 0.8),
         },
         Row {
             part: "ingest",
@@ -635,6 +703,11 @@ pub fn run(complete: bool) -> Result<()> {
         let doc = common::root().join("docs/performance.md");
         update_doc(&doc, &s, &parts, &rows)?;
         println!("updated {}", doc.display());
+        // The capacity curve the saturate part drew.
+        let chart = common::root().join("docs/saturate.svg");
+        std::fs::copy(common::out_dir().join("saturate.svg"), &chart)
+            .with_context(|| format!("copying the saturate chart to {}", chart.display()))?;
+        println!("updated {}", chart.display());
     } else {
         println!("(docs/performance.md is only rewritten after a complete `dev/bench` run)");
     }
