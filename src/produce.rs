@@ -328,7 +328,7 @@ fn load(path: &Path) -> Result<Config, ProduceError> {
 }
 
 /// The sites this instance probes, taken by value (no second copy of every site).
-fn in_shard(sites: Vec<Site>, shard: Shard) -> Vec<Site> {
+fn in_shard(sites: Vec<Arc<Site>>, shard: Shard) -> Vec<Arc<Site>> {
     sites
         .into_iter()
         .filter(|s| shard.contains(&s.name))

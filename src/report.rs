@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -443,6 +444,7 @@ pub fn select<'c>(config: &'c Config, only: &[String]) -> Result<Vec<&'c Site>, 
         .sites
         .iter()
         .filter(|site| only.is_empty() || only.contains(&site.name))
+        .map(Arc::as_ref)
         .collect())
 }
 

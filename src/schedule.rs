@@ -287,7 +287,12 @@ impl<J: Job> Scheduler<J> {
 
     /// Makes `sites` the scheduled set: starts new sites, restarts changed ones, stops removed
     /// ones, leaves unchanged ones alone. Returns (added, changed, removed) counts.
-    pub fn apply(&mut self, sites: Vec<Site>) -> (usize, usize, usize) {
+    ///
+    /// The configuration hands its sites over already shared (`Arc<Site>`, collected in place):
+    /// a `Vec<Site>` turned into one `Arc` each here would hold every site twice at the peak of
+    /// a load, 55 MB at 80,000 sites.
+    pub fn apply<S: Into<Arc<Site>>>(&mut self, sites: Vec<S>) -> (usize, usize, usize) {
+        let sites: Vec<Arc<Site>> = sites.into_iter().map(Into::into).collect();
         let (mut added, mut changed) = (0, 0);
         // Index of each name's last definition (a later duplicate replaces an earlier one). The
         // sites stay in their Vec: collecting them by value into a map would hold a second,
@@ -331,7 +336,7 @@ impl<J: Job> Scheduler<J> {
                     Arc::new(AtomicBool::new(false))
                 }
             };
-            let task = self.start(Arc::new(site), in_flight);
+            let task = self.start(site, in_flight);
             self.sites.insert(name, task);
         }
         // A host's semaphore is held by the loops of its sites; one the map alone holds has no

@@ -292,7 +292,7 @@ async fn reports_from_running_totals_equal_the_hourly_rows_through_late_rows_and
     let mut client = stack::client(&url).await;
     store::migrate(&mut client).await.expect("migrate");
     let config = config();
-    let sites: Vec<&Site> = config.sites.iter().collect();
+    let sites: Vec<&Site> = config.sites.iter().map(AsRef::as_ref).collect();
     for seed in [1u64, 7, 42] {
         client
             .batch_execute(
@@ -444,7 +444,7 @@ async fn retention_keeps_what_the_running_totals_summed() {
     let mut client = stack::client(&url).await;
     store::migrate(&mut client).await.expect("migrate");
     let config = config();
-    let sites: Vec<&Site> = config.sites.iter().collect();
+    let sites: Vec<&Site> = config.sites.iter().map(AsRef::as_ref).collect();
     let mut rng = Rng(99);
     let now = Utc::now();
     let now_hour = (now.timestamp() / 3600) * 3600;
@@ -587,7 +587,7 @@ async fn running_downtime_equals_a_walk_over_every_change() {
     let mut client = stack::client(&url).await;
     store::migrate(&mut client).await.expect("migrate");
     let config = config();
-    let sites: Vec<&Site> = config.sites.iter().collect();
+    let sites: Vec<&Site> = config.sites.iter().map(AsRef::as_ref).collect();
     let mut rng = Rng(5);
     let minute = |m: i64| origin() + Duration::minutes(m);
     // Each site's history, then written in a shuffled order (late and out-of-order inserts).

@@ -234,7 +234,7 @@ fn base_dir(path: &Path) -> PathBuf {
 /// SHA-256 over sites.lua, each loaded script's name and text in load order, and the TLS files
 /// the sites read (so a rotated certificate is a new version that a reload applies); each part
 /// length-prefixed so the boundaries count.
-fn version(text: &str, scripts: &[eval::LoadedScript], sites: &[Site]) -> String {
+fn version(text: &str, scripts: &[eval::LoadedScript], sites: &[Arc<Site>]) -> String {
     let mut hasher = Sha256::new();
     let mut part = |bytes: &[u8]| {
         hasher.update((bytes.len() as u64).to_le_bytes());

@@ -313,7 +313,7 @@ pub struct ConfigSource {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub sites: Vec<Site>,
+    pub sites: Vec<Arc<Site>>,
     /// Hex digest of sites.lua and every script it loaded; stamped on every result.
     pub version: String,
     pub source: Arc<ConfigSource>,

@@ -123,7 +123,7 @@ const LATENCY_KEYS: &[(&str, f64)] = &[
 /// Everything a valid configuration declares, in declaration order.
 #[derive(Debug, Default)]
 pub(crate) struct Validated {
-    pub(crate) sites: Vec<Site>,
+    pub(crate) sites: Vec<Arc<Site>>,
     pub(crate) notifiers: Vec<Notifier>,
     pub(crate) maintenance: Vec<MaintenanceWindow>,
     /// What is valid but probably not meant (`Config::warnings`).
@@ -226,7 +226,7 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
                     ));
                 }
             }
-            sites.extend(site);
+            sites.extend(site.map(Arc::new));
         }
     }
     // Every declared name counts, valid site or not: one broken site is one error.

@@ -460,7 +460,12 @@ pub struct IncidentsJson {
 
 /// The sites `serve` may show: in configuration order, without `status_page = false`.
 pub fn visible(config: &Config) -> Vec<&Site> {
-    config.sites.iter().filter(|s| s.status_page).collect()
+    config
+        .sites
+        .iter()
+        .filter(|s| s.status_page)
+        .map(Arc::as_ref)
+        .collect()
 }
 
 /// The visible site named `name`; hidden and unknown sites are both "not found".
@@ -469,6 +474,7 @@ pub fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Site, ApiError> {
         .sites
         .iter()
         .find(|s| s.status_page && s.name == name)
+        .map(Arc::as_ref)
         .ok_or_else(|| ApiError::NotFound(name.chars().take(200).collect()))
 }
 
