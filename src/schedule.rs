@@ -200,7 +200,8 @@ impl Clock {
 /// Counters the scheduler keeps for tests, benchmarks and logs (metrics are exported too).
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Ticks checked or missed (one still waiting for a permit at shutdown is neither).
+    /// Ticks checked or missed (those of a check waiting for a permit are counted when it gets
+    /// one, or as missed when its loop stops).
     pub ticks: AtomicU64,
     pub missed: AtomicU64,
     /// Site loops that re-anchored on a stepped wall clock (each loop counts each step it saw;
@@ -588,7 +589,13 @@ impl<J: Job> SiteLoop<J> {
             });
             let permits = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return,
+                _ = self.stop.cancelled() => {
+                    // Never checked: this tick and those that came while it waited.
+                    let behind = ticks_after(due, Instant::now(), interval);
+                    let first = self.clock.wall_at(due);
+                    self.missed_many(first, u64::from(behind) + 1, "stopped waiting for a permit");
+                    return;
+                }
                 permits = permits => permits,
             };
             // Waited past the next tick: check for the newest one, with its time.
@@ -1344,5 +1351,71 @@ mod tests {
             "{waiting} was checked: {ticks:?}"
         );
         assert!(ticks.len() >= 2, "{ticks:?}");
+    }
+
+    /// Past capacity, a check's future exists only while it holds its permits: however many
+    /// sites wait, the checks alive at once never outnumber the permits.
+    #[tokio::test(start_paused = true)]
+    async fn only_permitted_checks_exist_past_capacity() {
+        struct Alive {
+            now: Arc<AtomicU64>,
+            peak: AtomicU64,
+        }
+        struct Live(Arc<AtomicU64>);
+        impl Drop for Live {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        impl Job for Alive {
+            type SiteState = ();
+            fn site_state(&self, _site: &Site) {}
+            fn run(
+                self: Arc<Self>,
+                _site: Arc<Site>,
+                _state: (),
+                _tick: Tick,
+            ) -> impl Future<Output = ()> + Send + 'static {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.peak.fetch_max(n, Ordering::SeqCst);
+                let live = Live(Arc::clone(&self.now));
+                async move {
+                    let _live = live;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+            }
+        }
+        let job = Arc::new(Alive {
+            now: Arc::new(AtomicU64::new(0)),
+            peak: AtomicU64::new(0),
+        });
+        let limits = Limits {
+            max_concurrency: 3,
+            max_per_host: 64,
+        };
+        let mut scheduler = Scheduler::with_clock(
+            Arc::clone(&job),
+            limits,
+            CancellationToken::new(),
+            pinned_clock(),
+        );
+        scheduler.apply(
+            (0..200)
+                .map(|i| site(&format!("s{i}"), Duration::from_secs(1)))
+                .collect(),
+        );
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let stats = scheduler.stats();
+        scheduler.shutdown().await;
+        assert_eq!(job.peak.load(Ordering::SeqCst), 3);
+        assert_eq!(job.now.load(Ordering::SeqCst), 0);
+        // 200 ticks a second for 20 s, about 4 checks a second: the rest are counted missed,
+        // those of the sites still waiting at shutdown included.
+        let (ticks, missed) = (
+            stats.ticks.load(Ordering::Relaxed),
+            stats.missed.load(Ordering::Relaxed),
+        );
+        assert!((3_990..=4_010).contains(&ticks), "{ticks} ticks");
+        assert!((3_890..=3_930).contains(&missed), "{missed} missed");
     }
 }

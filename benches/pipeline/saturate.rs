@@ -41,7 +41,9 @@ impl Options {
     pub fn full() -> Self {
         Options {
             steps: vec![2_000, 5_000, 10_000, 15_000, 20_000, 25_000, 40_000],
-            hooked_steps: vec![5_000, 10_000, 15_000, 20_000, 25_000],
+            // The same range as without hooks past the smallest step: each curve's maximum is
+            // taken over the same offered loads.
+            hooked_steps: vec![5_000, 10_000, 15_000, 20_000, 25_000, 40_000],
             overload: 4.0,
             warmup: Duration::from_secs(6),
             measure: Duration::from_secs(15),
@@ -401,10 +403,12 @@ pub fn chart(figures: &Value) -> String {
             .iter()
             .chain(&hooked)
             .map(|p| p.1)
-            .fold(ceiling, f64::max),
+            .fold(ceiling, f64::max)
+            // Headroom above the highest line for the legend.
+            * 1.25,
     );
     let (x_max, y_max) = (x_step * x_ticks as f64, y_step * y_ticks as f64);
-    let (w, h, left, right, top, bottom) = (760.0, 420.0, 70.0, 20.0, 40.0, 50.0);
+    let (w, h, left, right, top, bottom) = (760.0, 420.0, 70.0, 36.0, 40.0, 50.0);
     let x = |v: f64| left + v / x_max * (w - left - right);
     let y = |v: f64| top + (1.0 - v / y_max) * (h - top - bottom);
     let mut svg = format!(
