@@ -12,6 +12,7 @@
 //! pipeline insight  90 days × 1,000 sites of rollups: real `sitewatch report`,
 //!                   one site's daily series                                    → target/bench/insight.json
 //! pipeline report [--complete]   summary.json, the table, docs/performance.md
+//! pipeline chart    redraws target/bench/saturate.svg from saturate.json
 //! pipeline rowcost  the consumer's per-row CPU, step by step (diagnostic, prints JSON)
 //! pipeline sample   one generated ingest message (prints JSON)
 //! ```
@@ -35,7 +36,7 @@ mod scale;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: pipeline (probe|scale|saturate|ingest|e2e|alert|insight|report [--complete]|rowcost|sample) [--quick]  — run it through dev/bench";
+const USAGE: &str = "usage: pipeline (probe|scale|saturate|ingest|e2e|alert|insight|report [--complete]|chart|rowcost|sample) [--quick]  — run it through dev/bench";
 
 fn main() -> ExitCode {
     // cargo bench appends --bench; criterion-style filters are not used here.
@@ -120,6 +121,27 @@ fn main() -> ExitCode {
                 }
                 Err(error) => {
                     eprintln!("[bench] rowcost failed: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        "chart" => {
+            // Redraws target/bench/saturate.svg from target/bench/saturate.json.
+            let drawn = std::fs::read(common::out_dir().join("saturate.json"))
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| Ok(serde_json::from_slice::<serde_json::Value>(&bytes)?))
+                .and_then(|doc| {
+                    let path = common::out_dir().join("saturate.svg");
+                    std::fs::write(&path, saturate::chart(&doc["figures"]))?;
+                    Ok(path)
+                });
+            return match drawn {
+                Ok(path) => {
+                    say!("chart: {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("[bench] chart failed: {error:#}");
                     ExitCode::FAILURE
                 }
             };
