@@ -23,7 +23,7 @@ pub const SCHEDULE_LAG: &str = "sitewatch_schedule_lag_seconds";
 /// Ticks skipped, by `site` (counter; rendered by [`SiteMetrics`]).
 pub const MISSED_TICKS: &str = "sitewatch_missed_ticks_total";
 pub const MISSED_TICKS_HELP: &str =
-    "Ticks skipped: the site's previous check was still waiting for a permit or running.";
+    "Ticks skipped: the previous check was still waiting for a permit or running, or the process stalled or the clock stepped past them.";
 /// Reloads of sites.lua, by `result` = ok | failed (counter).
 pub const CONFIG_RELOADS: &str = "sitewatch_config_reloads_total";
 /// Results Kafka acknowledged (counter).

@@ -4,7 +4,7 @@
 //!
 //! They live outside the `metrics` recorder because a site removed from `sites.lua` must lose
 //! its series at the reload, and that recorder cannot forget a series; and because the
-//! recorder's labelled series cost about 350 bytes each, four per site: 100 MiB at 76,000 sites. The producer asks
+//! recorder's labelled series cost about 350 bytes each, four per site: 110 MiB at 76,000 sites. The producer asks
 //! [`SiteMetrics::site`] for a site's [`SiteGauges`] once, when the scheduler starts (or
 //! restarts) the site, and each check then writes a few atomics: no labelled lookup per check.
 //! [`SiteMetrics::retain`] drops the sites a reload removed; a scrape reads them all in
