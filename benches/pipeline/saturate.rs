@@ -18,12 +18,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{json, Value};
-use sitewatch::result::{CheckResult, Outcome};
 
 use crate::common::{self, Nginx, Proc};
-use crate::say;
+use crate::{say, scale};
 
 pub struct Options {
     /// Offered loads (sites at 1 s) of the curve without hooks.
@@ -255,19 +254,20 @@ async fn step(
         scheduling_at + chrono::Duration::from_std(options.warmup + options.measure)?,
     );
     let (reader_kafka, reader_topic) = (kafka.clone(), topic.clone());
-    let readback =
-        tokio::task::spawn_blocking(move || read_back(&reader_kafka, &reader_topic, window))
-            .await??;
+    let readback = tokio::task::spawn_blocking(move || {
+        scale::lags_from_topic(&reader_kafka, &reader_topic, window)
+    })
+    .await??;
     common::delete_topic(kafka, &topic).await;
     anyhow::ensure!(
-        readback.scheduled > 0 && readback.started > 0,
+        readback.in_window > 0 && readback.started > 0,
         "{topic}: no result inside the window (see {})",
         log.display()
     );
     let window_s = options.measure.as_secs_f64();
     // Each site has one tick a second: the window holds sites × window_s of them.
     let ticks = sites as f64 * window_s;
-    let missed = (ticks - readback.scheduled as f64).max(0.0);
+    let missed = (ticks - readback.in_window as f64).max(0.0);
     let mut lags = readback.lags_ms;
     let lag = common::summary(&mut lags);
     // Keeping up: no tick missed, and checks start on time (lag p99 within a tenth of the
@@ -282,7 +282,7 @@ async fn step(
         // What ran in the window: up results whose check started inside it.
         "up_per_s": (readback.up_started as f64 / window_s).round(),
         "results_per_s": (readback.started as f64 / window_s).round(),
-        "scheduled_in_window": readback.scheduled,
+        "scheduled_in_window": readback.in_window,
         "not_up": readback.started - readback.up_started,
         "missed_ticks": missed,
         "missed_per_s": (missed / window_s).round(),
@@ -304,52 +304,6 @@ async fn step(
         if kept_up { "" } else { " (not keeping up)" }
     );
     Ok(figures)
-}
-
-/// What a step's topic holds about its window.
-struct Readback {
-    /// Results scheduled inside the window: with the ticks of the window, the missed ones.
-    scheduled: u64,
-    /// Results whose check started inside the window, and the up ones among them: the rate.
-    started: u64,
-    up_started: u64,
-    /// Schedule lag of the results scheduled inside the window.
-    lags_ms: Vec<f64>,
-}
-
-fn read_back(
-    kafka: &sitewatch::settings::KafkaSettings,
-    topic: &str,
-    window: (DateTime<Utc>, DateTime<Utc>),
-) -> Result<Readback> {
-    let inside = |t: DateTime<Utc>| t >= window.0 && t < window.1;
-    let mut out = Readback {
-        scheduled: 0,
-        started: 0,
-        up_started: 0,
-        lags_ms: Vec::new(),
-    };
-    let mut bad = 0u64;
-    common::read_topic(kafka, topic, |_, _, payload| {
-        let Ok(result) = serde_json::from_slice::<CheckResult>(payload) else {
-            bad += 1;
-            return;
-        };
-        if inside(result.started_at) {
-            out.started += 1;
-            out.up_started += u64::from(result.outcome == Outcome::Up);
-        }
-        if inside(result.scheduled_at) {
-            out.scheduled += 1;
-            let lag = (result.started_at - result.scheduled_at)
-                .num_microseconds()
-                .unwrap_or(0);
-            out.lags_ms.push(lag as f64 / 1000.0);
-        }
-    })
-    .with_context(|| format!("reading back {topic}"))?;
-    anyhow::ensure!(bad == 0, "{bad} messages in {topic} are not CheckResults");
-    Ok(out)
 }
 
 /// Debian's blackbox_exporter on the same nginx, an http module with the same body regex,

@@ -187,13 +187,20 @@ pub async fn run(options: &Options) -> Result<Value> {
 }
 
 pub struct Readback {
+    /// Schedule lag of each result scheduled inside the window.
     pub lags_ms: Vec<f64>,
+    /// Results scheduled inside the window, and those of them not up.
     pub in_window: u64,
     pub total: u64,
     pub not_up: u64,
+    /// Results whose check started inside the window, and the up ones among them: what ran
+    /// in it (past capacity, results scheduled in it may run after it).
+    pub started: u64,
+    pub up_started: u64,
 }
 
-/// Schedule lag (started_at − scheduled_at) of every result scheduled inside `window`.
+/// Schedule lag (started_at − scheduled_at) of every result scheduled inside `window`, and
+/// what started inside it.
 pub fn lags_from_topic(
     kafka: &sitewatch::settings::KafkaSettings,
     topic: &str,
@@ -204,6 +211,8 @@ pub fn lags_from_topic(
         in_window: 0,
         total: 0,
         not_up: 0,
+        started: 0,
+        up_started: 0,
     };
     let mut bad = 0u64;
     common::read_topic(kafka, topic, |_, _, payload| {
@@ -212,6 +221,10 @@ pub fn lags_from_topic(
             bad += 1;
             return;
         };
+        if result.started_at >= window.0 && result.started_at < window.1 {
+            out.started += 1;
+            out.up_started += u64::from(result.outcome == Outcome::Up);
+        }
         if result.scheduled_at < window.0 || result.scheduled_at >= window.1 {
             return;
         }
