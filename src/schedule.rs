@@ -760,6 +760,11 @@ mod tests {
         })
     }
 
+    /// A scheduler of `job` with `limits` on `clock`, stopped only by its own shutdown.
+    fn scheduler<J: Job>(job: &Arc<J>, limits: Limits, clock: Clock) -> Scheduler<J> {
+        Scheduler::with_clock(Arc::clone(job), limits, CancellationToken::new(), clock)
+    }
+
     /// A clock whose wall time is an exact multiple of a minute, so phases are easy to check.
     fn pinned_clock() -> Clock {
         Clock {
@@ -816,12 +821,7 @@ mod tests {
         let interval = Duration::from_secs(10);
         let job = recorder(Duration::from_millis(1234));
         let clock = pinned_clock();
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            clock,
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), clock);
         scheduler.apply(vec![site("a", interval), site("b", interval)]);
         tokio::time::sleep(Duration::from_secs(95)).await;
         let stats = scheduler.stats();
@@ -870,13 +870,7 @@ mod tests {
                     + chrono::Duration::milliseconds(offset_ms.load(Ordering::SeqCst))
             })
         };
-        let scheduler = Scheduler::with_clock(
-            Arc::clone(job),
-            Limits::default(),
-            CancellationToken::new(),
-            clock,
-        )
-        .with_wall(wall);
+        let scheduler = scheduler(job, Limits::default(), clock).with_wall(wall);
         (offset_ms, scheduler)
     }
 
@@ -967,12 +961,7 @@ mod tests {
         let interval = Duration::from_secs(10);
         let job = recorder(Duration::from_millis(10));
         let clock = pinned_clock();
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            clock,
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), clock);
         scheduler.apply(vec![site("a", interval)]);
         tokio::time::sleep(Duration::from_secs(25)).await;
         let before = job.ticks.lock().unwrap().len();
@@ -1018,12 +1007,7 @@ mod tests {
         let interval = Duration::from_secs(1);
         // Each run takes 2.5 s: of every three ticks, one runs and two are missed.
         let job = recorder(Duration::from_millis(2500));
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), pinned_clock());
         scheduler.apply(vec![site("slow", interval)]);
         tokio::time::sleep(Duration::from_millis(30_500)).await;
         let stats = scheduler.stats();
@@ -1063,12 +1047,7 @@ mod tests {
     async fn reload_keeps_unchanged_sites_and_applies_changes() {
         let interval = Duration::from_secs(10);
         let job = recorder(Duration::from_millis(10));
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), pinned_clock());
         assert!(scheduler.is_empty());
         assert_eq!(
             scheduler.apply(vec![
@@ -1116,12 +1095,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_later_duplicate_name_replaces_an_earlier_one() {
         let job = recorder(Duration::from_millis(10));
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), pinned_clock());
         let mut second = site("dup", Duration::from_secs(10));
         second.url = "http://127.0.0.1:10/".parse().unwrap();
         let sites = vec![
@@ -1140,12 +1114,7 @@ mod tests {
         let interval = Duration::from_secs(10);
         // Each check takes 25 s: the replacement loop must wait for the old one.
         let job = recorder(Duration::from_secs(25));
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), pinned_clock());
         scheduler.apply(vec![site("busy", interval)]);
         tokio::time::sleep(Duration::from_secs(12)).await;
         assert_eq!(
@@ -1195,12 +1164,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_waits_for_the_check_in_flight() {
         let job = recorder(Duration::from_secs(4));
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), pinned_clock());
         scheduler.apply(vec![site("a", Duration::from_secs(10))]);
         // The first tick is within the interval; its check runs 4 s.
         let started = loop {
@@ -1219,12 +1183,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_host_left_by_every_site_lets_go_of_its_semaphore() {
         let job = recorder(Duration::from_millis(10));
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), pinned_clock());
         let mut other = site("b", Duration::from_secs(10));
         other.url = "http://127.0.0.1:10/".parse().unwrap();
         scheduler.apply(vec![site("a", Duration::from_secs(10)), other.clone()]);
@@ -1275,12 +1234,7 @@ mod tests {
             max_concurrency: 100,
             max_per_host: 3,
         };
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            limits,
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, limits, pinned_clock());
         scheduler.apply(
             (0..20)
                 .map(|i| site(&format!("s{i}"), Duration::from_secs(10)))
@@ -1303,8 +1257,7 @@ mod tests {
             max_concurrency: 2,
             max_per_host: 64,
         };
-        let mut scheduler =
-            Scheduler::with_clock(Arc::clone(&job), limits, CancellationToken::new(), clock);
+        let mut scheduler = scheduler(&job, limits, clock);
         let names: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
         scheduler.apply(names.iter().map(|n| site(n, interval)).collect());
         tokio::time::sleep(Duration::from_millis(150_500)).await;
@@ -1343,12 +1296,7 @@ mod tests {
             max_concurrency: 1,
             max_per_host: 64,
         };
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            limits,
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, limits, pinned_clock());
         scheduler.apply(vec![
             site("a", Duration::from_secs(10)),
             site("b", Duration::from_secs(10)),
@@ -1412,12 +1360,7 @@ mod tests {
             max_concurrency: 3,
             max_per_host: 64,
         };
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            limits,
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, limits, pinned_clock());
         scheduler.apply(
             (0..200)
                 .map(|i| site(&format!("s{i}"), Duration::from_secs(1)))
@@ -1452,12 +1395,7 @@ mod tests {
             }
         }
         let job = Arc::new(Flaky(AtomicU64::new(0)));
-        let mut scheduler = Scheduler::with_clock(
-            Arc::clone(&job),
-            Limits::default(),
-            CancellationToken::new(),
-            pinned_clock(),
-        );
+        let mut scheduler = scheduler(&job, Limits::default(), pinned_clock());
         scheduler.apply(vec![site("a", Duration::from_secs(1))]);
         tokio::time::sleep(Duration::from_millis(10_500)).await;
         scheduler.shutdown().await;
