@@ -1100,10 +1100,12 @@ mod tests {
     fn default_length_is_the_longest_window() {
         let site = |window_days: Option<u64>| {
             let mut site = Site::with_defaults("s", url::Url::parse("http://s/").unwrap());
-            site.slo = window_days.map(|days| Slo {
-                target_pct: 99.0,
-                window: Duration::from_secs(days * 86_400),
-                latency: None,
+            site.slo = window_days.map(|days| {
+                Arc::new(Slo {
+                    target_pct: 99.0,
+                    window: Duration::from_secs(days * 86_400),
+                    latency: None,
+                })
             });
             site
         };

@@ -97,9 +97,9 @@ async fn custom_method_headers_and_body_are_sent() {
     })
     .await;
     let mut s = site(&server.url("/echo"));
-    s.request.method = Method::PUT;
-    s.request.body = Some(bytes::Bytes::from_static(b"{\"ping\":1}"));
-    s.request.headers = vec![
+    Arc::make_mut(&mut s.request).method = Method::PUT;
+    Arc::make_mut(&mut s.request).body = Some(bytes::Bytes::from_static(b"{\"ping\":1}"));
+    Arc::make_mut(&mut s.request).headers = vec![
         (
             HeaderName::from_static("x-probe"),
             HeaderValue::from_static("yes"),
@@ -358,9 +358,9 @@ async fn redirect_methods() {
     let p = prober();
     let post = |path: &str| {
         let mut s = site(&server.url(path));
-        s.request.method = Method::POST;
-        s.request.body = Some(bytes::Bytes::from_static(b"form=1"));
-        s.request.headers = vec![(
+        Arc::make_mut(&mut s.request).method = Method::POST;
+        Arc::make_mut(&mut s.request).body = Some(bytes::Bytes::from_static(b"form=1"));
+        Arc::make_mut(&mut s.request).headers = vec![(
             HeaderName::from_static("content-type"),
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         )];
@@ -405,7 +405,7 @@ async fn credentials_stay_with_their_origin() {
     })
     .await;
     let mut s = site(&first.url("/"));
-    s.request.headers = vec![
+    Arc::make_mut(&mut s.request).headers = vec![
         (
             HeaderName::from_static("authorization"),
             HeaderValue::from_static("Bearer secret"),
@@ -484,9 +484,9 @@ async fn no_site_header_follows_a_cross_origin_redirect() {
     ];
     for status in [301, 302, 303, 307, 308] {
         let mut s = site(&first.url(&format!("/{status}")));
-        s.request.method = Method::POST;
-        s.request.body = Some(bytes::Bytes::from_static(b"form=1"));
-        s.request.headers = headers
+        Arc::make_mut(&mut s.request).method = Method::POST;
+        Arc::make_mut(&mut s.request).body = Some(bytes::Bytes::from_static(b"form=1"));
+        Arc::make_mut(&mut s.request).headers = headers
             .iter()
             .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
             .collect();
@@ -504,7 +504,7 @@ async fn no_site_header_follows_a_cross_origin_redirect() {
     }
     // Out and back: the site's origin gets its headers again.
     let mut s = site(&first.url("/307?roundtrip"));
-    s.request.headers = vec![(
+    Arc::make_mut(&mut s.request).headers = vec![(
         HeaderName::from_static("x-api-key"),
         HeaderValue::from_static("k-hunter2"),
     )];
@@ -848,7 +848,7 @@ fn trusting(ca: &TestCa) -> TlsOptions {
 
 fn https_site(server: &TlsServer, tls: TlsOptions) -> Site {
     let mut s = site(&server.url("/"));
-    s.tls = tls;
+    s.tls = tls.into();
     s
 }
 
@@ -885,7 +885,7 @@ async fn https_with_trusted_ca_passes_and_reports_cert() {
 
     // By name too (verifies the host name, not just the IP).
     let mut s = site(&format!("https://localhost:{}/", server.addr.port()));
-    s.tls = trusting(&ca);
+    s.tls = trusting(&ca).into();
     assert_eq!(ok(&p.probe(&s).await).status, 200);
 }
 

@@ -82,7 +82,7 @@ pub struct AlertOptions {
 
 /// What the alerter knows of each site from the configuration.
 struct SiteRule {
-    rule: AlertRule,
+    rule: Arc<AlertRule>,
     url: String,
     interval: Duration,
 }
@@ -98,7 +98,7 @@ impl Rules {
             .iter()
             .map(|site| {
                 let rule = SiteRule {
-                    rule: site.alert.clone(),
+                    rule: Arc::clone(&site.alert),
                     url: site.url.to_string(),
                     interval: site.interval,
                 };

@@ -1171,7 +1171,7 @@ maintenance { name = "xmas", sites = { "api", "shop" }, at = "2026-12-24T19:00:0
         panic!()
     };
     assert_eq!(
-        shop.alert,
+        *shop.alert,
         AlertRule {
             notify: vec!["ops".into()],
             after: 2,
@@ -1180,7 +1180,7 @@ maintenance { name = "xmas", sites = { "api", "shop" }, at = "2026-12-24T19:00:0
         "inherited from defaults"
     );
     assert_eq!(
-        api.alert,
+        *api.alert,
         AlertRule {
             notify: vec!["am".into(), "ops".into()],
             after: 5,
@@ -1194,7 +1194,7 @@ maintenance { name = "xmas", sites = { "api", "shop" }, at = "2026-12-24T19:00:0
             }),
         }
     );
-    assert_eq!(quiet.alert, AlertRule::default(), "replaced whole");
+    assert_eq!(*quiet.alert, AlertRule::default(), "replaced whole");
     assert_eq!(
         (
             quiet.alert.after,

@@ -174,6 +174,7 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
     let defaults = eval.defaults.as_ref().map(|decl| &decl.table);
 
     let mut sites = Vec::with_capacity(eval.sites.len());
+    let mut shared = SharedParts::default();
     let mut warnings = Vec::new();
     let mut seen: HashMap<String, Location> = HashMap::new();
     for decl in &eval.sites {
@@ -226,7 +227,7 @@ pub(crate) fn validate(eval: &Evaluation, base_dir: &Path) -> (Validated, Vec<Co
                     ));
                 }
             }
-            sites.extend(site.map(Arc::new));
+            sites.extend(site.map(|site| Arc::new(shared.share(site))));
         }
     }
     // Every declared name counts, valid site or not: one broken site is one error.
@@ -968,6 +969,57 @@ fn timestamp(raw: &Raw) -> Result<DateTime<Utc>, Kind> {
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// The parts of the sites validated so far that sites can share ([`Site`] says why): a site
+/// whose part equals one of the last few distinct ones takes that one. Sites written in a loop
+/// or from `defaults{}` share one of each; a site with parts of its own keeps them.
+#[derive(Default)]
+struct SharedParts {
+    request: Recent<Request>,
+    tls: Recent<TlsOptions>,
+    expect: Recent<Expect>,
+    slo: Recent<Slo>,
+    alert: Recent<AlertRule>,
+}
+
+impl SharedParts {
+    fn share(&mut self, mut site: Site) -> Site {
+        self.request.share(&mut site.request);
+        self.tls.share(&mut site.tls);
+        self.expect.share(&mut site.expect);
+        if let Some(slo) = &mut site.slo {
+            self.slo.share(slo);
+        }
+        self.alert.share(&mut site.alert);
+        site
+    }
+}
+
+/// The last [`Recent::KEPT`] distinct values of one part, newest last.
+struct Recent<T>(Vec<Arc<T>>);
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Recent(Vec::new())
+    }
+}
+
+impl<T: PartialEq> Recent<T> {
+    /// Enough for sites that alternate between a few variants; few enough that sites with
+    /// parts all their own cost little to compare.
+    const KEPT: usize = 8;
+
+    fn share(&mut self, part: &mut Arc<T>) {
+        if let Some(same) = self.0.iter().rev().find(|kept| **kept == *part) {
+            *part = Arc::clone(same);
+            return;
+        }
+        if self.0.len() == Self::KEPT {
+            self.0.remove(0);
+        }
+        self.0.push(Arc::clone(part));
+    }
+}
+
 /// Everything a site and `defaults{}` share, parsed and merged.
 struct Settings {
     slo: Option<Slo>,
@@ -1017,16 +1069,16 @@ fn site(
         url: url?,
         interval: settings.interval,
         timeout: settings.timeout,
-        request: settings.request,
-        tls: settings.tls,
-        expect: settings.expect,
+        request: Arc::new(settings.request),
+        tls: Arc::new(settings.tls),
+        expect: Arc::new(settings.expect),
         retries: settings.retries,
         max_redirects: settings.max_redirects,
         follow_redirects: settings.follow_redirects,
         body_cap: settings.body_cap,
         hooks: settings.hooks,
-        slo: settings.slo,
-        alert: settings.alert,
+        slo: settings.slo.map(Arc::new),
+        alert: Arc::new(settings.alert),
         status_page: settings.status_page,
         location: decl.location.clone(),
     })
@@ -1968,6 +2020,41 @@ mod tests {
             2,
             "{errors}"
         );
+    }
+
+    #[test]
+    fn sites_with_equal_parts_share_them_and_different_parts_stay_apart() {
+        let text = r#"
+            defaults { expect = { status = 200, body = "ok" }, request = { headers = { ["x-a"] = "1" } } }
+            for i = 1, 3 do site { name = "loop" .. i, url = "http://l.test/" .. i } end
+            site { name = "regex", url = "http://r.test/", expect = { body = "ok$" } }
+            site { name = "json", url = "http://j.test/", expect = { json = { ["$.a"] = 1 } } }
+            site { name = "json2", url = "http://j.test/", expect = { json = { ["$.b"] = 1 } } }
+            site { name = "header", url = "http://h.test/", request = { headers = { ["x-a"] = "2" } } }
+            site { name = "slo1", url = "http://s.test/", slo = { target = 99.9 } }
+            site { name = "slo2", url = "http://s.test/2", slo = { target = 99.9 } }
+            site { name = "slo3", url = "http://s.test/3", slo = { target = 99.5 } }
+        "#;
+        let config =
+            crate::config::load_str(Path::new("sites.lua"), text, Path::new("scripts")).unwrap();
+        let site = |name: &str| config.sites.iter().find(|s| s.name == name).unwrap();
+        let (l1, l3) = (site("loop1"), site("loop3"));
+        assert!(Arc::ptr_eq(&l1.expect, &l3.expect));
+        assert!(Arc::ptr_eq(&l1.request, &l3.request));
+        assert!(Arc::ptr_eq(&l1.tls, &site("header").tls));
+        assert!(Arc::ptr_eq(&l1.alert, &site("slo3").alert));
+        // Parts that differ only in a pattern, a JSONPath or a header value are not merged.
+        assert!(!Arc::ptr_eq(&l1.expect, &site("regex").expect));
+        assert_eq!(site("regex").expect.body.as_ref().unwrap().as_str(), "ok$");
+        let (j1, j2) = (site("json"), site("json2"));
+        assert!(!Arc::ptr_eq(&j1.expect, &j2.expect));
+        assert_eq!(j2.expect.json[0].path, "$.b");
+        assert!(!Arc::ptr_eq(&l1.request, &site("header").request));
+        assert_eq!(site("header").request.headers[0].1, "2");
+        let slo = |name: &str| site(name).slo.clone().unwrap();
+        assert!(Arc::ptr_eq(&slo("slo1"), &slo("slo2")));
+        assert!(!Arc::ptr_eq(&slo("slo1"), &slo("slo3")));
+        assert_eq!(slo("slo3").target_pct, 99.5);
     }
 
     #[test]

@@ -245,7 +245,7 @@ impl Prober {
             let tcp = connect(host, port, &mut Progress::new()).await.ok()?;
             let unverified = TlsOptions {
                 insecure: true,
-                ..site.tls.clone()
+                ..TlsOptions::clone(&site.tls)
             };
             let connector = self.tls.get(&unverified).ok()?;
             let stream = connector.connect(tls_name(url), tcp).await.ok()?;
