@@ -56,14 +56,18 @@ pub async fn serve_metrics(
     let scrape = move || {
         let (handle, sites) = (handle.clone(), sites.clone());
         async move {
-            let mut text = handle.render();
-            sites.render(&mut text);
+            // The recorder's own series, then the sites' a chunk at a time (see
+            // `SiteMetrics::chunks`), made as the response is written.
+            let chunks = std::iter::once(handle.render()).chain(sites.chunks());
+            let body = axum::body::Body::from_stream(futures::stream::iter(
+                chunks.map(Ok::<_, std::convert::Infallible>),
+            ));
             (
                 [(
                     axum::http::header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
-                text,
+                body,
             )
         }
     };
