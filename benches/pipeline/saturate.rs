@@ -29,6 +29,9 @@ pub struct Options {
     pub steps: Vec<usize>,
     /// Offered loads of the curve with a hook on every site.
     pub hooked_steps: Vec<usize>,
+    /// Steps added after the ladder, each halving the gap between the highest load kept up
+    /// with and the lowest one that was not.
+    pub refinements: usize,
     /// The last step offers this many times the highest rate the steps reached.
     pub overload: f64,
     pub warmup: Duration,
@@ -44,6 +47,7 @@ impl Options {
             // The same range as without hooks past the smallest step: each curve's maximum is
             // taken over the same offered loads.
             hooked_steps: vec![5_000, 10_000, 15_000, 20_000, 25_000, 40_000],
+            refinements: 2,
             overload: 4.0,
             warmup: Duration::from_secs(6),
             measure: Duration::from_secs(15),
@@ -55,6 +59,7 @@ impl Options {
         Options {
             steps: vec![1_000, 2_000],
             hooked_steps: vec![1_000],
+            refinements: 0,
             overload: 2.0,
             warmup: Duration::from_secs(3),
             measure: Duration::from_secs(4),
@@ -89,6 +94,20 @@ pub async fn run(options: &Options) -> Result<Value> {
     for &sites in &options.steps {
         plain.push(step(&kafka, &nginx, &dir, sites, false, options).await?);
     }
+    // The ladder's steps are coarse: halve the gap between the highest load kept up with and the
+    // lowest one that was not, so the rate kept up with is known to within a finer step.
+    for _ in 0..options.refinements {
+        let Some((low, high)) = capacity_bracket(&plain) else {
+            break;
+        };
+        let middle = (low + high) / 2 / REFINE_GRAIN * REFINE_GRAIN;
+        if middle <= low {
+            break;
+        }
+        say!("saturate: kept up with {low}, not with {high}: trying {middle}");
+        plain.push(step(&kafka, &nginx, &dir, middle, false, options).await?);
+        plain.sort_by_key(offered);
+    }
     let max_before = best(&plain);
     let overload_sites = ((max_before * options.overload / 1000.0).ceil() as usize * 1000)
         .max(options.steps.last().copied().unwrap_or(0) + 1000);
@@ -118,7 +137,7 @@ pub async fn run(options: &Options) -> Result<Value> {
         .fold(0.0, f64::max);
     // Whether any regular step was past capacity: if none, the last step is 4× the highest
     // load offered, not 4× what it can do.
-    let saturated = plain[..options.steps.len()]
+    let saturated = plain[..plain.len() - 1]
         .iter()
         .any(|s| s["missed_ticks"].as_f64().is_some_and(|m| m > 0.0));
     let last = plain.last().cloned().unwrap_or_default();
@@ -166,6 +185,27 @@ pub async fn run(options: &Options) -> Result<Value> {
     let svg = chart(&figures);
     std::fs::write(common::out_dir().join("saturate.svg"), svg)?;
     Ok(figures)
+}
+
+/// Refined loads are multiples of this.
+const REFINE_GRAIN: usize = 500;
+
+fn offered(step: &Value) -> usize {
+    step["offered_per_s"].as_u64().unwrap_or(0) as usize
+}
+
+/// The highest offered load a step kept up with and the lowest above it that one did not, if
+/// both exist. `steps` is sorted by offered load.
+fn capacity_bracket(steps: &[Value]) -> Option<(usize, usize)> {
+    let kept_up = |s: &&Value| s["kept_up"].as_bool() == Some(true);
+    let low = steps.iter().filter(kept_up).map(offered).max()?;
+    let high = steps
+        .iter()
+        .filter(|s| !kept_up(s))
+        .map(offered)
+        .filter(|&o| o > low)
+        .min()?;
+    Some((low, high))
 }
 
 /// The highest `up` rate of a curve's steps.
