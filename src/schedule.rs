@@ -7,7 +7,8 @@
 //! - Each site's loop runs its own checks: at a tick it waits for its host's permit, then a
 //!   global one, and checks for the newest tick due by then. Ticks that come while a check waits
 //!   or runs are *missed*: counted (and logged, at most once a minute per site with the number
-//!   missed since the previous line), never queued. A check stays in flight until its result has
+//!   missed since the previous line, and past [`MISSED_LINES_PER_MINUTE`] such lines a minute
+//!   summed over the other sites in one), never queued. A check stays in flight until its result has
 //!   been handed to the sink, so a sink that pushes back (Kafka down, queue full) shows up here
 //!   as missed ticks. Past capacity every site waits its turn in first-come queues: each is
 //!   checked in turn, at most an interval late, and memory stays one loop per site.
@@ -211,6 +212,8 @@ pub struct Stats {
     pub clock_steps: AtomicU64,
     /// When a step was last logged.
     step_logged: Mutex<Option<Instant>>,
+    /// The missed-tick lines of all sites, within [`MISSED_LINES_PER_MINUTE`].
+    missed_lines: Mutex<MissedLines>,
 }
 
 struct SiteTask {
@@ -530,6 +533,66 @@ impl MissedLog {
     }
 }
 
+/// Per-site missed-tick lines written in a minute, at most, by all sites together: past
+/// capacity every site misses ticks, and 100,000 sites would write 100,000 lines a minute. The
+/// lines past this many are summed in one line when the minute is over.
+pub const MISSED_LINES_PER_MINUTE: u64 = 100;
+
+/// The minute's budget of missed-tick lines, and what it held back.
+#[derive(Debug, Default)]
+struct MissedLines {
+    minute_from: Option<Instant>,
+    written: u64,
+    held: Held,
+}
+
+/// Sites whose due missed-tick line was not written, and the ticks those lines would have had.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    sites: u64,
+    ticks: u64,
+}
+
+/// What to log for a site whose line is due.
+#[derive(Debug, PartialEq, Eq)]
+struct Admission {
+    /// The site's own line.
+    write: bool,
+    /// This is the minute's first line held back: say that lines are being held.
+    first_held: bool,
+    /// What the previous minute held back, for one line now.
+    previous: Option<Held>,
+}
+
+impl MissedLines {
+    /// A site's line for `ticks` missed ticks is due at `now`.
+    fn admit(&mut self, now: Instant, ticks: u64) -> Admission {
+        let mut previous = None;
+        if self
+            .minute_from
+            .is_none_or(|from| now >= from + MISSED_LOG_EVERY)
+        {
+            previous = Some(self.held).filter(|held| held.sites > 0);
+            *self = MissedLines {
+                minute_from: Some(now),
+                ..MissedLines::default()
+            };
+        }
+        let write = self.written < MISSED_LINES_PER_MINUTE;
+        if write {
+            self.written += 1;
+        } else {
+            self.held.sites += 1;
+            self.held.ticks += ticks;
+        }
+        Admission {
+            write,
+            first_held: !write && self.held.sites == 1,
+            previous,
+        }
+    }
+}
+
 /// A site's in-flight flag, held while its check runs and cleared when the check ends, however
 /// it ends.
 struct InFlight<'a>(&'a AtomicBool);
@@ -656,8 +719,27 @@ impl<J: Job> SiteLoop<J> {
         self.stats.ticks.fetch_add(n, Ordering::Relaxed);
         self.stats.missed.fetch_add(n, Ordering::Relaxed);
         self.job.missed(&self.state, n);
-        if let Some(missed) = self.missed_log.note(Instant::now(), n) {
+        let now = Instant::now();
+        let Some(missed) = self.missed_log.note(now, n) else {
+            return;
+        };
+        let admission = self.stats.missed_lines.lock().admit(now, missed);
+        if let Some(held) = admission.previous {
+            tracing::warn!(
+                sites = held.sites,
+                missed = held.ticks,
+                "missed ticks at more sites in the previous minute, not logged one by one \
+                 (sitewatch_missed_ticks_total counts them per site)"
+            );
+        }
+        if admission.write {
             tracing::warn!(site = %self.site.name, %scheduled_at, why, missed, "missed tick");
+        } else if admission.first_held {
+            tracing::warn!(
+                lines = MISSED_LINES_PER_MINUTE,
+                "more sites missed ticks this minute than get a line each: the rest are summed \
+                 in one line when the minute is over"
+            );
         }
     }
 
@@ -1047,6 +1129,44 @@ mod tests {
         assert_eq!(log.note(start + MISSED_LOG_EVERY * 10, 1), Some(2));
         // Many at once (a clock step) count as many.
         assert_eq!(log.note(start + MISSED_LOG_EVERY * 20, 30), Some(30));
+    }
+
+    #[test]
+    fn past_the_minute_budget_lines_are_summed_into_one() {
+        let start = Instant::now();
+        let mut lines = MissedLines::default();
+        let written = |write| Admission {
+            write,
+            first_held: false,
+            previous: None,
+        };
+        for k in 0..MISSED_LINES_PER_MINUTE {
+            assert_eq!(
+                lines.admit(start + Duration::from_millis(k), 2),
+                written(true)
+            );
+        }
+        let late = start + Duration::from_secs(30);
+        let first = lines.admit(late, 5);
+        assert!(!first.write && first.first_held && first.previous.is_none());
+        assert_eq!(lines.admit(late, 7), written(false));
+        assert_eq!(lines.admit(late, 1), written(false));
+        // The next minute: its first line is written, with the previous minute's sum.
+        let next = lines.admit(start + MISSED_LOG_EVERY, 3);
+        assert_eq!(
+            next,
+            Admission {
+                write: true,
+                first_held: false,
+                previous: Some(Held {
+                    sites: 3,
+                    ticks: 13
+                }),
+            }
+        );
+        // A minute that held nothing reports nothing.
+        let quiet = lines.admit(start + MISSED_LOG_EVERY * 3, 1);
+        assert_eq!(quiet, written(true));
     }
 
     #[tokio::test(start_paused = true)]
