@@ -8,9 +8,9 @@
 //!   global one, and checks for the newest tick due by then. Ticks that come while a check waits
 //!   or runs are *missed*: counted (and logged, at most once a minute per site with the number
 //!   missed since the previous line, and past [`MISSED_LINES_PER_MINUTE`] such lines a minute
-//!   summed over the other sites in one), never queued. A check stays in flight until its result has
-//!   been handed to the sink, so a sink that pushes back (Kafka down, queue full) shows up here
-//!   as missed ticks. Past capacity every site waits its turn in first-come queues: each is
+//!   summed over the other sites in one), never queued. A check stays in flight until its
+//!   result has been handed to the sink, so a sink that pushes back (Kafka down, queue full)
+//!   shows up here as missed ticks. Past capacity every site waits its turn in first-come queues: each is
 //!   checked in turn, at most an interval late, and memory stays one loop per site.
 //! - Wall-clock steps (an NTP step, suspend and resume, `date -s`): each tick compares the wall
 //!   clock with the monotonic one it sleeps on. Past [`CLOCK_STEP`] apart, the site's loop
@@ -663,7 +663,8 @@ impl<J: Job> SiteLoop<J> {
                         // Never checked: this tick and those that came while it waited.
                         let behind = ticks_after(due, Instant::now(), interval);
                         let first = self.clock.wall_at(due);
-                        self.missed_many(first, u64::from(behind) + 1, "stopped waiting for a permit");
+                        let why = "stopped waiting for a permit";
+                        self.missed_many(first, u64::from(behind) + 1, why);
                         return;
                     }
                     permits = permits => permits,
@@ -695,8 +696,9 @@ impl<J: Job> SiteLoop<J> {
                         .unwrap_or_default();
                     tracing::error!(site = %self.site.name, panic = %what, "a check panicked");
                 }
-                // The ticks that came while the check ran are missed, this site's replacement loop's
-                // included (it leaves them to the check's loop): counted before the flag goes.
+                // The ticks that came while the check ran are missed, this site's replacement
+                // loop's included (it leaves them to the check's loop): counted before the flag
+                // goes.
                 due = self.skip_to_newest(due, "previous check still in flight") + interval;
                 drop((in_flight, permits));
             }

@@ -27,8 +27,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `arena_eager_commit` option: its index in `mi_option_e` (mimalloc.h, v2 and v3
 /// alike; libmimalloc-sys names no constant for it).
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 
+#[cfg(target_os = "linux")]
 unsafe extern "C" {
     // From the mimalloc library the allocator above links.
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
@@ -43,6 +45,7 @@ unsafe extern "C" {
 /// the default: measured), so it runs as a constructor ahead of every other one, mimalloc's own
 /// initialisation included (priority 100 sorts before the 101 that mimalloc's uses). It
 /// overrides `MIMALLOC_ARENA_EAGER_COMMIT`.
+#[cfg(target_os = "linux")]
 extern "C" fn tune_allocator() {
     // SAFETY: sets one integer in mimalloc's static option table, which needs no
     // initialisation; 0 is a valid value for this option.
@@ -198,6 +201,7 @@ fn serve(
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_allocator_commits_arenas_as_needed() {
         // SAFETY: reads one integer from mimalloc's option table.
